@@ -1,0 +1,1 @@
+"""emunet control: the CLI, pod-shell and fabric orchestration."""

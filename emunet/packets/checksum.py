@@ -1,0 +1,56 @@
+"""The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+
+The one's-complement sum is independent of byte order (RFC 1071 section 2(B)),
+so :func:`ones_sum` adds native 16-bit words through a memoryview cast, which
+runs in C, and swaps the folded result to network order once at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_LITTLE = sys.byteorder == "little"
+
+Buffer = bytes | bytearray | memoryview
+
+
+def ones_sum(data: Buffer, initial: int = 0) -> int:
+    """One's-complement 16-bit sum of ``data`` (network order), not inverted.
+
+    ``initial`` is a partial sum in network order (e.g. a pseudo-header's).
+    """
+    mv = memoryview(data)
+    n = len(mv)
+    total = 0
+    if n >= 2:
+        even = n & ~1
+        total = sum(mv[:even].cast("H"))
+        if _LITTLE:
+            # fold, then swap to network order
+            while total > 0xFFFF:
+                total = (total & 0xFFFF) + (total >> 16)
+            total = ((total & 0xFF) << 8) | (total >> 8)
+    if n & 1:
+        total += mv[n - 1] << 8
+    total += initial
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def internet_checksum(data: Buffer, initial: int = 0) -> int:
+    """RFC 1071 checksum of ``data``: the complement of the one's-complement sum."""
+    return ~ones_sum(data, initial) & 0xFFFF
+
+
+def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:
+    """Partial sum of the IPv4 pseudo-header (RFC 768, RFC 793 section 3.1)."""
+    return ones_sum(src + dst + bytes((0, protocol)) + length.to_bytes(2, "big"))
+
+
+def incremental_update(checksum: int, old_word: int, new_word: int) -> int:
+    """RFC 1624 eqn. 3: ``HC' = ~(~HC + ~m + m')`` for one changed 16-bit word."""
+    total = (~checksum & 0xFFFF) + (~old_word & 0xFFFF) + new_word
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF

@@ -1,0 +1,192 @@
+"""IPv4 headers (RFC 791): parse, build, verify, and the hot-path helpers.
+
+Offsets of the fields a router touches are module constants so the data plane
+can read them straight from a frame. :func:`decrement_ttl` patches the header
+checksum incrementally (RFC 1624) instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from emunet.errors import ConfigError, MalformedFrame
+from emunet.packets.checksum import incremental_update, internet_checksum
+
+HEADER = struct.Struct("!BBHHHBBH4s4s")
+MIN_HEADER_LEN = HEADER.size  # 20
+MAX_HEADER_LEN = 60
+
+# byte offsets inside the header
+TOTAL_LENGTH = 2
+IDENT = 4
+FLAGS_FRAG = 6
+TTL = 8
+PROTO = 9
+CHECKSUM = 10
+SRC = 12
+DST = 16
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+FLAG_DF = 0x4000
+FLAG_MF = 0x2000
+FRAG_MASK = 0x1FFF
+
+_U16 = struct.Struct("!H")
+
+
+@dataclass(frozen=True, slots=True)
+class IPv4Header:
+    """An IPv4 header. ``fragment_offset`` is in 8-byte units, as on the wire.
+
+    ``total_length`` and ``checksum`` are filled in by :func:`parse` and derived
+    by :func:`build`; they take no part in equality.
+    """
+
+    src: IPv4Address
+    dst: IPv4Address
+    protocol: int
+    ttl: int = 64
+    identification: int = 0
+    df: bool = False
+    mf: bool = False
+    fragment_offset: int = 0
+    dscp: int = 0
+    ecn: int = 0
+    options: bytes = b""
+    total_length: int = field(default=0, compare=False)
+    checksum: int = field(default=0, compare=False)
+
+    @property
+    def header_length(self) -> int:
+        return MIN_HEADER_LEN + len(self.options)
+
+    @property
+    def is_fragment(self) -> bool:
+        return self.mf or self.fragment_offset != 0
+
+
+def parse(
+    buf: bytes | bytearray | memoryview, offset: int = 0, *, verify_checksum: bool = False
+) -> tuple[IPv4Header, memoryview]:
+    """Parse the header at ``offset``; returns it and a view of the payload.
+
+    Bytes after ``total_length`` (Ethernet padding) are not part of the payload.
+    """
+    avail = len(buf) - offset
+    if avail < MIN_HEADER_LEN:
+        raise MalformedFrame(f"ipv4: {avail} bytes, header needs {MIN_HEADER_LEN}")
+    vihl, tos, total, ident, flags_frag, ttl, proto, csum, src, dst = HEADER.unpack_from(
+        buf, offset
+    )
+    if vihl >> 4 != 4:
+        raise MalformedFrame(f"ipv4: version {vihl >> 4}")
+    hlen = (vihl & 0x0F) * 4
+    if hlen < MIN_HEADER_LEN:
+        raise MalformedFrame(f"ipv4: IHL {hlen // 4} below 5")
+    if avail < hlen:
+        raise MalformedFrame(f"ipv4: {avail} bytes, IHL says {hlen}")
+    if total < hlen:
+        raise MalformedFrame(f"ipv4: total length {total} below header length {hlen}")
+    if total > avail:
+        raise MalformedFrame(f"ipv4: total length {total} but only {avail} bytes")
+    mv = memoryview(buf)
+    if verify_checksum and internet_checksum(mv[offset : offset + hlen]) != 0:
+        raise MalformedFrame("ipv4: bad header checksum")
+    hdr = IPv4Header(
+        src=IPv4Address(src),
+        dst=IPv4Address(dst),
+        protocol=proto,
+        ttl=ttl,
+        identification=ident,
+        df=bool(flags_frag & FLAG_DF),
+        mf=bool(flags_frag & FLAG_MF),
+        fragment_offset=flags_frag & FRAG_MASK,
+        dscp=tos >> 2,
+        ecn=tos & 3,
+        options=bytes(mv[offset + MIN_HEADER_LEN : offset + hlen]),
+        total_length=total,
+        checksum=csum,
+    )
+    return hdr, mv[offset + hlen : offset + total]
+
+
+def build(hdr: IPv4Header, payload: bytes | bytearray | memoryview = b"") -> bytes:
+    """Serialize with the derived total length and a fresh header checksum."""
+    opts = hdr.options
+    if len(opts) % 4 or len(opts) > MAX_HEADER_LEN - MIN_HEADER_LEN:
+        raise ConfigError(f"ipv4 options must be a multiple of 4 bytes up to 40, got {len(opts)}")
+    hlen = MIN_HEADER_LEN + len(opts)
+    total = hlen + len(payload)
+    if total > 0xFFFF:
+        raise ConfigError(f"ipv4 packet of {total} bytes exceeds 65535")
+    if not (0 <= hdr.ttl <= 255 and 0 <= hdr.protocol <= 255 and 0 <= hdr.dscp <= 63):
+        raise ConfigError(f"ipv4 field out of range in {hdr}")
+    if not (0 <= hdr.ecn <= 3 and 0 <= hdr.fragment_offset <= FRAG_MASK):
+        raise ConfigError(f"ipv4 field out of range in {hdr}")
+    flags_frag = (FLAG_DF if hdr.df else 0) | (FLAG_MF if hdr.mf else 0) | hdr.fragment_offset
+    head = bytearray(
+        HEADER.pack(
+            0x40 | (hlen // 4),
+            (hdr.dscp << 2) | hdr.ecn,
+            total,
+            hdr.identification & 0xFFFF,
+            flags_frag,
+            hdr.ttl,
+            hdr.protocol,
+            0,
+            hdr.src.packed,
+            hdr.dst.packed,
+        )
+    )
+    head += opts
+    _U16.pack_into(head, CHECKSUM, internet_checksum(head))
+    return bytes(head) + payload
+
+
+def build_fast(
+    src: bytes,
+    dst: bytes,
+    protocol: int,
+    payload: bytes | bytearray,
+    *,
+    ttl: int = 64,
+    ident: int = 0,
+    df: bool = True,
+    tos: int = 0,
+) -> bytearray:
+    """Hot-path builder: 20-byte header, packed addresses, no validation."""
+    head = bytearray(
+        HEADER.pack(
+            0x45, tos, 20 + len(payload), ident, FLAG_DF if df else 0, ttl, protocol, 0, src, dst
+        )
+    )
+    _U16.pack_into(head, CHECKSUM, internet_checksum(head))
+    head += payload
+    return head
+
+
+def decrement_ttl(buf: bytearray, offset: int = 0) -> int:
+    """Decrement TTL in place, patching the checksum (RFC 1624). Returns the new TTL.
+
+    The caller drops the packet (ICMP time exceeded) when the TTL was already
+    1 or 0; this function only refuses to go below zero.
+    """
+    ttl = buf[offset + TTL]
+    if ttl == 0:
+        return 0
+    proto = buf[offset + PROTO]
+    old_word = (ttl << 8) | proto
+    buf[offset + TTL] = ttl - 1
+    (csum,) = _U16.unpack_from(buf, offset + CHECKSUM)
+    _U16.pack_into(buf, offset + CHECKSUM, incremental_update(csum, old_word, old_word - 0x100))
+    return ttl - 1
+
+
+def verify_checksum(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
+    hlen = (buf[offset] & 0x0F) * 4
+    return internet_checksum(memoryview(buf)[offset : offset + hlen]) == 0

@@ -1,0 +1,102 @@
+"""Classic libpcap files (the format tcpdump, Wireshark and tshark read).
+
+LINKTYPE_ETHERNET (1) for L2 interfaces (pod eth0, veths, cni0, the node's
+eth0) and LINKTYPE_RAW (101) for L3 ones such as ``flannel0``; microsecond or
+nanosecond timestamps. The writer and reader take an already-open binary
+stream: opening files is the caller's business.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from emunet.errors import MalformedFrame
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+
+MAGIC_USEC = 0xA1B2C3D4
+MAGIC_NSEC = 0xA1B23C4D
+
+_GLOBAL = struct.Struct("<IHHiIII")
+_RECORD = struct.Struct("<IIII")
+
+
+@dataclass(frozen=True, slots=True)
+class PcapRecord:
+    timestamp: float
+    data: bytes
+    orig_len: int
+
+
+class PcapWriter:
+    """Writes the global header on construction, then one record per :meth:`write`."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        linktype: int = LINKTYPE_ETHERNET,
+        *,
+        nanosecond: bool = False,
+        snaplen: int = 262144,
+    ) -> None:
+        self._stream = stream
+        self._nano = nanosecond
+        self._snaplen = snaplen
+        self.linktype = linktype
+        self.count = 0
+        stream.write(
+            _GLOBAL.pack(MAGIC_NSEC if nanosecond else MAGIC_USEC, 2, 4, 0, 0, snaplen, linktype)
+        )
+
+    def write(self, timestamp: float, data: bytes | bytearray | memoryview) -> None:
+        scale = 1_000_000_000 if self._nano else 1_000_000
+        ticks = round(timestamp * scale)
+        sec, frac = divmod(ticks, scale)
+        caplen = min(len(data), self._snaplen)
+        self._stream.write(_RECORD.pack(sec, frac, caplen, len(data)))
+        self._stream.write(bytes(data[:caplen]))
+        self.count += 1
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+class PcapReader:
+    """Iterates the records of a classic pcap stream (either byte order)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        head = stream.read(_GLOBAL.size)
+        if len(head) < _GLOBAL.size:
+            raise MalformedFrame("pcap: truncated global header")
+        magic = struct.unpack_from("<I", head)[0]
+        if magic in (MAGIC_USEC, MAGIC_NSEC):
+            self._endian = "<"
+        elif magic in (0xD4C3B2A1, 0x4D3CB2A1):
+            self._endian = ">"
+            magic = struct.unpack_from(">I", head)[0]
+        else:
+            raise MalformedFrame(f"pcap: bad magic {magic:#x}")
+        self.nanosecond = magic == MAGIC_NSEC
+        fields = struct.unpack_from(self._endian + "IHHiIII", head)
+        self.snaplen = fields[5]
+        self.linktype = fields[6]
+        self._record = struct.Struct(self._endian + "IIII")
+
+    def __iter__(self) -> Iterator[PcapRecord]:
+        scale = 1e9 if self.nanosecond else 1e6
+        while True:
+            head = self._stream.read(self._record.size)
+            if not head:
+                return
+            if len(head) < self._record.size:
+                raise MalformedFrame("pcap: truncated record header")
+            sec, frac, caplen, orig = self._record.unpack(head)
+            data = self._stream.read(caplen)
+            if len(data) < caplen:
+                raise MalformedFrame("pcap: truncated record")
+            yield PcapRecord(sec + frac / scale, data, orig)

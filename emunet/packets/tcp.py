@@ -1,0 +1,238 @@
+"""TCP headers (RFC 9293) with options: MSS, window scale (RFC 7323),
+SACK-permitted and SACK blocks (RFC 2018), timestamps (RFC 7323).
+
+Options are kept in wire order as typed values so a header round-trips
+byte-exactly; padding to a 32-bit boundary is End-of-Option-List bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntFlag
+from ipaddress import IPv4Address
+
+from emunet.errors import ConfigError, MalformedFrame
+from emunet.packets.checksum import internet_checksum, pseudo_header_sum
+
+HEADER = struct.Struct("!HHIIBBHHH")
+MIN_HEADER_LEN = HEADER.size  # 20
+PROTO = 6
+
+_U16 = struct.Struct("!H")
+_U32X2 = struct.Struct("!II")
+
+
+class Flags(IntFlag):
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    PSH = 0x08
+    ACK = 0x10
+    URG = 0x20
+    ECE = 0x40
+    CWR = 0x80
+
+
+FIN, SYN, RST, PSH, ACK = Flags.FIN, Flags.SYN, Flags.RST, Flags.PSH, Flags.ACK
+
+OPT_EOL = 0
+OPT_NOP = 1
+OPT_MSS = 2
+OPT_WSCALE = 3
+OPT_SACK_PERMITTED = 4
+OPT_SACK = 5
+OPT_TIMESTAMPS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class NOP:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MSS:
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowScale:
+    shift: int
+
+
+@dataclass(frozen=True, slots=True)
+class SACKPermitted:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SACK:
+    blocks: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamps:
+    tsval: int
+    tsecr: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownOption:
+    kind: int
+    data: bytes
+
+
+Option = NOP | MSS | WindowScale | SACKPermitted | SACK | Timestamps | UnknownOption
+
+
+@dataclass(frozen=True, slots=True)
+class TCPHeader:
+    sport: int
+    dport: int
+    seq: int = 0
+    ack: int = 0
+    flags: int = 0
+    window: int = 65535
+    urgent: int = 0
+    options: tuple[Option, ...] = ()
+    data_offset: int = field(default=0, compare=False)
+    checksum: int = field(default=0, compare=False)
+
+    def option(self, kind: type[Option]) -> Option | None:
+        for opt in self.options:
+            if type(opt) is kind:
+                return opt
+        return None
+
+    @property
+    def mss(self) -> int | None:
+        opt = self.option(MSS)
+        return opt.value if isinstance(opt, MSS) else None
+
+    @property
+    def window_scale(self) -> int | None:
+        opt = self.option(WindowScale)
+        return opt.shift if isinstance(opt, WindowScale) else None
+
+    @property
+    def flag_names(self) -> str:
+        return ",".join(f.name or "" for f in Flags if self.flags & f) or "none"
+
+
+def _parse_options(data: memoryview) -> tuple[Option, ...]:
+    out: list[Option] = []
+    i, n = 0, len(data)
+    while i < n:
+        kind = data[i]
+        if kind == OPT_EOL:
+            break
+        if kind == OPT_NOP:
+            out.append(NOP())
+            i += 1
+            continue
+        if i + 1 >= n:
+            raise MalformedFrame(f"tcp: option {kind} truncated")
+        length = data[i + 1]
+        if length < 2 or i + length > n:
+            raise MalformedFrame(f"tcp: option {kind} has bad length {length}")
+        body = data[i + 2 : i + length]
+        if kind == OPT_MSS and length == 4:
+            out.append(MSS(_U16.unpack_from(body)[0]))
+        elif kind == OPT_WSCALE and length == 3:
+            out.append(WindowScale(body[0]))
+        elif kind == OPT_SACK_PERMITTED and length == 2:
+            out.append(SACKPermitted())
+        elif kind == OPT_SACK and (length - 2) % 8 == 0 and length > 2:
+            blocks = tuple(_U32X2.unpack_from(body, j) for j in range(0, length - 2, 8))
+            out.append(SACK(blocks))
+        elif kind == OPT_TIMESTAMPS and length == 10:
+            out.append(Timestamps(*_U32X2.unpack_from(body)))
+        elif kind in (OPT_MSS, OPT_WSCALE, OPT_SACK_PERMITTED, OPT_SACK, OPT_TIMESTAMPS):
+            raise MalformedFrame(f"tcp: option {kind} has bad length {length}")
+        else:
+            out.append(UnknownOption(kind, bytes(body)))
+        i += length
+    return tuple(out)
+
+
+def _build_options(options: tuple[Option, ...]) -> bytes:
+    out = bytearray()
+    for opt in options:
+        if isinstance(opt, NOP):
+            out.append(OPT_NOP)
+        elif isinstance(opt, MSS):
+            out += bytes((OPT_MSS, 4)) + _U16.pack(opt.value)
+        elif isinstance(opt, WindowScale):
+            out += bytes((OPT_WSCALE, 3, opt.shift))
+        elif isinstance(opt, SACKPermitted):
+            out += bytes((OPT_SACK_PERMITTED, 2))
+        elif isinstance(opt, SACK):
+            out += bytes((OPT_SACK, 2 + 8 * len(opt.blocks)))
+            for left, right in opt.blocks:
+                out += _U32X2.pack(left, right)
+        elif isinstance(opt, Timestamps):
+            out += bytes((OPT_TIMESTAMPS, 10)) + _U32X2.pack(opt.tsval, opt.tsecr)
+        else:
+            out += bytes((opt.kind, 2 + len(opt.data))) + opt.data
+    if len(out) % 4:
+        out += bytes(4 - len(out) % 4)
+    if len(out) > 40:
+        raise ConfigError(f"tcp options take {len(out)} bytes, at most 40 fit")
+    return bytes(out)
+
+
+def parse(
+    buf: bytes | bytearray | memoryview,
+    offset: int = 0,
+    *,
+    verify_with: tuple[IPv4Address, IPv4Address] | None = None,
+) -> tuple[TCPHeader, memoryview]:
+    """Parse at ``offset``; ``buf`` ends where the IP payload ends."""
+    mv = memoryview(buf)[offset:]
+    if len(mv) < MIN_HEADER_LEN:
+        raise MalformedFrame(f"tcp: {len(mv)} bytes, header needs {MIN_HEADER_LEN}")
+    sport, dport, seq, ack, off_byte, flags, window, csum, urg = HEADER.unpack_from(mv, 0)
+    hlen = (off_byte >> 4) * 4
+    if hlen < MIN_HEADER_LEN or hlen > len(mv):
+        raise MalformedFrame(f"tcp: data offset {hlen} with {len(mv)} bytes present")
+    if verify_with is not None:
+        src, dst = verify_with
+        initial = pseudo_header_sum(src.packed, dst.packed, PROTO, len(mv))
+        if internet_checksum(mv, initial) != 0:
+            raise MalformedFrame("tcp: bad checksum")
+    options = _parse_options(mv[MIN_HEADER_LEN:hlen]) if hlen > MIN_HEADER_LEN else ()
+    hdr = TCPHeader(sport, dport, seq, ack, flags, window, urg, options, hlen, csum)
+    return hdr, mv[hlen:]
+
+
+def build(
+    hdr: TCPHeader, payload: bytes | bytearray | memoryview, src: IPv4Address, dst: IPv4Address
+) -> bytes:
+    return build_fast(hdr, payload, src.packed, dst.packed)
+
+
+def build_fast(
+    hdr: TCPHeader, payload: bytes | bytearray | memoryview, src: bytes, dst: bytes
+) -> bytes:
+    if not (0 <= hdr.sport <= 0xFFFF and 0 <= hdr.dport <= 0xFFFF and 0 <= hdr.flags <= 0xFF):
+        raise ConfigError(f"tcp field out of range in {hdr}")
+    opts = _build_options(hdr.options) if hdr.options else b""
+    hlen = MIN_HEADER_LEN + len(opts)
+    out = bytearray(
+        HEADER.pack(
+            hdr.sport,
+            hdr.dport,
+            hdr.seq & 0xFFFFFFFF,
+            hdr.ack & 0xFFFFFFFF,
+            (hlen // 4) << 4,
+            hdr.flags,
+            hdr.window & 0xFFFF,
+            0,
+            hdr.urgent & 0xFFFF,
+        )
+    )
+    out += opts
+    out += payload
+    csum = internet_checksum(out, pseudo_header_sum(src, dst, PROTO, len(out)))
+    _U16.pack_into(out, 16, csum)
+    return bytes(out)

@@ -1,0 +1,1 @@
+"""emunet node agent: real I/O around the sans-I/O data plane."""
