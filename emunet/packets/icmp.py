@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass, field
 
 from emunet.errors import ConfigError, MalformedFrame
+from emunet.packets import ipv4
 from emunet.packets.checksum import internet_checksum
 
 HEADER = struct.Struct("!BBHI")
@@ -92,8 +93,20 @@ def echo(typ: int, identifier: int, sequence: int, payload: bytes = b"") -> byte
 
 def quote(ip_packet: bytes | bytearray | memoryview) -> bytes:
     """The part of an offending packet an ICMP error carries: IP header + 8 bytes."""
+    if len(ip_packet) < ipv4.MIN_HEADER_LEN:
+        raise MalformedFrame(f"icmp: cannot quote a {len(ip_packet)}-byte IP packet")
     hlen = (ip_packet[0] & 0x0F) * 4
     return bytes(ip_packet[: hlen + 8])
+
+
+def parse_quote(payload: bytes | bytearray | memoryview) -> tuple[ipv4.IPv4Header, memoryview]:
+    """The offending packet quoted by an ICMP error: its IP header and the bytes quoted
+    after it (8 or more; RFC 792, RFC 1812 section 4.3.2.3).
+
+    The quote is cut short of the quoted packet's total length by design, so the
+    header's ``total_length`` is the original packet's, larger than what follows.
+    """
+    return ipv4.parse(payload, truncated_ok=True)
 
 
 def error(typ: int, code: int, ip_packet: bytes | bytearray | memoryview, mtu: int = 0) -> bytes:

@@ -71,18 +71,26 @@ class IPv4Header:
 
 
 def parse(
-    buf: bytes | bytearray | memoryview, offset: int = 0, *, verify_checksum: bool = False
+    buf: bytes | bytearray | memoryview,
+    offset: int = 0,
+    *,
+    verify_checksum: bool = False,
+    truncated_ok: bool = False,
 ) -> tuple[IPv4Header, memoryview]:
     """Parse the header at ``offset``; returns it and a view of the payload.
 
     Bytes after ``total_length`` (Ethernet padding) are not part of the payload.
+    ``truncated_ok`` accepts a packet shorter than its total length (the header
+    itself must be whole): that is what an ICMP error quotes (RFC 792), and the
+    payload view then holds only the bytes present.
     """
     avail = len(buf) - offset
     if avail < MIN_HEADER_LEN:
         raise MalformedFrame(f"ipv4: {avail} bytes, header needs {MIN_HEADER_LEN}")
-    vihl, tos, total, ident, flags_frag, ttl, proto, csum, src, dst = HEADER.unpack_from(
+    vihl, tos, wire_total, ident, flags_frag, ttl, proto, csum, src, dst = HEADER.unpack_from(
         buf, offset
     )
+    total = wire_total
     if vihl >> 4 != 4:
         raise MalformedFrame(f"ipv4: version {vihl >> 4}")
     hlen = (vihl & 0x0F) * 4
@@ -93,7 +101,9 @@ def parse(
     if total < hlen:
         raise MalformedFrame(f"ipv4: total length {total} below header length {hlen}")
     if total > avail:
-        raise MalformedFrame(f"ipv4: total length {total} but only {avail} bytes")
+        if not truncated_ok:
+            raise MalformedFrame(f"ipv4: total length {total} but only {avail} bytes")
+        total = avail
     mv = memoryview(buf)
     if verify_checksum and internet_checksum(mv[offset : offset + hlen]) != 0:
         raise MalformedFrame("ipv4: bad header checksum")
@@ -109,7 +119,7 @@ def parse(
         dscp=tos >> 2,
         ecn=tos & 3,
         options=bytes(mv[offset + MIN_HEADER_LEN : offset + hlen]),
-        total_length=total,
+        total_length=wire_total,
         checksum=csum,
     )
     return hdr, mv[offset + hlen : offset + total]
@@ -128,13 +138,15 @@ def build(hdr: IPv4Header, payload: bytes | bytearray | memoryview = b"") -> byt
         raise ConfigError(f"ipv4 field out of range in {hdr}")
     if not (0 <= hdr.ecn <= 3 and 0 <= hdr.fragment_offset <= FRAG_MASK):
         raise ConfigError(f"ipv4 field out of range in {hdr}")
+    if not 0 <= hdr.identification <= 0xFFFF:
+        raise ConfigError(f"ipv4 identification {hdr.identification} out of range")
     flags_frag = (FLAG_DF if hdr.df else 0) | (FLAG_MF if hdr.mf else 0) | hdr.fragment_offset
     head = bytearray(
         HEADER.pack(
             0x40 | (hlen // 4),
             (hdr.dscp << 2) | hdr.ecn,
             total,
-            hdr.identification & 0xFFFF,
+            hdr.identification,
             flags_frag,
             hdr.ttl,
             hdr.protocol,
@@ -170,12 +182,35 @@ def build_fast(
     return head
 
 
-def decrement_ttl(buf: bytearray, offset: int = 0) -> int:
+def decrement_ttl(buf: bytearray | memoryview, offset: int = 0) -> int:
     """Decrement TTL in place, patching the checksum (RFC 1624). Returns the new TTL.
 
-    The caller drops the packet (ICMP time exceeded) when the TTL was already
-    1 or 0; this function only refuses to go below zero.
+    This is the forwarding hot path. The caller drops the packet (ICMP time
+    exceeded) when the TTL was already 1 or 0; this function only refuses to
+    go below zero. ``buf`` must hold at least the 20-byte fixed header at
+    ``offset`` (the caller has parsed it).
+
+    The TTL is the high byte of the word it shares with the protocol, so the
+    changed word goes from ``m`` to ``m' = m - 0x100`` and ``~m + m'`` is the
+    constant 0xFEFF: RFC 1624 eqn. 3, ``HC' = ~(~HC + ~m + m')``, becomes
+    ``~(~HC + 0xFEFF)`` with one end-around carry. Adding a non-zero constant
+    can never produce one's-complement +0, so the result always equals a full
+    recomputation (the eqn. 2 pitfall of RFC 1624 section 3 does not arise).
     """
+    ttl = buf[offset + 8]
+    if ttl == 0:
+        return 0
+    buf[offset + 8] = ttl - 1
+    c = offset + 10
+    total = ((buf[c] << 8 | buf[c + 1]) ^ 0xFFFF) + 0xFEFF
+    total = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
+    buf[c] = total >> 8
+    buf[c + 1] = total & 0xFF
+    return ttl - 1
+
+
+def decrement_ttl_generic(buf: bytearray | memoryview, offset: int = 0) -> int:
+    """:func:`decrement_ttl` through the general one-word RFC 1624 update (a reference)."""
     ttl = buf[offset + TTL]
     if ttl == 0:
         return 0
@@ -188,5 +223,10 @@ def decrement_ttl(buf: bytearray, offset: int = 0) -> int:
 
 
 def verify_checksum(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
+    """True when the header at ``offset`` sums to zero; a cut header is malformed."""
+    if len(buf) - offset < MIN_HEADER_LEN:
+        raise MalformedFrame(f"ipv4: {len(buf) - offset} bytes, header needs {MIN_HEADER_LEN}")
     hlen = (buf[offset] & 0x0F) * 4
+    if hlen < MIN_HEADER_LEN or len(buf) - offset < hlen:
+        raise MalformedFrame(f"ipv4: IHL {hlen // 4} with {len(buf) - offset} bytes")
     return internet_checksum(memoryview(buf)[offset : offset + hlen]) == 0

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from emunet.errors import MalformedFrame
+from emunet.errors import ConfigError, MalformedFrame
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
@@ -27,9 +27,13 @@ _RECORD = struct.Struct("<IIII")
 
 @dataclass(frozen=True, slots=True)
 class PcapRecord:
+    """One record. ``timestamp`` is in seconds; ``timestamp_ns`` is the exact
+    value from the file (a float cannot hold nanoseconds since 1970)."""
+
     timestamp: float
     data: bytes
     orig_len: int
+    timestamp_ns: int
 
 
 class PcapWriter:
@@ -53,9 +57,20 @@ class PcapWriter:
         )
 
     def write(self, timestamp: float, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` captured at ``timestamp`` seconds (rounded to the file's unit)."""
         scale = 1_000_000_000 if self._nano else 1_000_000
-        ticks = round(timestamp * scale)
-        sec, frac = divmod(ticks, scale)
+        self._write(*divmod(round(timestamp * scale), scale), data)
+
+    def write_ns(self, timestamp_ns: int, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` at an integer nanosecond time (exact in a nanosecond file)."""
+        if self._nano:
+            self._write(*divmod(timestamp_ns, 1_000_000_000), data)
+        else:
+            self._write(*divmod((timestamp_ns + 500) // 1000, 1_000_000), data)
+
+    def _write(self, sec: int, frac: int, data: bytes | bytearray | memoryview) -> None:
+        if not 0 <= sec <= 0xFFFFFFFF:
+            raise ConfigError(f"pcap timestamp of {sec} s does not fit 32 bits")
         caplen = min(len(data), self._snaplen)
         self._stream.write(_RECORD.pack(sec, frac, caplen, len(data)))
         self._stream.write(bytes(data[:caplen]))
@@ -88,7 +103,8 @@ class PcapReader:
         self._record = struct.Struct(self._endian + "IIII")
 
     def __iter__(self) -> Iterator[PcapRecord]:
-        scale = 1e9 if self.nanosecond else 1e6
+        scale = 1_000_000_000 if self.nanosecond else 1_000_000
+        to_ns = 1 if self.nanosecond else 1000
         while True:
             head = self._stream.read(self._record.size)
             if not head:
@@ -99,4 +115,4 @@ class PcapReader:
             data = self._stream.read(caplen)
             if len(data) < caplen:
                 raise MalformedFrame("pcap: truncated record")
-            yield PcapRecord(sec + frac / scale, data, orig)
+            yield PcapRecord(sec + frac / scale, data, orig, sec * 1_000_000_000 + frac * to_ns)

@@ -87,6 +87,10 @@ Option = NOP | MSS | WindowScale | SACKPermitted | SACK | Timestamps | UnknownOp
 
 @dataclass(frozen=True, slots=True)
 class TCPHeader:
+    """A TCP header. :func:`build` takes ``seq`` and ``ack`` modulo 2**32 (sequence
+    arithmetic); ``data_offset`` and ``checksum`` are filled in by :func:`parse`
+    and take no part in equality."""
+
     sport: int
     dport: int
     seq: int = 0
@@ -156,29 +160,48 @@ def _parse_options(data: memoryview) -> tuple[Option, ...]:
 
 
 def _build_options(options: tuple[Option, ...]) -> bytes:
+    """Wire form of ``options``; a value that does not fit its field is the caller's error."""
     out = bytearray()
     for opt in options:
         if isinstance(opt, NOP):
             out.append(OPT_NOP)
         elif isinstance(opt, MSS):
+            _check(0 <= opt.value <= 0xFFFF, opt)
             out += bytes((OPT_MSS, 4)) + _U16.pack(opt.value)
         elif isinstance(opt, WindowScale):
+            _check(0 <= opt.shift <= 0xFF, opt)
             out += bytes((OPT_WSCALE, 3, opt.shift))
         elif isinstance(opt, SACKPermitted):
             out += bytes((OPT_SACK_PERMITTED, 2))
         elif isinstance(opt, SACK):
+            _check(1 <= len(opt.blocks) <= 4, opt)
             out += bytes((OPT_SACK, 2 + 8 * len(opt.blocks)))
             for left, right in opt.blocks:
+                _check(0 <= left <= 0xFFFFFFFF and 0 <= right <= 0xFFFFFFFF, opt)
                 out += _U32X2.pack(left, right)
         elif isinstance(opt, Timestamps):
+            _check(0 <= opt.tsval <= 0xFFFFFFFF and 0 <= opt.tsecr <= 0xFFFFFFFF, opt)
             out += bytes((OPT_TIMESTAMPS, 10)) + _U32X2.pack(opt.tsval, opt.tsecr)
         else:
+            # kinds 0 and 1 have no length byte, and the known kinds have typed forms
+            _check(opt.kind not in _TYPED_KINDS and 0 <= opt.kind <= 0xFF, opt)
+            _check(len(opt.data) <= 38, opt)
             out += bytes((opt.kind, 2 + len(opt.data))) + opt.data
     if len(out) % 4:
         out += bytes(4 - len(out) % 4)
     if len(out) > 40:
         raise ConfigError(f"tcp options take {len(out)} bytes, at most 40 fit")
     return bytes(out)
+
+
+_TYPED_KINDS = frozenset(
+    {OPT_EOL, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_PERMITTED, OPT_SACK, OPT_TIMESTAMPS}
+)
+
+
+def _check(ok: bool, opt: Option) -> None:
+    if not ok:
+        raise ConfigError(f"tcp option {opt} does not fit its wire format")
 
 
 def parse(
@@ -196,6 +219,8 @@ def parse(
     if hlen < MIN_HEADER_LEN or hlen > len(mv):
         raise MalformedFrame(f"tcp: data offset {hlen} with {len(mv)} bytes present")
     if verify_with is not None:
+        if len(mv) > 0xFFFF:
+            raise MalformedFrame(f"tcp: segment of {len(mv)} bytes exceeds an IPv4 payload")
         src, dst = verify_with
         initial = pseudo_header_sum(src.packed, dst.packed, PROTO, len(mv))
         if internet_checksum(mv, initial) != 0:
@@ -216,6 +241,8 @@ def build_fast(
 ) -> bytes:
     if not (0 <= hdr.sport <= 0xFFFF and 0 <= hdr.dport <= 0xFFFF and 0 <= hdr.flags <= 0xFF):
         raise ConfigError(f"tcp field out of range in {hdr}")
+    if not (0 <= hdr.window <= 0xFFFF and 0 <= hdr.urgent <= 0xFFFF):
+        raise ConfigError(f"tcp window or urgent pointer out of range in {hdr}")
     opts = _build_options(hdr.options) if hdr.options else b""
     hlen = MIN_HEADER_LEN + len(opts)
     out = bytearray(
@@ -226,9 +253,9 @@ def build_fast(
             hdr.ack & 0xFFFFFFFF,
             (hlen // 4) << 4,
             hdr.flags,
-            hdr.window & 0xFFFF,
+            hdr.window,
             0,
-            hdr.urgent & 0xFFFF,
+            hdr.urgent,
         )
     )
     out += opts
