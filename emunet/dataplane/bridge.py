@@ -1,0 +1,135 @@
+"""A learning bridge (``cni0``), as Linux's bridge does it.
+
+Forwarding database (FDB): source MACs are learned per port with the time they
+were last seen; entries age out after ``ageing_time`` (300 s, Linux default).
+The bridge device's own MAC is a permanent *local* entry: frames to it go up
+to the root namespace's IP stack. Broadcast, multicast and unknown unicast are
+flooded to every port but the ingress one (the local device gets broadcast and
+multicast too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from emunet.packets.mac import MAC
+
+if TYPE_CHECKING:
+    from emunet.dataplane.interfaces import Interface
+
+DEFAULT_AGEING = 300.0
+
+
+class FdbEntry:
+    __slots__ = ("port", "updated")
+
+    def __init__(self, port: Interface, updated: float) -> None:
+        self.port = port
+        self.updated = updated
+
+
+class Bridge:
+    """Holds the FDB and forwards frames between its ports.
+
+    ``deliver(port, frame)`` transmits on a port (the node queues it);
+    ``local(frame)`` hands a frame to the bridge device's own stack;
+    ``trace(event, detail, iface)`` reports a hop when tracing is on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        mac: MAC,
+        *,
+        deliver: Callable[[Interface, bytes | bytearray, float], None],
+        local: Callable[[bytes | bytearray, float], None],
+        trace: Callable[[float, str, str, str], None],
+        tracing: Callable[[], bool],
+        ageing_time: float = DEFAULT_AGEING,
+    ) -> None:
+        self.name = name
+        self.mac = mac
+        self.ports: list[Interface] = []
+        self.fdb: dict[bytes, FdbEntry] = {}
+        self.ageing_time = ageing_time
+        self._deliver = deliver
+        self._local = local
+        self._trace = trace
+        self._tracing = tracing
+        self.flooded = 0
+
+    def add_port(self, port: Interface) -> None:
+        self.ports.append(port)
+
+    def remove_port(self, port: Interface) -> None:
+        if port in self.ports:
+            self.ports.remove(port)
+        for mac in [m for m, e in self.fdb.items() if e.port is port]:
+            del self.fdb[mac]
+
+    def input(self, port: Interface | None, frame: bytes | bytearray, now: float) -> None:
+        """A frame entering the bridge from ``port`` (``None``: from the bridge device)."""
+        dst = bytes(frame[0:6])
+        src = frame[6:12]
+        if port is not None and not src[0] & 1:
+            entry = self.fdb.get(src)  # type: ignore[call-overload]
+            if entry is None:
+                self.fdb[bytes(src)] = FdbEntry(port, now)
+                if self._tracing():
+                    self._trace(now, "fdb learn", f"{MAC(src)} on {port.name}", self.name)
+            else:
+                entry.port = port
+                entry.updated = now
+        if dst[0] & 1:
+            if self._tracing():
+                self._trace(
+                    now, "flood", f"{'broadcast' if dst == MAC.BROADCAST else 'multicast'}", ""
+                )
+            self._flood(port, frame, now)
+            if port is not None:
+                self._local(frame, now)
+            return
+        if dst == self.mac:
+            if port is not None:
+                if self._tracing():
+                    self._trace(
+                        now, "fdb local", f"{MAC(dst)} is {self.name}: up to the IP stack", ""
+                    )
+                self._local(frame, now)
+            return
+        entry = self.fdb.get(dst)
+        if entry is not None and now - entry.updated <= self.ageing_time:
+            if entry.port is port:
+                return  # destination is on the ingress segment: filtered
+            if self._tracing():
+                self._trace(now, "fdb hit", f"{MAC(dst)} on {entry.port.name}", "")
+            self._deliver(entry.port, frame, now)
+            return
+        self.flooded += 1
+        if self._tracing():
+            self._trace(now, "fdb miss", f"{MAC(dst)} unknown: flood", "")
+        self._flood(port, frame, now)
+
+    def _flood(self, ingress: Interface | None, frame: bytes | bytearray, now: float) -> None:
+        for p in self.ports:
+            if p is not ingress:
+                self._deliver(p, frame, now)
+
+    def age(self, now: float) -> int:
+        """Remove entries idle for longer than the ageing time; returns how many."""
+        old = [m for m, e in self.fdb.items() if now - e.updated > self.ageing_time]
+        for m in old:
+            del self.fdb[m]
+        return len(old)
+
+    def next_expiry(self) -> float | None:
+        if not self.fdb:
+            return None
+        return min(e.updated for e in self.fdb.values()) + self.ageing_time
+
+    def show(self, now: float) -> list[tuple[MAC, str, float, bool]]:
+        """``(mac, port, age seconds, is_local)`` rows, like ``bridge fdb show``/``brctl showmacs``."""
+        rows = [(MAC(m), e.port.name, now - e.updated, False) for m, e in self.fdb.items()]
+        rows.append((self.mac, self.name, 0.0, True))
+        return rows

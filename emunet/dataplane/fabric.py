@@ -1,0 +1,245 @@
+"""An in-memory fabric: N nodes, the links between them, and a fake clock.
+
+The fabric plays the part the node agents and the real network play in a
+deployment: it moves :class:`OverlayDatagram` and :class:`UnderlayPacket`
+actions between nodes after a per-link delay, with optional random loss, and
+fires node timers in time order. Everything is deterministic for a seed.
+
+    fab = Fabric(nodes=2, seed=1)
+    a = fab.add_pod("node1", "a"); b = fab.add_pod("node2", "b")
+    s = b.netns.udp_socket(); s.bind(port=5000)
+    c = a.netns.udp_socket(); c.sendto(b"hi", (b.ip, 5000), fab.now)
+    fab.run(1.0)
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from emunet.dataplane.actions import OverlayDatagram, UnderlayPacket
+from emunet.dataplane.node import DEFAULT_NETWORK, Node, Pod
+from emunet.dataplane.trace import Tracer
+from emunet.errors import ConfigError
+
+
+@dataclass
+class Link:
+    """One direction between two node IPs: one-way delay (s) and loss probability."""
+
+    delay: float = 0.0001
+    loss: float = 0.0
+    up: bool = True
+    sent: int = 0
+    lost: int = 0
+
+
+class Fabric:
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        network: IPv4Network | str = DEFAULT_NETWORK,
+        node_network: IPv4Network | str = "172.18.0.0/16",
+        seed: int = 0,
+        trace: bool = False,
+        delay: float = 0.0001,
+        loss: float = 0.0,
+        strict: bool = True,
+        **node_options: Any,
+    ) -> None:
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self.tracer = Tracer(enabled=trace)
+        self.network = IPv4Network(network)
+        self.node_network = IPv4Network(node_network)
+        self.nodes: dict[str, Node] = {}
+        self.by_ip: dict[IPv4Address, Node] = {}
+        self.links: dict[tuple[IPv4Address, IPv4Address], Link] = {}
+        self.default_link = Link(delay=delay, loss=loss)
+        self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = 0
+        self._timer_at: dict[str, float] = {}
+        self.undeliverable = 0
+        subnets = self.network.subnets(new_prefix=24)
+        next(subnets)  # SubnetMin: flannel skips the first subnet
+        hosts = self.node_network.hosts()
+        gateway = next(hosts)
+        for i in range(nodes):
+            self.add_node(
+                f"node{i + 1}",
+                next(hosts),
+                next(subnets),
+                gateway=gateway,
+                seed=seed * 1000 + i,
+                strict=strict,
+                **node_options,
+            )
+
+    # ----------------------------------------------------------- topology
+
+    def add_node(self, name: str, ip: IPv4Address, subnet: IPv4Network, **options: Any) -> Node:
+        if name in self.nodes:
+            raise ConfigError(f"node {name} already exists")
+        node = Node(
+            name,
+            ip,
+            subnet,
+            network=self.network,
+            node_network=self.node_network,
+            tracer=self.tracer,
+            **options,
+        )
+        for other in self.nodes.values():
+            other.set_lease(node.subnet, node.node_ip)
+            node.set_lease(other.subnet, other.node_ip)
+        self.nodes[name] = node
+        self.by_ip[node.node_ip] = node
+        return node
+
+    def remove_lease(self, name: str) -> None:
+        """The node's flannel lease disappears from every other node (etcd expiry)."""
+        gone = self.nodes[name]
+        for other in self.nodes.values():
+            if other is not gone:
+                other.remove_lease(gone.subnet)
+
+    def node(self, name: str) -> Node:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ConfigError(f"no node {name!r}") from None
+
+    def add_pod(self, node: str, name: str, **options: Any) -> Pod:
+        pod = self.node(node).add_pod(name, **options)
+        self._touch(self.node(node))
+        return pod
+
+    def pod(self, name: str) -> Pod:
+        for node in self.nodes.values():
+            if name in node.pods:
+                return node.pods[name]
+        raise ConfigError(f"no pod {name!r}")
+
+    def node_of(self, pod: str) -> Node:
+        for node in self.nodes.values():
+            if pod in node.pods:
+                return node
+        raise ConfigError(f"no pod {pod!r}")
+
+    def link(self, src: str, dst: str) -> Link:
+        """The link from node ``src`` to node ``dst`` (created on first use)."""
+        key = (self.node(src).node_ip, self.node(dst).node_ip)
+        if key not in self.links:
+            d = self.default_link
+            self.links[key] = Link(d.delay, d.loss)
+        return self.links[key]
+
+    def set_links(self, *, delay: float | None = None, loss: float | None = None) -> None:
+        """Set delay/loss on every link, both directions (and the default)."""
+        names = list(self.nodes)
+        for link in [self.default_link] + [self.link(a, b) for a in names for b in names if a != b]:
+            if delay is not None:
+                link.delay = delay
+            if loss is not None:
+                link.loss = loss
+
+    # ---------------------------------------------------------- event loop
+
+    def schedule(self, at: float, fn: Callable[..., None], *args: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (at, self._seq, fn, args))
+
+    def _touch(self, node: Node) -> None:
+        """Collect a node's actions and (re)arm its timer."""
+        for action in node.take_actions():
+            if type(action) is OverlayDatagram:
+                self._carry(node, IPv4Address(action.dst[0]), action, overlay=True)
+            elif type(action) is UnderlayPacket:
+                self._carry(node, action.next_hop, action, overlay=False)
+        t = node.get_timer()
+        if t is not None and (
+            self._timer_at.get(node.name) is None or t < self._timer_at[node.name]
+        ):
+            self._timer_at[node.name] = t
+            self.schedule(max(t, self.now), self._fire_timer, node)
+
+    def _carry(
+        self,
+        src: Node,
+        dst_ip: IPv4Address,
+        action: OverlayDatagram | UnderlayPacket,
+        *,
+        overlay: bool,
+    ) -> None:
+        dst = self.by_ip.get(dst_ip)
+        if dst is None:
+            self.undeliverable += 1
+            return
+        link = self.links.get((src.node_ip, dst_ip)) or self.default_link
+        link.sent += 1
+        if not link.up or (link.loss and self.rng.random() < link.loss):
+            link.lost += 1
+            return
+        if overlay:
+            assert isinstance(action, OverlayDatagram)
+            self.schedule(
+                self.now + link.delay,
+                dst.overlay_received,
+                (str(src.node_ip), action.dst[1]),
+                bytes(action.payload),
+            )
+        else:
+            assert isinstance(action, UnderlayPacket)
+            self.schedule(self.now + link.delay, dst.underlay_received, bytes(action.packet))
+
+    def _fire_timer(self, node: Node) -> None:
+        t = self._timer_at.get(node.name)
+        if t is not None and t <= self.now:
+            del self._timer_at[node.name]
+            node.handle_timer(self.now)
+
+    def flush(self) -> None:
+        """Collect what socket calls made since the last step queued on the nodes."""
+        for node in self.nodes.values():
+            self._touch(node)
+
+    def run(
+        self,
+        duration: float = 1.0,
+        *,
+        until: Callable[[], bool] | None = None,
+        max_events: int = 10_000_000,
+    ) -> int:
+        """Advance fake time by ``duration`` (or until ``until()`` holds); returns events run."""
+        end = self.now + duration
+        self.flush()
+        count = 0
+        events = self._events
+        while events and events[0][0] <= end and count < max_events:
+            at, _, fn, args = heapq.heappop(events)
+            self.now = max(self.now, at)
+            node = args[0] if fn is self._fire_timer else getattr(fn, "__self__", None)
+            fn(*args, self.now) if fn is not self._fire_timer else fn(*args)
+            count += 1
+            if isinstance(node, Node):
+                self._touch(node)
+            else:
+                self.flush()
+            if until is not None and until():
+                return count
+        if until is None or not until():
+            self.now = max(self.now, end)
+        return count
+
+    def run_until(self, cond: Callable[[], bool], timeout: float = 60.0) -> bool:
+        """Run until ``cond()`` is true or ``timeout`` seconds of fake time pass."""
+        self.flush()
+        if cond():
+            return True
+        self.run(timeout, until=cond)
+        return cond()

@@ -1,0 +1,111 @@
+"""Network interfaces of a namespace, with Linux's names and counters.
+
+One class with a ``kind`` rather than a hierarchy: the namespace dispatches on
+it in two places (receive and transmit), which keeps the hot path flat.
+
+* ``loopback`` (``lo``): L3, what is sent is received in the same namespace.
+* ``veth``: L2, one end of a pair; what one end sends the ``peer`` receives.
+  A veth whose ``master`` is a bridge is a bridge port (no addresses).
+* ``bridge`` (``cni0``): L2 device with its own MAC and addresses; sending on
+  it is entering the bridge from its local port.
+* ``tun`` (``flannel0``): L3, packets sent go to the overlay (flanneld's read).
+* ``underlay`` (node ``eth0``): L3 link to the node network; packets sent
+  leave the node (an action for the adapter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from ipaddress import IPv4Interface
+from typing import TYPE_CHECKING
+
+from emunet.packets.mac import MAC
+
+if TYPE_CHECKING:
+    from emunet.dataplane.bridge import Bridge
+    from emunet.dataplane.netns import Namespace
+
+LOOPBACK = "loopback"
+VETH = "veth"
+BRIDGE = "bridge"
+TUN = "tun"
+UNDERLAY = "underlay"
+
+L2_KINDS = frozenset({VETH, BRIDGE})
+
+# A tap sees (now, bytes) for every frame/packet received or sent.
+Tap = Callable[[float, bytes | bytearray], None]
+
+
+class Interface:
+    __slots__ = (
+        "addresses",
+        "bridge",
+        "index",
+        "kind",
+        "mac",
+        "master",
+        "mtu",
+        "name",
+        "netns",
+        "peer",
+        "rx_bytes",
+        "rx_dropped",
+        "rx_packets",
+        "taps",
+        "tx_bytes",
+        "tx_dropped",
+        "tx_packets",
+        "up",
+    )
+
+    def __init__(
+        self,
+        netns: Namespace,
+        name: str,
+        kind: str,
+        *,
+        index: int,
+        mac: MAC | None = None,
+        mtu: int = 1500,
+    ) -> None:
+        self.netns = netns
+        self.name = name
+        self.kind = kind
+        self.index = index
+        self.mac = mac
+        self.mtu = mtu
+        self.up = True
+        self.addresses: list[IPv4Interface] = []
+        self.peer: Interface | None = None
+        self.master: Interface | None = None  # the bridge device this port belongs to
+        self.bridge: Bridge | None = None  # set on the bridge device itself
+        self.taps: list[Tap] = []
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.rx_dropped = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.tx_dropped = 0
+
+    @property
+    def is_l2(self) -> bool:
+        return self.kind in L2_KINDS
+
+    @property
+    def linktype(self) -> int:
+        """The pcap link type a capture on this interface uses."""
+        return 1 if self.is_l2 else 101
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "rx_packets": self.rx_packets,
+            "rx_bytes": self.rx_bytes,
+            "rx_dropped": self.rx_dropped,
+            "tx_packets": self.tx_packets,
+            "tx_bytes": self.tx_bytes,
+            "tx_dropped": self.tx_dropped,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Interface {self.netns.name}/{self.name} {self.kind}>"

@@ -1,0 +1,1032 @@
+"""A network namespace: interfaces, addresses, routes, neighbours, sockets.
+
+Theory of operation
+-------------------
+Frames enter through :meth:`Namespace.rx_frame` (L2 interfaces) or
+:meth:`Namespace.rx_packet` (L3 ones: ``lo``, ``flannel0``, the node's
+``eth0``). ARP is answered and learned in :meth:`_arp_rcv`. An IPv4 packet is
+checked (:meth:`ip_rcv`, like Linux's ``ip_rcv``), offered to netfilter's
+PREROUTING when the namespace has netfilter (the node's root namespace), then
+either delivered locally (INPUT, reassembly, ICMP/UDP/TCP demultiplexing) or
+forwarded (route, FORWARD, TTL, MTU, POSTROUTING, neighbour, transmit).
+Locally generated packets start in :meth:`ip_send_local` (route, source
+address selection, OUTPUT) and join the same output path.
+
+Nothing here does I/O or reads a clock: every entry point takes ``now``;
+transmission on an interface is queued on the node, which runs the queue to
+completion and turns what leaves the node into actions. Packets inside the
+namespace are ``bytearray`` IPv4 packets (header at offset 0), rewritten in
+place (TTL, NAT). Malformed input is counted and dropped with a reason.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TYPE_CHECKING, Any, Protocol
+
+from emunet.dataplane.interfaces import BRIDGE, LOOPBACK, TUN, UNDERLAY, VETH, Interface
+from emunet.dataplane.routing import SCOPE_HOST, SCOPE_LINK, Route, RouteTable
+from emunet.dataplane.sockets import ANY, PingSocket, SocketErrorEvent, UDPSocket, errno_for
+from emunet.dataplane.trace import Drop, Tracer
+from emunet.errors import ConfigError, MalformedFrame, SocketError
+from emunet.packets import arp, icmp, ipv4, tcp
+from emunet.packets.checksum import internet_checksum, pseudo_header_sum
+from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
+from emunet.packets.mac import MAC
+
+if TYPE_CHECKING:
+    from emunet.dataplane.tcp import TCPConnection, TCPListener
+
+_ETH = struct.Struct("!6s6sH")
+_U16 = struct.Struct("!H")
+_IP_FIXED = struct.Struct("!BBHHHBBH4s4s")
+_PORTS = struct.Struct("!HH")
+_UDP_HDR = struct.Struct("!HHHH")
+
+BROADCAST_IP = b"\xff\xff\xff\xff"
+EPHEMERAL_LOW = 32768
+EPHEMERAL_HIGH = 60999
+
+# Linux neighbour defaults: 3 probes one second apart (mcast_solicit,
+# retrans_time), base_reachable_time 30 s, unresolved queue (a packet count
+# here rather than unres_qlen_bytes).
+ARP_RETRIES = 3
+ARP_RETRANS = 1.0
+REACHABLE_TIME = 30.0
+ARP_QUEUE_MAX = 101
+# net.ipv4.ipfrag_time
+FRAG_TIMEOUT = 30.0
+
+
+class NodeContext(Protocol):
+    """What a namespace needs from its node."""
+
+    name: str
+    tracer: Tracer
+
+    def enqueue(self, fn: Callable[..., None], *args: Any) -> None: ...
+
+    def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None: ...
+
+    def underlay_xmit(
+        self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float
+    ) -> None: ...
+
+    def next_ident(self) -> int: ...
+
+    def random_port(self, low: int, high: int) -> int: ...
+
+    def tcp_iss(self) -> int: ...
+
+    def timer_changed(self) -> None: ...
+
+
+class NetfilterHooks(Protocol):
+    """The hook points a namespace calls (implemented by the netfilter engine)."""
+
+    last_reject: tuple[int, int] | None
+    last_drop: Any
+
+    def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
+
+    def input(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
+
+    def forward(self, pkt: bytearray, in_iface: str, out_iface: str, now: float) -> int: ...
+
+    def output(self, pkt: bytearray, now: float) -> int: ...
+
+    def postrouting(
+        self, pkt: bytearray, out_iface: str, out_src: IPv4Address, now: float
+    ) -> int: ...
+
+
+ACCEPT, NF_DROP, NF_REJECT = 0, 1, 2
+
+
+class Neighbour:
+    """An ARP cache entry (``ip neigh``): INCOMPLETE, REACHABLE, STALE or FAILED."""
+
+    __slots__ = ("dev", "ip", "mac", "probes", "queue", "state", "updated")
+
+    def __init__(self, ip: bytes, dev: Interface, now: float) -> None:
+        self.ip = ip
+        self.dev = dev
+        self.mac: bytes | None = None
+        self.state = "INCOMPLETE"
+        self.updated = now
+        self.probes = 0
+        self.queue: deque[bytearray] = deque()
+
+
+class _Reassembly:
+    __slots__ = ("first", "frags", "header", "started", "total")
+
+    def __init__(self, now: float) -> None:
+        self.started = now
+        self.frags: dict[int, bytes] = {}
+        self.total = -1
+        self.header: bytes | None = None
+        self.first: bytearray | None = None
+
+
+def describe(pkt: bytes | bytearray | memoryview) -> str:
+    """One line like tcpdump's for an IPv4 packet (tracing only: not on the hot path)."""
+    try:
+        hdr, payload = ipv4.parse(pkt)
+    except MalformedFrame as exc:
+        return f"malformed ({exc.reason})"
+    base = f"{hdr.src} > {hdr.dst}"
+    frag = ""
+    if hdr.is_fragment:
+        frag = f" frag id {hdr.identification} off {hdr.fragment_offset * 8}"
+        frag += " MF" if hdr.mf else ""
+        if hdr.fragment_offset:
+            return f"{base}: proto {hdr.protocol} ttl {hdr.ttl}{frag}"
+    if hdr.protocol == ipv4.PROTO_UDP and len(payload) >= 8:
+        sp, dp = _PORTS.unpack_from(payload)
+        return f"{base}: udp {sp} > {dp} len {len(payload) - 8} ttl {hdr.ttl}{frag}"
+    if hdr.protocol == ipv4.PROTO_TCP and len(payload) >= 20:
+        try:
+            th, data = tcp.parse(payload)
+        except MalformedFrame:
+            return f"{base}: tcp (truncated)"
+        return (
+            f"{base}: tcp {th.sport} > {th.dport} [{th.flag_names}] seq {th.seq} "
+            f"ack {th.ack} len {len(data)} ttl {hdr.ttl}"
+        )
+    if hdr.protocol == ipv4.PROTO_ICMP and len(payload) >= 8:
+        m = icmp.parse(payload)
+        names = {0: "echo reply", 8: "echo request", 3: "unreachable", 11: "time exceeded"}
+        name = names.get(m.type, f"type {m.type}")
+        if m.type in (0, 8):
+            return f"{base}: icmp {name} id {m.identifier} seq {m.sequence} ttl {hdr.ttl}"
+        return f"{base}: icmp {name} code {m.code} ttl {hdr.ttl}"
+    return f"{base}: proto {hdr.protocol} len {len(payload)} ttl {hdr.ttl}{frag}"
+
+
+class Namespace:
+    """One network namespace (a pod's, or a node's root namespace)."""
+
+    def __init__(self, node: NodeContext, name: str, *, ip_forward: bool = False) -> None:
+        self.node = node
+        self.name = name
+        self.ip_forward = ip_forward
+        self.interfaces: dict[str, Interface] = {}
+        self.routes = RouteTable()
+        self.local: dict[bytes, Interface] = {}
+        self.neighbours: dict[bytes, Neighbour] = {}
+        self.netfilter: NetfilterHooks | None = None
+        self.udp_sockets: dict[tuple[bytes, int], UDPSocket] = {}
+        self.ping_sockets: dict[int, PingSocket] = {}
+        self.tcp_conns: dict[tuple[bytes, int, bytes, int], TCPConnection] = {}
+        self.tcp_listeners: dict[tuple[bytes, int], TCPListener] = {}
+        self._bound: dict[tuple[int, int], list[bytes]] = {}
+        self._frags: dict[tuple[bytes, bytes, int, int], _Reassembly] = {}
+        self._next_ifindex = 1
+        self._tracer = node.tracer
+        self.drops: dict[str, int] = {}
+        lo = self.add_interface("lo", LOOPBACK, mtu=65536)
+        self.add_address(lo, IPv4Interface("127.0.0.1/8"))
+
+    # ------------------------------------------------------------------ setup
+
+    def add_interface(
+        self, name: str, kind: str, *, mac: MAC | None = None, mtu: int = 1500
+    ) -> Interface:
+        if name in self.interfaces:
+            raise ConfigError(f"{self.name}: interface {name} already exists")
+        iface = Interface(self, name, kind, index=self._next_ifindex, mac=mac, mtu=mtu)
+        self._next_ifindex += 1
+        self.interfaces[name] = iface
+        return iface
+
+    def remove_interface(self, name: str) -> None:
+        iface = self.interfaces.pop(name, None)
+        if iface is None:
+            return
+        self.routes.delete_dev(iface)
+        for a in iface.addresses:
+            self.local.pop(a.ip.packed, None)
+        for ip in [ip for ip, n in self.neighbours.items() if n.dev is iface]:
+            del self.neighbours[ip]
+
+    def add_address(self, iface: Interface, addr: IPv4Interface, *, connected: bool = True) -> None:
+        """``ip addr add``: the address becomes local and its connected route appears."""
+        iface.addresses.append(addr)
+        self.local[addr.ip.packed] = iface
+        if iface.kind == LOOPBACK:
+            self.routes.add(
+                Route(addr.network, iface, proto="kernel", scope=SCOPE_HOST), replace=True
+            )
+        elif connected and addr.network.prefixlen < 32:
+            self.routes.add(
+                Route(addr.network, iface, src=addr.ip, proto="kernel", scope=SCOPE_LINK),
+                replace=True,
+            )
+
+    def add_route(
+        self,
+        dst: IPv4Network | str,
+        dev: Interface | str,
+        *,
+        via: IPv4Address | str | None = None,
+        src: IPv4Address | None = None,
+        scope: str | None = None,
+        replace: bool = False,
+    ) -> Route:
+        dev_i = self.interfaces[dev] if isinstance(dev, str) else dev
+        net = IPv4Network(dst)
+        gw = IPv4Address(via) if via is not None else None
+        route = Route(net, dev_i, via=gw, src=src, scope=scope or ("global" if gw else SCOPE_LINK))
+        self.routes.add(route, replace=replace)
+        return route
+
+    def primary_address(self, iface: Interface) -> IPv4Address | None:
+        return iface.addresses[0].ip if iface.addresses else None
+
+    @property
+    def addresses(self) -> list[tuple[str, IPv4Interface]]:
+        return [(i.name, a) for i in self.interfaces.values() for a in i.addresses]
+
+    # ---------------------------------------------------------------- tracing
+
+    def trace(self, now: float, iface: str, event: str, detail: str = "") -> None:
+        self._tracer.hop(now, self.node.name, self.name, iface, event, detail)
+
+    def drop(
+        self, now: float, iface: Interface | None, reason: Drop | str, detail: str = ""
+    ) -> None:
+        key = str(reason)
+        self.drops[key] = self.drops.get(key, 0) + 1
+        if iface is not None:
+            iface.rx_dropped += 1
+        if self._tracer.enabled:
+            text = str(reason) + (f": {detail}" if detail else "")
+            self.trace(now, iface.name if iface else "", "drop", text)
+
+    # ------------------------------------------------------------- receiving
+
+    def rx_frame(self, iface: Interface, frame: bytes | bytearray, now: float) -> None:
+        """An Ethernet frame arriving on an L2 interface of this namespace."""
+        iface.rx_packets += 1
+        iface.rx_bytes += len(frame)
+        for tap in iface.taps:
+            tap(now, frame)
+        if len(frame) < 14:
+            self.drop(now, iface, Drop.MALFORMED, f"ethernet frame of {len(frame)} bytes")
+            return
+        dst, _src, etype = _ETH.unpack_from(frame)
+        if dst != iface.mac and not dst[0] & 1:
+            self.drop(now, iface, Drop.NOT_FOR_US, f"destination MAC {MAC(dst)}")
+            return
+        if etype == ETH_P_IP:
+            if self._tracer.enabled:
+                self.trace(now, iface.name, "rx", describe(memoryview(frame)[14:]))
+            self.ip_rcv(iface, bytearray(memoryview(frame)[14:]), now)
+        elif etype == ETH_P_ARP:
+            self._arp_rcv(iface, frame, now)
+        else:
+            self.drop(now, iface, "unsupported ethertype", f"{etype:#06x}")
+
+    def rx_packet(self, iface: Interface, pkt: bytearray, now: float) -> None:
+        """An IPv4 packet arriving on an L3 interface (lo, flannel0, eth0)."""
+        iface.rx_packets += 1
+        iface.rx_bytes += len(pkt)
+        for tap in iface.taps:
+            tap(now, pkt)
+        if self._tracer.enabled and iface.kind != LOOPBACK:
+            self.trace(now, iface.name, "rx", describe(pkt))
+        self.ip_rcv(iface, pkt, now)
+
+    def ip_rcv(self, iface: Interface, pkt: bytearray, now: float) -> None:
+        n = len(pkt)
+        if n < 20:
+            self.drop(now, iface, Drop.MALFORMED, f"ipv4: {n} bytes")
+            return
+        vihl = pkt[0]
+        hlen = (vihl & 0x0F) << 2
+        total = (pkt[2] << 8) | pkt[3]
+        if vihl >> 4 != 4 or hlen < 20 or total < hlen or total > n or hlen > n:
+            self.drop(now, iface, Drop.MALFORMED, "ipv4: bad version, IHL or total length")
+            return
+        if internet_checksum(memoryview(pkt)[:hlen]) != 0:
+            self.drop(now, iface, Drop.MALFORMED, "ipv4: bad header checksum")
+            return
+        if total < n:
+            del pkt[total:]
+        nf = self.netfilter
+        if nf is not None:
+            if pkt[6] & 0x3F or pkt[7]:  # MF or offset: nf_defrag reassembles first
+                whole = self._reassemble(iface, pkt, now)
+                if whole is None:
+                    return
+                pkt = whole
+            verdict = nf.prerouting(pkt, iface.name, now)
+            if verdict != ACCEPT:
+                self._nf_refused(iface, pkt, verdict, now)
+                return
+        dst = bytes(pkt[16:20])
+        if dst in self.local or dst == BROADCAST_IP:
+            self.local_in(iface, pkt, now)
+            return
+        if not self.ip_forward:
+            self.drop(now, iface, Drop.NOT_FOR_US, f"{IPv4Address(dst)} is not local")
+            return
+        self.forward(iface, pkt, now)
+
+    def _nf_refused(self, iface: Interface, pkt: bytearray, verdict: int, now: float) -> None:
+        nf = self.netfilter
+        assert nf is not None
+        reason = nf.last_drop or Drop.FILTERED
+        if verdict == NF_REJECT and nf.last_reject is not None:
+            typ, code = nf.last_reject
+            self.icmp_send(pkt, typ, code, now)
+        self.drop(now, iface, reason)
+
+    # ------------------------------------------------------------ forwarding
+
+    def forward(self, in_iface: Interface, pkt: bytearray, now: float) -> None:
+        route = self.routes.lookup(bytes(pkt[16:20]))
+        if route is None:
+            self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.NET_UNREACH, now)
+            self.drop(now, in_iface, Drop.NO_ROUTE, f"to {IPv4Address(bytes(pkt[16:20]))}")
+            return
+        if pkt[8] <= 1:
+            self.icmp_send(pkt, icmp.TIME_EXCEEDED, icmp.TTL_EXCEEDED, now)
+            self.drop(now, in_iface, Drop.TTL_EXCEEDED, f"ttl {pkt[8]} at {self.name}")
+            return
+        nf = self.netfilter
+        if nf is not None:
+            verdict = nf.forward(pkt, in_iface.name, route.dev.name, now)
+            if verdict != ACCEPT:
+                self._nf_refused(in_iface, pkt, verdict, now)
+                return
+        ipv4.decrement_ttl(pkt)
+        if self._tracer.enabled:
+            self.trace(now, route.dev.name, "forward", f"route {route}; ttl now {pkt[8]}")
+        self.ip_output(route, pkt, now, forwarded=True)
+
+    def ip_output(
+        self, route: Route, pkt: bytearray, now: float, *, forwarded: bool = False
+    ) -> None:
+        dev = route.dev
+        if len(pkt) > dev.mtu:
+            if pkt[6] & 0x40:  # DF
+                self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.FRAG_NEEDED, now, mtu=dev.mtu)
+                self.drop(now, dev, Drop.FRAG_NEEDED, f"{len(pkt)} bytes > mtu {dev.mtu}")
+                return
+            for frag in fragment(pkt, dev.mtu):
+                self._post_route(route, frag, now)
+            return
+        self._post_route(route, pkt, now)
+
+    def _post_route(self, route: Route, pkt: bytearray, now: float) -> None:
+        dev = route.dev
+        nf = self.netfilter
+        if nf is not None:
+            src = route.src or (dev.addresses[0].ip if dev.addresses else IPv4Address(0))
+            verdict = nf.postrouting(pkt, dev.name, src, now)
+            if verdict != ACCEPT:
+                self._nf_refused(dev, pkt, verdict, now)
+                return
+        next_hop = route.via.packed if route.via is not None else bytes(pkt[16:20])
+        kind = dev.kind
+        if kind == TUN:
+            self._count_tx(dev, pkt, now)
+            self.node.tun_xmit(dev, pkt, now)
+        elif kind == UNDERLAY:
+            self._count_tx(dev, pkt, now)
+            self.node.underlay_xmit(dev, next_hop, pkt, now)
+        elif kind == LOOPBACK:
+            self._count_tx(dev, pkt, now)
+            self.node.enqueue(self.rx_packet, dev, pkt, now)
+        else:
+            self.neigh_output(dev, next_hop, pkt, now)
+
+    def _count_tx(self, dev: Interface, data: bytes | bytearray, now: float) -> None:
+        dev.tx_packets += 1
+        dev.tx_bytes += len(data)
+        for tap in dev.taps:
+            tap(now, data)
+
+    # ------------------------------------------------------- L2 transmission
+
+    def l2_xmit(self, dev: Interface, frame: bytes | bytearray, now: float) -> None:
+        """Send an Ethernet frame on an L2 device (veth end or the bridge device)."""
+        dev.tx_packets += 1
+        dev.tx_bytes += len(frame)
+        for tap in dev.taps:
+            tap(now, frame)
+        if self._tracer.enabled and frame[12:14] == b"\x08\x00":
+            self.trace(now, dev.name, "tx", describe(memoryview(frame)[14:]))
+        if dev.kind == VETH:
+            peer = dev.peer
+            if peer is None or not dev.up or not peer.up:
+                self.drop(now, dev, Drop.LINK_DOWN, dev.name)
+                return
+            if peer.master is not None:
+                self.node.enqueue(peer.netns.bridge_port_rx, peer, frame, now)
+            else:
+                self.node.enqueue(peer.netns.rx_frame, peer, frame, now)
+        elif dev.kind == BRIDGE:
+            assert dev.bridge is not None
+            dev.bridge.input(None, frame, now)
+
+    def bridge_port_rx(self, port: Interface, frame: bytes | bytearray, now: float) -> None:
+        """A frame received on a bridge port (a veth enslaved to cni0)."""
+        port.rx_packets += 1
+        port.rx_bytes += len(frame)
+        for tap in port.taps:
+            tap(now, frame)
+        if len(frame) < 14:
+            self.drop(now, port, Drop.MALFORMED, f"ethernet frame of {len(frame)} bytes")
+            return
+        if self._tracer.enabled:
+            self.trace(
+                now, port.name, "rx", f"bridge port of {port.master.name if port.master else '?'}"
+            )
+        master = port.master
+        assert master is not None and master.bridge is not None
+        master.bridge.input(port, frame, now)
+
+    # ------------------------------------------------------------ neighbours
+
+    def neigh_output(self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float) -> None:
+        n = self.neighbours.get(next_hop)
+        if n is not None and n.mac is not None and n.state != "FAILED":
+            if n.state == "REACHABLE" and now - n.updated > REACHABLE_TIME:
+                n.state = "STALE"
+            assert dev.mac is not None
+            self.l2_xmit(dev, _ETH.pack(n.mac, dev.mac, ETH_P_IP) + pkt, now)
+            return
+        new = n is None or n.state == "FAILED"
+        if n is None or new:
+            n = Neighbour(next_hop, dev, now)
+            self.neighbours[next_hop] = n
+        if len(n.queue) >= ARP_QUEUE_MAX:
+            self.drop(now, dev, Drop.ARP_QUEUE_FULL, str(IPv4Address(next_hop)))
+            return
+        n.queue.append(pkt)
+        if self._tracer.enabled:
+            self.trace(now, dev.name, "neigh queued", f"waiting for ARP of {IPv4Address(next_hop)}")
+        if new:
+            self._arp_request(dev, next_hop, now)
+            self.node.timer_changed()
+
+    def _arp_request(self, dev: Interface, target: bytes, now: float) -> None:
+        n = self.neighbours[target]
+        n.probes += 1
+        n.updated = now
+        src_ip = self._source_for(dev, target)
+        assert dev.mac is not None
+        req = arp.ARPPacket(arp.REQUEST, dev.mac, src_ip, MAC.ZERO, IPv4Address(target))
+        if self._tracer.enabled:
+            self.trace(now, dev.name, "arp request", f"who-has {IPv4Address(target)} tell {src_ip}")
+        self.l2_xmit(dev, _ETH.pack(MAC.BROADCAST, dev.mac, ETH_P_ARP) + arp.build(req), now)
+
+    def _source_for(self, dev: Interface, target: bytes) -> IPv4Address:
+        t = IPv4Address(target)
+        for a in dev.addresses:
+            if t in a.network:
+                return a.ip
+        return dev.addresses[0].ip if dev.addresses else IPv4Address(0)
+
+    def _arp_rcv(self, iface: Interface, frame: bytes | bytearray, now: float) -> None:
+        try:
+            p = arp.parse(frame, 14)
+        except MalformedFrame as exc:
+            self.drop(now, iface, Drop.MALFORMED, exc.reason)
+            return
+        sip = p.sender_ip.packed
+        tip = p.target_ip.packed
+        for_us = self.local.get(tip) is not None
+        n = self.neighbours.get(sip)
+        if n is not None or (for_us and p.op == arp.REQUEST) or p.op == arp.REPLY:
+            if n is None:
+                n = Neighbour(sip, iface, now)
+                self.neighbours[sip] = n
+            n.mac = bytes(p.sender_mac)
+            n.state = "REACHABLE"
+            n.updated = now
+            n.dev = iface
+            if self._tracer.enabled and p.op == arp.REPLY:
+                self.trace(now, iface.name, "arp reply", f"{p.sender_ip} is-at {p.sender_mac}")
+            while n.queue:
+                queued = n.queue.popleft()
+                assert iface.mac is not None
+                self.l2_xmit(iface, _ETH.pack(n.mac, iface.mac, ETH_P_IP) + queued, now)
+        if p.op == arp.REQUEST and for_us:
+            assert iface.mac is not None
+            if self._tracer.enabled:
+                self.trace(now, iface.name, "arp reply", f"{p.target_ip} is-at {iface.mac}")
+            rep = arp.ARPPacket(arp.REPLY, iface.mac, p.target_ip, p.sender_mac, p.sender_ip)
+            self.l2_xmit(iface, _ETH.pack(p.sender_mac, iface.mac, ETH_P_ARP) + arp.build(rep), now)
+
+    # ------------------------------------------------------- local delivery
+
+    def local_in(self, iface: Interface, pkt: bytearray, now: float) -> None:
+        if pkt[6] & 0x3F or pkt[7]:
+            whole = self._reassemble(iface, pkt, now)
+            if whole is None:
+                return
+            pkt = whole
+        nf = self.netfilter
+        if nf is not None:
+            verdict = nf.input(pkt, iface.name, now)
+            if verdict != ACCEPT:
+                self._nf_refused(iface, pkt, verdict, now)
+                return
+        proto = pkt[9]
+        hlen = (pkt[0] & 0x0F) << 2
+        if proto == ipv4.PROTO_UDP:
+            self._udp_rcv(iface, pkt, hlen, now)
+        elif proto == ipv4.PROTO_TCP:
+            self._tcp_rcv(iface, pkt, hlen, now)
+        elif proto == ipv4.PROTO_ICMP:
+            self._icmp_rcv(iface, pkt, hlen, now)
+        else:
+            self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.PROTO_UNREACH, now)
+            self.drop(now, iface, Drop.PROTO_UNREACHABLE, f"protocol {proto}")
+
+    def _udp_rcv(self, iface: Interface, pkt: bytearray, hlen: int, now: float) -> None:
+        n = len(pkt) - hlen
+        if n < 8:
+            self.drop(now, iface, Drop.MALFORMED, f"udp: {n} bytes")
+            return
+        sport, dport, length, csum = _UDP_HDR.unpack_from(pkt, hlen)
+        if length < 8 or length > n:
+            self.drop(now, iface, Drop.MALFORMED, f"udp: length {length} with {n} bytes")
+            return
+        mv = memoryview(pkt)
+        if csum:
+            init = pseudo_header_sum(bytes(pkt[12:16]), bytes(pkt[16:20]), 17, length)
+            if internet_checksum(mv[hlen : hlen + length], init) != 0:
+                self.drop(now, iface, Drop.MALFORMED, "udp: bad checksum")
+                return
+        dst = bytes(pkt[16:20])
+        sock = self.udp_sockets.get((dst, dport)) or self.udp_sockets.get((ANY.packed, dport))
+        if sock is None:
+            if dst != BROADCAST_IP:
+                self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.PORT_UNREACH, now)
+            self.drop(now, iface, Drop.PORT_UNREACHABLE, f"udp port {dport}")
+            return
+        src = IPv4Address(bytes(pkt[12:16]))
+        if sock.deliver(bytes(mv[hlen + 8 : hlen + length]), (src, sport)):
+            if self._tracer.enabled:
+                self.trace(now, "", "deliver", f"udp socket :{dport} ({length - 8} bytes)")
+        else:
+            self.drop(now, iface, Drop.SOCKET_BUFFER_FULL, f"udp port {dport}")
+
+    def _tcp_rcv(self, iface: Interface, pkt: bytearray, hlen: int, now: float) -> None:
+        src, dst = bytes(pkt[12:16]), bytes(pkt[16:20])
+        try:
+            hdr, payload = tcp.parse(
+                memoryview(pkt)[hlen:], verify_with=(IPv4Address(src), IPv4Address(dst))
+            )
+        except MalformedFrame as exc:
+            self.drop(now, iface, Drop.MALFORMED, exc.reason)
+            return
+        conn = self.tcp_conns.get((dst, hdr.dport, src, hdr.sport))
+        if conn is not None:
+            conn.receive(hdr, payload, now)
+            if self._tracer.enabled:
+                self.trace(now, "", "deliver", f"tcp socket :{hdr.dport} [{hdr.flag_names}]")
+            self.tcp_flush(conn, now)
+            return
+        listener = self.tcp_listeners.get((dst, hdr.dport)) or self.tcp_listeners.get(
+            (ANY.packed, hdr.dport)
+        )
+        if listener is not None and hdr.flags & tcp.SYN and not hdr.flags & (tcp.ACK | tcp.RST):
+            new = listener.receive_syn(
+                IPv4Address(src), IPv4Address(dst), hdr, now, self.node.tcp_iss()
+            )
+            if new is not None:
+                self.tcp_conns[(dst, hdr.dport, src, hdr.sport)] = new
+                if self._tracer.enabled:
+                    self.trace(now, "", "deliver", f"tcp listener :{hdr.dport} [SYN]")
+                self.tcp_flush(new, now)
+            return
+        from emunet.dataplane.tcp import rst_for
+
+        rst = rst_for(hdr, len(payload), IPv4Address(dst), IPv4Address(src))
+        self.drop(now, iface, Drop.TCP_NO_LISTENER, f"tcp port {hdr.dport}")
+        if rst is not None:
+            self.ip_send_local(6, IPv4Address(dst), IPv4Address(src), rst, now, df=True)
+
+    def tcp_flush(self, conn: TCPConnection, now: float) -> None:
+        """Send what a TCP connection has queued; forget it once it is closed."""
+        for seg in conn.segments_to_send():
+            self.ip_send_local(6, conn.local_ip, conn.remote_ip, seg, now, df=True, owner=conn)
+        if conn.state.name == "CLOSED":
+            key = (conn.local_ip.packed, conn.local_port, conn.remote_ip.packed, conn.remote_port)
+            if self.tcp_conns.get(key) is conn:
+                del self.tcp_conns[key]
+                self._release_tcp_port(conn)
+        self.node.timer_changed()
+
+    def _release_tcp_port(self, conn: TCPConnection) -> None:
+        if getattr(conn, "owns_port", False):
+            self.unbind_port(6, (conn.local_ip, conn.local_port))
+
+    def _icmp_rcv(self, iface: Interface, pkt: bytearray, hlen: int, now: float) -> None:
+        mv = memoryview(pkt)[hlen:]
+        if len(mv) < 8:
+            self.drop(now, iface, Drop.MALFORMED, f"icmp: {len(mv)} bytes")
+            return
+        if internet_checksum(mv) != 0:
+            self.drop(now, iface, Drop.MALFORMED, "icmp: bad checksum")
+            return
+        typ = mv[0]
+        src = IPv4Address(bytes(pkt[12:16]))
+        if typ == icmp.ECHO_REQUEST:
+            dst = bytes(pkt[16:20])
+            if dst == BROADCAST_IP:
+                return  # icmp_echo_ignore_broadcasts=1
+            reply = bytearray(mv)
+            reply[0] = icmp.ECHO_REPLY
+            reply[2:4] = b"\x00\x00"
+            _U16.pack_into(reply, 2, internet_checksum(reply))
+            if self._tracer.enabled:
+                self.trace(now, "", "deliver", "icmp echo request: replying")
+            self.ip_send_local(1, IPv4Address(dst), src, bytes(reply), now)
+        elif typ == icmp.ECHO_REPLY:
+            ident, seq = _PORTS.unpack_from(mv, 4)
+            sock = self.ping_sockets.get(ident)
+            if sock is None:
+                self.drop(now, iface, "no ping socket", f"id {ident}")
+                return
+            if self._tracer.enabled:
+                self.trace(now, "", "deliver", f"icmp echo reply id {ident} seq {seq}")
+            sock.reply_received(seq, src, pkt[8], len(mv) - 8, now)
+        elif typ in (icmp.DEST_UNREACH, icmp.TIME_EXCEEDED):
+            self._icmp_error_rcv(iface, src, mv, now)
+        else:
+            self.drop(now, iface, "icmp type not handled", str(typ))
+
+    def _icmp_error_rcv(
+        self, iface: Interface, offender: IPv4Address, mv: memoryview, now: float
+    ) -> None:
+        typ, code = mv[0], mv[1]
+        mtu = _U16.unpack_from(mv, 6)[0]
+        inner = mv[8:]
+        if len(inner) < 28 or inner[0] >> 4 != 4:
+            self.drop(now, iface, Drop.MALFORMED, "icmp error: quoted packet too short")
+            return
+        ihl = (inner[0] & 0x0F) << 2
+        if len(inner) < ihl + 8:
+            self.drop(now, iface, Drop.MALFORMED, "icmp error: quoted packet too short")
+            return
+        proto = inner[9]
+        isrc, idst = bytes(inner[12:16]), bytes(inner[16:20])
+        ev = SocketErrorEvent(
+            errno_for(typ, code), typ, code, offender, IPv4Address(idst), mtu, now
+        )
+        target: Any = None
+        if proto == ipv4.PROTO_UDP:
+            sport = _U16.unpack_from(inner, ihl)[0]
+            target = self.udp_sockets.get((isrc, sport)) or self.udp_sockets.get(
+                (ANY.packed, sport)
+            )
+        elif proto == ipv4.PROTO_ICMP:
+            ident = _U16.unpack_from(inner, ihl + 4)[0]
+            target = self.ping_sockets.get(ident)
+        elif proto == ipv4.PROTO_TCP:
+            sport, dport = _PORTS.unpack_from(inner, ihl)
+            target = self.tcp_conns.get((isrc, sport, idst, dport))
+        if target is None:
+            self.drop(now, iface, "icmp error for no socket", str(ev))
+            return
+        if self._tracer.enabled:
+            self.trace(now, "", "deliver", f"icmp error to socket: {ev}")
+        target.error_received(ev)
+        if proto == ipv4.PROTO_TCP:
+            self.tcp_flush(target, now)
+
+    # ---------------------------------------------------------- ICMP errors
+
+    def icmp_send(
+        self, offending: bytearray, typ: int, code: int, now: float, *, mtu: int = 0
+    ) -> None:
+        """Send an ICMP error about ``offending`` back to its source (RFC 1812 4.3.2.7)."""
+        if len(offending) < 20:
+            return
+        if offending[6] & 0x1F or offending[7]:
+            return  # never for a non-first fragment
+        src = bytes(offending[12:16])
+        if src == b"\x00\x00\x00\x00" or src[0] >= 224 or bytes(offending[16:20]) == BROADCAST_IP:
+            return
+        if offending[9] == ipv4.PROTO_ICMP:
+            hlen = (offending[0] & 0x0F) << 2
+            if len(offending) > hlen and offending[hlen] in icmp.ERROR_TYPES:
+                return  # never about an ICMP error
+        msg = icmp.error(typ, code, offending, mtu)
+        dst = bytes(offending[16:20])
+        from_addr = IPv4Address(dst) if dst in self.local else None
+        if self._tracer.enabled:
+            self.trace(
+                now,
+                "",
+                "icmp error",
+                f"type {typ} code {code} to {IPv4Address(src)}" + (f" mtu {mtu}" if mtu else ""),
+            )
+        self.ip_send_local(1, from_addr, IPv4Address(src), msg, now, ttl=64)
+
+    # -------------------------------------------------------- local output
+
+    def ip_send_local(
+        self,
+        proto: int,
+        src: IPv4Address | None,
+        dst: IPv4Address,
+        payload: bytes | bytearray,
+        now: float,
+        *,
+        ttl: int = 64,
+        df: bool = True,
+        owner: Any = None,
+    ) -> None:
+        """Route and send a locally generated packet (``ip_queue_xmit``).
+
+        Errors a real ``sendto`` would return raise :class:`SocketError`
+        when ``owner`` is a socket; otherwise they are dropped with a reason.
+        """
+        dpk = dst.packed
+        if dpk in self.local or dst.is_loopback:
+            dev = self.local.get(dpk) or self.interfaces["lo"]
+            s = src or dst
+            pkt = ipv4.build_fast(
+                s.packed, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
+            )
+            nf = self.netfilter
+            if nf is not None and nf.output(pkt, now) != ACCEPT:
+                self._nf_refused(dev, pkt, nf.output(pkt, now), now)
+                return
+            lo = self.interfaces["lo"]
+            self._count_tx(lo, pkt, now)
+            if self._tracer.enabled:
+                self.trace(now, "lo", "tx", describe(pkt))
+            self.node.enqueue(self.rx_packet, lo, pkt, now)
+            return
+        route = self.routes.lookup(dpk)
+        if route is None:
+            if owner is not None and not hasattr(owner, "state"):
+                raise SocketError("ENETUNREACH", f"no route to {dst} in {self.name}")
+            self.drop(now, None, Drop.NO_ROUTE, f"to {dst}")
+            return
+        if src is None:
+            src = route.src or self._source_for(route.dev, (route.via or dst).packed)
+        pkt = ipv4.build_fast(
+            src.packed, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
+        )
+        if df and len(pkt) > route.dev.mtu and owner is not None:
+            if isinstance(owner, UDPSocket):
+                raise SocketError("EMSGSIZE", f"message of {len(pkt)} bytes > mtu {route.dev.mtu}")
+        nf = self.netfilter
+        if nf is not None:
+            verdict = nf.output(pkt, now)
+            if verdict != ACCEPT:
+                self._nf_refused(route.dev, pkt, verdict, now)
+                return
+            if bytes(pkt[16:20]) != dpk:
+                rerouted = self.routes.lookup(bytes(pkt[16:20]))
+                if rerouted is None:
+                    self.drop(now, None, Drop.NO_ROUTE, describe(pkt))
+                    return
+                route = rerouted
+        if self._tracer.enabled:
+            self.trace(now, route.dev.name, "route", f"{describe(pkt)} via route {route}")
+        self.ip_output(route, pkt, now)
+
+    # --------------------------------------------------------------- sockets
+
+    def bind_port(
+        self, proto: int, addr: IPv4Address, port: int, sock: Any
+    ) -> tuple[IPv4Address, int]:
+        if addr != ANY and addr.packed not in self.local:
+            raise SocketError("EADDRNOTAVAIL", f"{addr} is not an address of {self.name}")
+        if port == 0:
+            port = self._ephemeral(proto)
+        elif not 0 < port <= 0xFFFF:
+            raise SocketError("EINVAL", f"port {port} out of range")
+        owners = self._bound.setdefault((proto, port), [])
+        if owners and (addr.packed in owners or ANY.packed in owners or addr == ANY):
+            raise SocketError("EADDRINUSE", f"port {port} is already in use in {self.name}")
+        owners.append(addr.packed)
+        if proto == 17:
+            self.udp_sockets[(addr.packed, port)] = sock
+        return addr, port
+
+    def unbind_port(self, proto: int, local: tuple[IPv4Address, int]) -> None:
+        addr, port = local
+        owners = self._bound.get((proto, port))
+        if owners and addr.packed in owners:
+            owners.remove(addr.packed)
+            if not owners:
+                del self._bound[(proto, port)]
+        if proto == 17:
+            self.udp_sockets.pop((addr.packed, port), None)
+        elif proto == 6:
+            self.tcp_listeners.pop((addr.packed, port), None)
+
+    def _ephemeral(self, proto: int) -> int:
+        span = EPHEMERAL_HIGH - EPHEMERAL_LOW + 1
+        start = self.node.random_port(EPHEMERAL_LOW, EPHEMERAL_HIGH)
+        for i in range(span):
+            port = EPHEMERAL_LOW + (start - EPHEMERAL_LOW + i) % span
+            if (proto, port) not in self._bound:
+                return port
+        raise SocketError("EADDRINUSE", f"no free ephemeral port in {self.name}")
+
+    def udp_socket(self) -> UDPSocket:
+        return UDPSocket(self)
+
+    def ping_socket(self, ident: int | None = None) -> PingSocket:
+        if ident is None:
+            ident = self.node.random_port(1, 0xFFFF)
+            while ident in self.ping_sockets:
+                ident = ident % 0xFFFF + 1
+        elif ident in self.ping_sockets:
+            raise SocketError("EADDRINUSE", f"ping id {ident} in use")
+        sock = PingSocket(self, ident)
+        self.ping_sockets[ident] = sock
+        return sock
+
+    def udp_send(
+        self, sock: UDPSocket, data: bytes, dst: IPv4Address, dport: int, now: float
+    ) -> None:
+        assert sock.local is not None
+        laddr, lport = sock.local
+        src: IPv4Address | None = laddr if laddr != ANY else None
+        if src is None:
+            if dst.packed in self.local or dst.is_loopback:
+                src = dst
+            else:
+                route = self.routes.lookup(dst.packed)
+                if route is None:
+                    raise SocketError("ENETUNREACH", f"no route to {dst} in {self.name}")
+                src = route.src or self._source_for(route.dev, (route.via or dst).packed)
+        from emunet.packets import udp
+
+        seg = udp.build_fast(lport, dport, data, src.packed, dst.packed)
+        if self._tracer.enabled:
+            self.trace(now, "", "sendto", f"udp {src}:{lport} > {dst}:{dport} ({len(data)} bytes)")
+        self.ip_send_local(17, src, dst, seg, now, ttl=sock.ttl, df=sock.df, owner=sock)
+
+    def tcp_listen(
+        self, port: int, addr: IPv4Address | str = ANY, backlog: int = 128
+    ) -> TCPListener:
+        from emunet.dataplane.tcp import TCPListener
+
+        a = IPv4Address(addr)
+        self.bind_port(6, a, port, None)
+        listener = TCPListener(a, port, backlog=backlog)
+        self.tcp_listeners[(a.packed, port)] = listener
+        return listener
+
+    def tcp_connect(self, dst: IPv4Address | str, dport: int, now: float) -> TCPConnection:
+        from emunet.dataplane.tcp import TCPConnection
+
+        d = IPv4Address(dst)
+        if d.packed in self.local or d.is_loopback:
+            src = d
+            mtu = self.interfaces["lo"].mtu
+        else:
+            route = self.routes.lookup(d.packed)
+            if route is None:
+                raise SocketError("ENETUNREACH", f"no route to {d} in {self.name}")
+            src = route.src or self._source_for(route.dev, (route.via or d).packed)
+            mtu = route.dev.mtu
+        _, lport = self.bind_port(6, src, 0, None)
+        conn = TCPConnection(
+            src, lport, d, dport, mss=min(mtu, 65535) - 40, iss=self.node.tcp_iss(), now=now
+        )
+        conn.owns_port = True  # type: ignore[attr-defined]
+        self.tcp_conns[(src.packed, lport, d.packed, dport)] = conn
+        conn.connect(now)
+        self.tcp_flush(conn, now)
+        return conn
+
+    # ------------------------------------------------------- fragmentation
+
+    def _reassemble(self, iface: Interface, pkt: bytearray, now: float) -> bytearray | None:
+        key = (bytes(pkt[12:16]), bytes(pkt[16:20]), (pkt[4] << 8) | pkt[5], pkt[9])
+        hlen = (pkt[0] & 0x0F) << 2
+        ff = (pkt[6] << 8) | pkt[7]
+        offset = (ff & ipv4.FRAG_MASK) * 8
+        more = bool(ff & ipv4.FLAG_MF)
+        r = self._frags.get(key)
+        if r is None:
+            r = self._frags[key] = _Reassembly(now)
+            self.node.timer_changed()
+        r.frags[offset] = bytes(pkt[hlen:])
+        if offset == 0:
+            r.first = pkt
+        if not more:
+            r.total = offset + len(pkt) - hlen
+        if r.total < 0 or r.first is None:
+            return None
+        pos = 0
+        for off in sorted(r.frags):
+            if off > pos:
+                return None
+            pos = max(pos, off + len(r.frags[off]))
+        if pos < r.total:
+            return None
+        del self._frags[key]
+        body = bytearray(r.total)
+        for off, data in r.frags.items():
+            body[off : off + len(data)] = data[: max(0, r.total - off)]
+        first = r.first
+        fhlen = (first[0] & 0x0F) << 2
+        whole = bytearray(first[:fhlen]) + body
+        _U16.pack_into(whole, 2, len(whole))
+        whole[6] &= 0x40  # keep DF, clear MF and offset
+        whole[7] = 0
+        whole[10:12] = b"\x00\x00"
+        _U16.pack_into(whole, 10, internet_checksum(memoryview(whole)[:fhlen]))
+        if self._tracer.enabled:
+            self.trace(
+                now, iface.name, "reassembled", f"{len(r.frags)} fragments, {len(whole)} bytes"
+            )
+        return whole
+
+    def expire_fragments(self, now: float) -> None:
+        for key in [k for k, r in self._frags.items() if now - r.started >= FRAG_TIMEOUT]:
+            r = self._frags.pop(key)
+            if r.first is not None:
+                self.icmp_send(r.first, icmp.TIME_EXCEEDED, icmp.FRAG_REASSEMBLY_EXCEEDED, now)
+            self.drop(now, None, Drop.REASSEMBLY_TIMEOUT, f"id {key[2]}")
+
+    # ----------------------------------------------------------------- timers
+
+    def get_timer(self) -> float | None:
+        times: list[float] = []
+        for n in self.neighbours.values():
+            if n.state == "INCOMPLETE":
+                times.append(n.updated + ARP_RETRANS)
+        for r in self._frags.values():
+            times.append(r.started + FRAG_TIMEOUT)
+        for conn in self.tcp_conns.values():
+            t = conn.get_timer()
+            if t is not None:
+                times.append(t)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        for n in list(self.neighbours.values()):
+            if n.state == "INCOMPLETE" and now >= n.updated + ARP_RETRANS:
+                if n.probes >= ARP_RETRIES:
+                    n.state = "FAILED"
+                    queued, n.queue = list(n.queue), deque()
+                    del self.neighbours[n.ip]
+                    self.drop(now, n.dev, Drop.ARP_TIMEOUT, str(IPv4Address(n.ip)))
+                    for pkt in queued:
+                        self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.HOST_UNREACH, now)
+                else:
+                    self._arp_request(n.dev, n.ip, now)
+        if self._frags:
+            self.expire_fragments(now)
+        for conn in list(self.tcp_conns.values()):
+            t = conn.get_timer()
+            if t is not None and now >= t:
+                conn.handle_timer(now)
+                self.tcp_flush(conn, now)
+
+    # ----------------------------------------------------------------- views
+
+    def neigh_show(self, now: float) -> list[str]:
+        """Lines like ``ip neigh show``."""
+        out = []
+        for n in self.neighbours.values():
+            state = n.state
+            if state == "REACHABLE" and now - n.updated > REACHABLE_TIME:
+                state = "STALE"
+            mac = f" lladdr {MAC(n.mac)}" if n.mac else ""
+            out.append(f"{IPv4Address(n.ip)} dev {n.dev.name}{mac} {state}")
+        return out
+
+
+def fragment(pkt: bytearray, mtu: int) -> list[bytearray]:
+    """Split an IPv4 packet into fragments that fit ``mtu`` (RFC 791 section 3.2)."""
+    hlen = (pkt[0] & 0x0F) << 2
+    header = pkt[:hlen]
+    body = memoryview(pkt)[hlen:]
+    chunk = ((mtu - hlen) // 8) * 8
+    ff = (pkt[6] << 8) | pkt[7]
+    base = ff & ipv4.FRAG_MASK
+    last_mf = ff & ipv4.FLAG_MF
+    out: list[bytearray] = []
+    for start in range(0, len(body), chunk):
+        part = body[start : start + chunk]
+        frag = bytearray(header) + part
+        more = start + chunk < len(body)
+        flags = (ipv4.FLAG_MF if more or last_mf else 0) | (base + start // 8)
+        _U16.pack_into(frag, 2, len(frag))
+        _U16.pack_into(frag, 6, flags)
+        frag[10:12] = b"\x00\x00"
+        _U16.pack_into(frag, 10, internet_checksum(memoryview(frag)[:hlen]))
+        out.append(frag)
+    return out

@@ -1,0 +1,78 @@
+"""flannel's udp backend: what flanneld does with packets of ``flannel0``.
+
+flanneld reads raw IPv4 packets from the TUN device ``flannel0`` and sends
+each one, unchanged but for the TTL, as the payload of a UDP datagram to the
+node whose lease covers the destination (port 8285 by default). Datagrams it
+receives are written back into ``flannel0``. Faithful details (flannel's
+``backend/udp`` proxy):
+
+* the TTL is decremented on both sides, with the checksum patched (RFC 1624);
+  a packet whose TTL reaches zero is discarded *without* an ICMP error;
+* no lease for the destination: an ICMP net unreachable is written back into
+  the TUN, source = the ``flannel0`` address, never for ICMP errors or
+  non-first fragments (the namespace's ``icmp_send`` applies those rules).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from emunet.packets import ipv4
+
+DEFAULT_PORT = 8285
+# flannel0's MTU is the underlay's minus an IPv4 and a UDP header
+OVERHEAD = 20 + 8
+
+
+class Lease:
+    __slots__ = ("addr", "public_ip", "subnet")
+
+    def __init__(self, subnet: IPv4Network, public_ip: IPv4Address, port: int) -> None:
+        self.subnet = subnet
+        self.public_ip = public_ip
+        self.addr = (str(public_ip), port)
+
+
+class FlannelUDP:
+    """The subnet -> PublicIP table and the per-packet rules of flannel's udp proxy."""
+
+    def __init__(self, own_subnet: IPv4Network, port: int = DEFAULT_PORT) -> None:
+        self.own_subnet = own_subnet
+        self.port = port
+        self._by_len: dict[int, dict[int, Lease]] = {}
+        self._lengths: list[int] = []
+        self.ttl_drops = 0
+        self.no_lease = 0
+
+    def set_lease(self, subnet: IPv4Network, public_ip: IPv4Address) -> None:
+        self._by_len.setdefault(subnet.prefixlen, {})[int(subnet.network_address)] = Lease(
+            subnet, public_ip, self.port
+        )
+        self._lengths = sorted(self._by_len, reverse=True)
+
+    def remove_lease(self, subnet: IPv4Network) -> Lease | None:
+        table = self._by_len.get(subnet.prefixlen)
+        lease = table.pop(int(subnet.network_address), None) if table else None
+        if table is not None and not table:
+            del self._by_len[subnet.prefixlen]
+            self._lengths = sorted(self._by_len, reverse=True)
+        return lease
+
+    def leases(self) -> list[Lease]:
+        return [lease for t in self._by_len.values() for lease in t.values()]
+
+    def lookup(self, dst: bytes) -> Lease | None:
+        addr = int.from_bytes(dst, "big")
+        for plen in self._lengths:
+            lease = self._by_len[plen].get(addr & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF))
+            if lease is not None:
+                return lease
+        return None
+
+    @staticmethod
+    def decrement_ttl(pkt: bytearray) -> bool:
+        """flannel's ``decrement_ttl``: False when the TTL reaches zero (discard)."""
+        if pkt[ipv4.TTL] <= 1:
+            return False
+        ipv4.decrement_ttl(pkt)
+        return True
