@@ -99,7 +99,7 @@ class Bridge:
                 self._local(frame, now)
             return
         entry = self.fdb.get(dst)
-        if entry is not None and now - entry.updated <= self.ageing_time:
+        if entry is not None and now - entry.updated < self.ageing_time:
             if entry.port is port:
                 return  # destination is on the ingress segment: filtered
             if self._tracing():
@@ -118,7 +118,7 @@ class Bridge:
 
     def age(self, now: float) -> int:
         """Remove entries idle for longer than the ageing time; returns how many."""
-        old = [m for m, e in self.fdb.items() if now - e.updated > self.ageing_time]
+        old = [m for m, e in self.fdb.items() if now - e.updated >= self.ageing_time]
         for m in old:
             del self.fdb[m]
         return len(old)
@@ -129,7 +129,7 @@ class Bridge:
         return min(e.updated for e in self.fdb.values()) + self.ageing_time
 
     def show(self, now: float) -> list[tuple[MAC, str, float, bool]]:
-        """``(mac, port, age seconds, is_local)`` rows, like ``bridge fdb show``/``brctl showmacs``."""
+        """``(mac, port, age seconds, is_local)`` rows, like ``brctl showmacs``."""
         rows = [(MAC(m), e.port.name, now - e.updated, False) for m, e in self.fdb.items()]
         rows.append((self.mac, self.name, 0.0, True))
         return rows

@@ -197,11 +197,11 @@ class Fabric:
             assert isinstance(action, UnderlayPacket)
             self.schedule(self.now + link.delay, dst.underlay_received, bytes(action.packet))
 
-    def _fire_timer(self, node: Node) -> None:
+    def _fire_timer(self, node: Node, now: float) -> None:
         t = self._timer_at.get(node.name)
-        if t is not None and t <= self.now:
+        if t is not None and t <= now:
             del self._timer_at[node.name]
-            node.handle_timer(self.now)
+            node.handle_timer(now)
 
     def flush(self) -> None:
         """Collect what socket calls made since the last step queued on the nodes."""
@@ -223,13 +223,10 @@ class Fabric:
         while events and events[0][0] <= end and count < max_events:
             at, _, fn, args = heapq.heappop(events)
             self.now = max(self.now, at)
-            node = args[0] if fn is self._fire_timer else getattr(fn, "__self__", None)
-            fn(*args, self.now) if fn is not self._fire_timer else fn(*args)
+            fn(*args, self.now)
             count += 1
-            if isinstance(node, Node):
-                self._touch(node)
-            else:
-                self.flush()
+            # callbacks (apps) may have sent on any node: collect everywhere
+            self.flush()
             if until is not None and until():
                 return count
         if until is None or not until():

@@ -761,9 +761,11 @@ class Namespace:
                 s.packed, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
             )
             nf = self.netfilter
-            if nf is not None and nf.output(pkt, now) != ACCEPT:
-                self._nf_refused(dev, pkt, nf.output(pkt, now), now)
-                return
+            if nf is not None:
+                verdict = nf.output(pkt, now)
+                if verdict != ACCEPT:
+                    self._nf_refused(dev, pkt, verdict, now)
+                    return
             lo = self.interfaces["lo"]
             self._count_tx(lo, pkt, now)
             if self._tracer.enabled:
@@ -781,9 +783,8 @@ class Namespace:
         pkt = ipv4.build_fast(
             src.packed, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
         )
-        if df and len(pkt) > route.dev.mtu and owner is not None:
-            if isinstance(owner, UDPSocket):
-                raise SocketError("EMSGSIZE", f"message of {len(pkt)} bytes > mtu {route.dev.mtu}")
+        if df and len(pkt) > route.dev.mtu and isinstance(owner, UDPSocket):
+            raise SocketError("EMSGSIZE", f"message of {len(pkt)} bytes > mtu {route.dev.mtu}")
         nf = self.netfilter
         if nf is not None:
             verdict = nf.output(pkt, now)
