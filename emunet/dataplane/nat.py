@@ -1,0 +1,112 @@
+"""NAT packet manipulation, in place, with incremental checksums (RFC 1624).
+
+``manip(pkt, off, end, is_src, addr, port)`` rewrites one side of the IPv4
+packet whose header starts at ``off`` (``end`` is where the IP datagram's bytes
+stop in ``pkt``): the address, and the L4 "port" of that side (TCP/UDP port,
+or the ICMP echo identifier, which stands for both ports). The IP header
+checksum, the TCP/UDP checksum (the pseudo-header holds the addresses) and the
+ICMP checksum (the identifier) are patched, not recomputed.
+
+For a packet quoted inside an ICMP error only the first 8 bytes of L4 are
+present: a UDP checksum (bytes 6-7) is still patched, the TCP checksum (bytes
+16-17) is absent and left alone, as Linux's nf_nat does. The ICMP error's own
+checksum is then recomputed over the whole message (:func:`fix_icmp_checksum`),
+also what Linux does (``nf_nat_icmp_reply_translation``).
+
+A UDP checksum of 0 means "none" (RFC 768) and stays 0; a patched checksum
+that comes out 0 is sent as 0xFFFF.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from emunet.packets.checksum import internet_checksum
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+# ICMP query types whose identifier is tracked like a port (RFC 792).
+ICMP_QUERY_TYPES = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
+
+
+def _csum_add32(csum: int, old: int, new: int) -> int:
+    """Patch ``csum`` for a 32-bit field changing from ``old`` to ``new`` (RFC 1624 eqn. 3)."""
+    total = (
+        (~csum & 0xFFFF)
+        + ((~old >> 16) & 0xFFFF)
+        + (~old & 0xFFFF)
+        + ((new >> 16) & 0xFFFF)
+        + (new & 0xFFFF)
+    )
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _csum_add16(csum: int, old: int, new: int) -> int:
+    total = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def manip(pkt: bytearray, off: int, end: int, is_src: bool, addr: int, port: int) -> None:
+    """Set the source (``is_src``) or destination address and port of the packet at ``off``.
+
+    The caller has checked that the L4 header's port bytes are present.
+    """
+    ihl = (pkt[off] & 0x0F) << 2
+    proto = pkt[off + 9]
+    aoff = off + (12 if is_src else 16)
+    (old_addr,) = _U32.unpack_from(pkt, aoff)
+    l4 = off + ihl
+    avail = end - l4
+    if old_addr != addr:
+        (c,) = _U16.unpack_from(pkt, off + 10)
+        _U16.pack_into(pkt, off + 10, _csum_add32(c, old_addr, addr))
+        _U32.pack_into(pkt, aoff, addr)
+    if proto in (PROTO_TCP, PROTO_UDP):
+        poff = l4 + (0 if is_src else 2)
+        (old_port,) = _U16.unpack_from(pkt, poff)
+        _U16.pack_into(pkt, poff, port)
+        coff = l4 + (16 if proto == PROTO_TCP else 6)
+        if coff + 2 > l4 + avail:
+            return  # checksum not present (quoted TCP header)
+        (c,) = _U16.unpack_from(pkt, coff)
+        if proto == PROTO_UDP and c == 0:
+            return
+        if old_addr != addr:
+            c = _csum_add32(c, old_addr, addr)
+        if old_port != port:
+            c = _csum_add16(c, old_port, port)
+        if proto == PROTO_UDP and c == 0:
+            c = 0xFFFF
+        _U16.pack_into(pkt, coff, c)
+    elif proto == PROTO_ICMP and pkt[l4] in ICMP_QUERY_TYPES:
+        (old_id,) = _U16.unpack_from(pkt, l4 + 4)
+        if old_id != port:
+            _U16.pack_into(pkt, l4 + 4, port)
+            (c,) = _U16.unpack_from(pkt, l4 + 2)
+            _U16.pack_into(pkt, l4 + 2, _csum_add16(c, old_id, port))
+
+
+def manip_addr(pkt: bytearray, off: int, is_src: bool, addr: int) -> None:
+    """Change only an address of the IP header at ``off`` (the outer header of
+    an ICMP error): no L4 pseudo-header to patch."""
+    aoff = off + (12 if is_src else 16)
+    (old_addr,) = _U32.unpack_from(pkt, aoff)
+    if old_addr != addr:
+        (c,) = _U16.unpack_from(pkt, off + 10)
+        _U16.pack_into(pkt, off + 10, _csum_add32(c, old_addr, addr))
+        _U32.pack_into(pkt, aoff, addr)
+
+
+def fix_icmp_checksum(pkt: bytearray, icmp_off: int, end: int) -> None:
+    """Recompute the ICMP checksum over ``pkt[icmp_off:end]``."""
+    _U16.pack_into(pkt, icmp_off + 2, 0)
+    _U16.pack_into(pkt, icmp_off + 2, internet_checksum(memoryview(pkt)[icmp_off:end]))

@@ -1,0 +1,793 @@
+"""The netfilter hooks of a node's root namespace: conntrack, kube-proxy's nat
+and filter rules, flannel's ip-masq, evaluated in O(1) per packet.
+
+API for the node
+----------------
+The node hands every IPv4 packet (a ``bytearray``, IP header at offset 0,
+reassembled) to the hooks in Linux order and obeys the verdict; NAT rewrites
+the packet in place, so after ``prerouting``/``output`` the node routes on the
+(possibly new) destination. The SAME bytearray object must go through all the
+hooks of one packet's path (it stands for ``skb->_nfct``)::
+
+    routed in:     prerouting(pkt, in_iface, now) -> route ->
+                   forward(pkt, in_iface, out_iface, now) ->
+                   postrouting(pkt, out_iface, out_src, now)      # out_src: MASQUERADE address
+    delivered:     prerouting(...) -> route -> input(pkt, in_iface, now)
+    sent locally:  output(pkt, now) -> route -> postrouting(...)
+
+Bridged IPv4 between pods of one node must go through the same hooks
+(br_netfilter, ``bridge-nf-call-iptables=1`` as Kubernetes requires), or
+replies from a same-node endpoint bypass the un-DNAT.
+
+``Verdict.DROP``: ``last_drop`` holds the :class:`Drop` reason (already traced).
+``Verdict.REJECT``: the node sends ``last_reject`` = ICMP (type, code) =
+(3, 3) port unreachable back to the packet's source (kube-proxy's REJECT uses
+icmp-port-unreachable, for TCP too), then drops the packet.
+
+``set_services(services, endpoints)`` is kube-proxy's sync (and flushes stale
+UDP conntrack entries); ``get_timer()``/``handle_timer(now)`` expire conntrack
+entries; ``conntrack.listing(now)`` is ``conntrack -L``; ``iptables_save()`` the
+rules as ``iptables-save`` prints them.
+
+Equivalence with the chains (see :mod:`emunet.cluster.kubeproxy`)
+----------------------------------------------------------------
+nat PREROUTING/OUTPUT, NEW packets only: KUBE-SERVICES is one lookup
+``(proto, dst, dport)`` in the ClusterIP and LoadBalancer tables, then, if the
+destination is a local address, ``(proto, dport)`` in the NodePort table
+(KUBE-NODEPORTS, ``--dst-type LOCAL``). KUBE-SVC: ``! -s clusterCIDR`` marks
+for masquerade; ClientIP affinity rules (``recent --rcheck``) in endpoint order;
+then rule i of n matches with the kernel's 31-bit threshold for
+``--probability 1/(n-i)`` drawn from the injected ``random.Random``. KUBE-SEP:
+``-s endpoint`` marks (hairpin); ``recent --set``; DNAT. KUBE-EXT: Cluster
+policy marks and goes to KUBE-SVC; Local policy sends pod sources to KUBE-SVC,
+marks LOCAL sources and sends them to KUBE-SVC, others to KUBE-SVL (local
+endpoints) or falls through (then the filter table DROPs). The mark 0x4000 is
+kept on the conntrack entry (only the first packet traverses nat).
+
+nat POSTROUTING, NEW only: KUBE-POSTROUTING masquerades marked packets;
+FLANNEL-POSTRTG: ``-s cluster -d cluster`` RETURN, ``-s cluster ! -d
+224.0.0.0/4`` MASQUERADE, ``! -s cluster -d podSubnet`` RETURN, ``! -s cluster
+-d cluster`` MASQUERADE. MASQUERADE ``--random-fully`` picks a random source
+port (ICMP: identifier) in the port's class (1-511, 600-1023, 1024-65535) whose
+reply tuple is free, as Linux does even when the original port is free.
+
+filter FORWARD: INVALID dropped (KUBE-FORWARD, unless ``drop_invalid`` is
+False: nf_conntrack_tcp_be_liberal); mark or RELATED,ESTABLISHED accepted;
+NEW to a ClusterIP without endpoints REJECT; LoadBalancer IP without
+(local) endpoints REJECT/DROP. filter INPUT: NEW to a local NodePort / LB IP
+without (local) endpoints REJECT/DROP. filter OUTPUT: as FORWARD's
+KUBE-SERVICES.
+
+IPVS mode keeps the same NAT and masquerade decisions (kube-proxy's IPVS
+proxier marks the same traffic) and replaces the endpoint choice by the
+scheduler: rr, lc (fewest conntrack entries), sh (source hash), dh
+(destination hash), with IPVS's multiplicative hash over 256 buckets. The DNAT
+is done at PREROUTING/OUTPUT here (real IPVS does it at LOCAL_IN on the
+kube-ipvs0 addresses); ``iptables_save`` shows the iptables-mode rules only.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from enum import IntEnum, StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+from emunet.cluster import kubeproxy
+from emunet.cluster.kubeproxy import (
+    EndpointInfo,
+    EndpointsMap,
+    Service,
+    ServicePortInfo,
+    ServiceTable,
+)
+from emunet.dataplane import nat
+from emunet.dataplane.conntrack import (
+    DEFAULT_TIMEOUTS,
+    ORIGINAL,
+    REPLY,
+    ConntrackEntry,
+    ConntrackTable,
+    CtState,
+    Status,
+    TcpVerdict,
+    Timeouts,
+    Tuple,
+)
+from emunet.dataplane.trace import Drop, Tracer
+from emunet.errors import ConfigError
+
+__all__ = ["RECENT_LIST_TOT", "Mode", "Netfilter", "Scheduler", "Verdict"]
+
+_U16 = struct.Struct("!H")
+_II = struct.Struct("!II")
+_HH = struct.Struct("!HH")
+
+_ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
+_ICMP_QUERIES = frozenset({8, 13, 15, 17})  # may open a connection
+_ICMP_REPLIES = frozenset({0, 14, 16, 18})
+_MULTICAST = (0xE0000000, 0xF0000000)  # 224.0.0.0/4
+
+RECENT_LIST_TOT = 100
+"""xt_recent's default ``ip_list_tot``: addresses remembered per list (oldest forgotten)."""
+
+
+class Verdict(IntEnum):
+    ACCEPT = 0
+    DROP = 1
+    REJECT = 2
+
+
+class Mode(StrEnum):
+    IPTABLES = "iptables"
+    IPVS = "ipvs"
+
+
+class Scheduler(StrEnum):
+    RR = "rr"
+    LC = "lc"
+    SH = "sh"
+    DH = "dh"
+
+
+def _ip_hash(addr: int) -> int:
+    return (addr * 2654435761) & 0xFFFFFFFF
+
+
+class Netfilter:
+    """netfilter + conntrack + kube-proxy for one node's root namespace."""
+
+    def __init__(
+        self,
+        node: str,
+        tracer: Tracer,
+        *,
+        cluster_cidr: IPv4Network,
+        service_cidr: IPv4Network,
+        local_addresses: set[IPv4Address],
+        rng: random.Random,
+        pod_subnet: IPv4Network | None = None,
+        conntrack_max: int = 262144,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        mode: str = "iptables",
+        ipvs_scheduler: str = "rr",
+        masquerade_egress: bool = True,
+        drop_invalid: bool = True,
+    ) -> None:
+        try:
+            self.mode = Mode(mode)
+            self.scheduler = Scheduler(ipvs_scheduler)
+        except ValueError as exc:
+            raise ConfigError(f"netfilter on {node}: {exc}") from None
+        self.node = node
+        self.tracer = tracer
+        self.rng = rng
+        self.cluster_cidr = cluster_cidr
+        self.service_cidr = service_cidr
+        self.pod_subnet = pod_subnet
+        self.masquerade_egress = masquerade_egress
+        self.drop_invalid = drop_invalid
+        self._cnet = int(cluster_cidr.network_address)
+        self._cmask = int(cluster_cidr.netmask)
+        self._pnet = int(pod_subnet.network_address) if pod_subnet else -1
+        self._pmask = int(pod_subnet.netmask) if pod_subnet else 0
+        self._local: set[int] = set()
+        self.set_local_addresses(local_addresses)
+        self.conntrack = ConntrackTable(conntrack_max, timeouts, on_destroy=self._destroyed)
+        self.last_reject: tuple[int, int] | None = None
+        self.last_drop: Drop | str | None = None
+        self.services: list[Service] = []
+        self.endpoints: EndpointsMap = {}
+        self._table = ServiceTable({}, {}, {}, [])
+        self._reject_cluster: dict[tuple[int, int, int], ServicePortInfo] = {}
+        self._ext_ip_filter: dict[tuple[int, int, int], tuple[Verdict, ServicePortInfo]] = {}
+        self._ext_np_filter: dict[tuple[int, int], tuple[Verdict, ServicePortInfo]] = {}
+        self._recent: dict[str, OrderedDict[int, float]] = {}
+        self._rr: dict[str, int] = {}
+        self._lc: dict[str, dict[str, int]] = {}
+        # the packet in flight ("skb"): its conntrack entry and what we know of it
+        self._skb: bytearray | None = None
+        self._ct: ConntrackEntry | None = None
+        self._dir = ORIGINAL
+        self._state = CtState.INVALID
+        self._inner = -1  # offset of the quoted packet of a RELATED ICMP error
+        self._src = 0
+        self._sport = 0
+        self._left: bytearray | None = None  # the last packet out of postrouting
+        self._left_ct: ConntrackEntry | None = None
+
+    # --- configuration ------------------------------------------------------
+
+    def set_local_addresses(self, addresses: set[IPv4Address]) -> None:
+        """The node's own addresses (``--dst-type LOCAL`` / ``--src-type LOCAL``)."""
+        self._local = {int(a) for a in addresses}
+
+    def set_services(
+        self, services: Sequence[Service], endpoints: EndpointsMap, now: float = 0.0
+    ) -> None:
+        """kube-proxy's sync: rebuild the tables; flush stale UDP conntrack entries."""
+        new = kubeproxy.compile_services(services, endpoints, self.node)
+        old = self._table
+        self.services = list(services)
+        self.endpoints = endpoints
+        self._table = new
+        rej: dict[tuple[int, int, int], ServicePortInfo] = {}
+        ext_ip: dict[tuple[int, int, int], tuple[Verdict, ServicePortInfo]] = {}
+        ext_np: dict[tuple[int, int], tuple[Verdict, ServicePortInfo]] = {}
+        for sp in new.ports:
+            if not sp.has_endpoints:
+                rej[(sp.proto, sp.cluster_ip, sp.port)] = sp
+            if not sp.has_external_endpoints:
+                v = Verdict.REJECT if not sp.has_endpoints else Verdict.DROP
+                if sp.lb_ip:
+                    ext_ip[(sp.proto, sp.lb_ip, sp.port)] = (v, sp)
+                if sp.node_port:
+                    ext_np[(sp.proto, sp.node_port)] = (v, sp)
+        self._reject_cluster = rej
+        self._ext_ip_filter = ext_ip
+        self._ext_np_filter = ext_np
+        self._flush_stale_udp(old, new, now)
+
+    def _flush_stale_udp(self, old: ServiceTable, new: ServiceTable, now: float) -> None:
+        """kube-proxy's CleanStaleEntries: UDP entries DNAT'd to an endpoint that
+        went away, and UDP entries to a service IP that just got endpoints."""
+        stale: set[tuple[int, int, int, int]] = set()
+        for sp in old.ports:
+            if sp.proto != 17 or not sp.endpoints:
+                continue
+            nsp = new.by_cluster_ip.get((17, sp.cluster_ip, sp.port))
+            alive = {(e.ip, e.port) for e in nsp.endpoints} if nsp is not None else set()
+            for ep in sp.endpoints:
+                if (ep.ip, ep.port) in alive:
+                    continue
+                stale.add((ep.ip, ep.port, sp.cluster_ip, sp.port))
+                if sp.lb_ip:
+                    stale.add((ep.ip, ep.port, sp.lb_ip, sp.port))
+                if sp.node_port:
+                    stale.add((ep.ip, ep.port, -1, sp.node_port))
+        woke: set[tuple[int, int]] = set()
+        for sp in new.ports:
+            if sp.proto == 17 and sp.endpoints:
+                osp = old.by_cluster_ip.get((17, sp.cluster_ip, sp.port))
+                if osp is None or not osp.endpoints:
+                    woke.add((sp.cluster_ip, sp.port))
+        if not stale and not woke:
+            return
+
+        def doomed(e: ConntrackEntry) -> bool:
+            if e.proto != 17:
+                return False
+            o, r = e.tuples
+            if (o[2], o[4]) in woke and not e.status & Status.DST_NAT:
+                return True
+            return (r[1], r[3], o[2], o[4]) in stale or (r[1], r[3], -1, o[4]) in stale
+
+        n = self.conntrack.flush(doomed)
+        if n and self.tracer.enabled:
+            self.tracer.hop(now, self.node, "root", "", "conntrack flush", f"{n} stale UDP")
+
+    # --- the hooks ----------------------------------------------------------
+
+    def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> Verdict:
+        return self._enter(pkt, in_iface, now)
+
+    def output(self, pkt: bytearray, now: float) -> Verdict:
+        v = self._enter(pkt, "", now)
+        if v != Verdict.ACCEPT or self._state != CtState.NEW:
+            return v
+        return self._filter_services(pkt, "", now)
+
+    def forward(self, pkt: bytearray, in_iface: str, out_iface: str, now: float) -> Verdict:
+        state = self._state if pkt is self._skb else self._relookup(pkt, now)
+        if state == CtState.INVALID:
+            if self.drop_invalid:
+                return self._drop(pkt, Drop.CONNTRACK_INVALID, in_iface, now)
+            return Verdict.ACCEPT
+        if state != CtState.NEW:
+            return Verdict.ACCEPT  # RELATED,ESTABLISHED
+        ct = self._ct
+        if ct is not None and ct.masq:
+            return Verdict.ACCEPT  # KUBE-FORWARD: marked 0x4000
+        v = self._filter_services(pkt, in_iface, now)
+        if v != Verdict.ACCEPT:
+            return v
+        return self._filter_external(pkt, in_iface, now)
+
+    def input(self, pkt: bytearray, in_iface: str, now: float) -> Verdict:
+        if pkt is not self._skb:
+            self._relookup(pkt, now)
+        if self._state == CtState.NEW:
+            v = self._filter_external(pkt, in_iface, now)
+            if v != Verdict.ACCEPT:
+                return v
+        self._leave(pkt, None, now)
+        return Verdict.ACCEPT
+
+    def postrouting(
+        self, pkt: bytearray, out_iface: str, out_src: IPv4Address, now: float
+    ) -> Verdict:
+        if pkt is not self._skb:
+            self._relookup(pkt, now)
+        return self._leave(pkt, (out_iface, int(out_src)), now)
+
+    # --- timers -------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        return self.conntrack.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.conntrack.handle_timer(now)
+
+    # --- dumps --------------------------------------------------------------
+
+    def iptables_save(self) -> str:
+        return self.ruleset().iptables_save()
+
+    def ruleset(self) -> kubeproxy.Ruleset:
+        return kubeproxy.build_ruleset(
+            self.services,
+            self.endpoints,
+            node=self.node,
+            cluster_cidr=self.cluster_cidr,
+            pod_subnet=self.pod_subnet,
+            masquerade_egress=self.masquerade_egress,
+        )
+
+    # --- internals: entering the stack --------------------------------------
+
+    def _enter(self, pkt: bytearray, iface: str, now: float) -> Verdict:
+        if pkt is self._left and self._left_ct is not None and self._left_ct.live:
+            # looped back to a local address: the packet keeps its conntrack
+            self._skb, self._ct, self._inner = pkt, self._left_ct, -1
+            self._left = None
+            self._state = CtState.ESTABLISHED
+            return Verdict.ACCEPT
+        self._left = None
+        ct = self._ct
+        if ct is not None and not ct.live:
+            self.conntrack.discard(ct)  # the previous packet never left
+        self._skb = pkt
+        self._ct = None
+        self._inner = -1
+        self._state = CtState.INVALID
+        n = len(pkt)
+        if n < 20:
+            return self._drop(pkt, Drop.MALFORMED, iface, now)
+        ihl = (pkt[0] & 0x0F) << 2
+        end = _U16.unpack_from(pkt, 2)[0]
+        if ihl < 20 or end < ihl or end > n:
+            return self._drop(pkt, Drop.MALFORMED, iface, now)
+        proto = pkt[9]
+        src, dst = _II.unpack_from(pkt, 12)
+        flags = 0
+        sport = dport = 0
+        if proto == 6 or proto == 17:
+            if end < ihl + (14 if proto == 6 else 8):
+                return self._drop(pkt, Drop.MALFORMED, iface, now)
+            sport, dport = _HH.unpack_from(pkt, ihl)
+            if proto == 6:
+                flags = pkt[ihl + 13]
+        elif proto == 1:
+            if end < ihl + 8:
+                return self._drop(pkt, Drop.MALFORMED, iface, now)
+            typ = pkt[ihl]
+            if typ in _ICMP_ERRORS:
+                return self._enter_related(pkt, ihl, end, iface, now)
+            if typ in _ICMP_QUERIES or typ in _ICMP_REPLIES:
+                sport = dport = _U16.unpack_from(pkt, ihl + 4)[0]
+            else:
+                return Verdict.ACCEPT  # untracked ICMP (redirect, ...): INVALID
+        self._src = src
+        self._sport = sport
+        t = (proto, src, dst, sport, dport)
+        table = self.conntrack
+        hit = table.lookup(t, now)
+        if hit is not None:
+            e, d = hit
+            v = table.update(e, d, flags, now)
+            if v == TcpVerdict.OK:
+                self._ct = e
+                self._dir = d
+                self._state = (
+                    CtState.NEW
+                    if d == ORIGINAL and not e.status & Status.SEEN_REPLY
+                    else CtState.ESTABLISHED
+                )
+                other = e.tuples[1 - d]
+                if other[1] != dst or other[3] != dport:
+                    nat.manip(pkt, 0, end, False, other[1], other[3])
+                    if self.tracer.enabled:
+                        self._trace_manip(now, iface, "un-SNAT" if d else "DNAT", t, other)
+                return Verdict.ACCEPT
+            if v == TcpVerdict.INVALID:
+                if self.tracer.enabled:
+                    self.tracer.hop(now, self.node, "root", iface, "conntrack invalid",
+                                    f"{self._tuple_str(t)} in {e.state.name}")  # fmt: skip
+                return Verdict.ACCEPT
+            table.remove(e)  # REOPEN: a SYN on TIME_WAIT/CLOSE starts over
+        if proto == 1 and typ not in _ICMP_QUERIES:
+            return Verdict.ACCEPT  # unsolicited ICMP reply: INVALID
+        e2 = table.allocate(t, now)
+        if e2 is None:
+            return self._drop(pkt, Drop.CONNTRACK_FULL, iface, now)
+        if not table.start(e2, flags, now):
+            table.discard(e2)
+            return Verdict.ACCEPT  # INVALID (e.g. a stray RST)
+        if proto == 1:
+            e2.icmp_type = typ
+        self._ct = e2
+        self._dir = ORIGINAL
+        self._state = CtState.NEW
+        if self.tracer.enabled:
+            self.tracer.hop(now, self.node, "root", iface, "conntrack new", self._tuple_str(t))
+        if proto == 6 or proto == 17:
+            self._nat_services(pkt, end, e2, t, iface, now)
+        return Verdict.ACCEPT
+
+    def _enter_related(self, pkt: bytearray, ihl: int, end: int, iface: str, now: float) -> Verdict:
+        """An ICMP error: find the connection of the packet it quotes (RELATED)."""
+        ioff = ihl + 8
+        if end < ioff + 20:
+            return Verdict.ACCEPT  # INVALID
+        iihl = (pkt[ioff] & 0x0F) << 2
+        iproto = pkt[ioff + 9]
+        isrc, idst = _II.unpack_from(pkt, ioff + 12)
+        isport = idport = 0
+        l4 = ioff + iihl
+        if iproto == 6 or iproto == 17:
+            if end < l4 + 4:
+                return Verdict.ACCEPT
+            isport, idport = _HH.unpack_from(pkt, l4)
+        elif iproto == 1:
+            if end < l4 + 8 or (pkt[l4] not in _ICMP_QUERIES and pkt[l4] not in _ICMP_REPLIES):
+                return Verdict.ACCEPT
+            isport = idport = _U16.unpack_from(pkt, l4 + 4)[0]
+        # the quoted packet went the other way: its inverse is our direction
+        hit = self.conntrack.lookup((iproto, idst, isrc, idport, isport), now)
+        if hit is None:
+            return Verdict.ACCEPT
+        e, d = hit
+        self._ct = e
+        self._dir = d
+        self._state = CtState.RELATED
+        self._inner = ioff
+        self._related_manip(pkt, end, e, d, False, iface, now)
+        return Verdict.ACCEPT
+
+    def _related_manip(
+        self,
+        pkt: bytearray,
+        end: int,
+        e: ConntrackEntry,
+        d: int,
+        is_src: bool,
+        iface: str,
+        now: float,
+    ) -> None:
+        """Linux nf_nat_icmp_reply_translation for one manip type."""
+        bit = Status.SRC_NAT if is_src else Status.DST_NAT
+        if d == REPLY:
+            bit = Status.DST_NAT if is_src else Status.SRC_NAT
+        if not e.status & bit:
+            return
+        other = e.tuples[1 - d]
+        ioff = self._inner
+        # inner: the inverse manip, towards tuples[!d] itself
+        if is_src:
+            nat.manip(pkt, ioff, end, False, other[2], other[4])
+        else:
+            nat.manip(pkt, ioff, end, True, other[1], other[3])
+        # outer: addresses only, towards invert(tuples[!d])
+        nat.manip_addr(pkt, 0, is_src, other[2] if is_src else other[1])
+        nat.fix_icmp_checksum(pkt, ioff - 8, end)
+        if self.tracer.enabled:
+            self.tracer.hop(now, self.node, "root", iface, "NAT ICMP error",
+                            "translated with its connection (RELATED)")  # fmt: skip
+
+    def _relookup(self, pkt: bytearray, now: float) -> CtState:
+        """A hook called with a packet we did not see enter: find its entry."""
+        self._skb = pkt
+        self._ct = None
+        self._inner = -1
+        self._state = CtState.INVALID
+        if len(pkt) < 20:
+            return self._state
+        ihl = (pkt[0] & 0x0F) << 2
+        proto = pkt[9]
+        src, dst = _II.unpack_from(pkt, 12)
+        sport = dport = 0
+        if (proto == 6 or proto == 17) and len(pkt) >= ihl + 4:
+            sport, dport = _HH.unpack_from(pkt, ihl)
+        elif proto == 1 and len(pkt) >= ihl + 8:
+            sport = dport = _U16.unpack_from(pkt, ihl + 4)[0]
+        self._src, self._sport = src, sport
+        hit = self.conntrack.lookup((proto, src, dst, sport, dport), now)
+        if hit is not None:
+            self._ct, self._dir = hit
+            self._state = CtState.ESTABLISHED
+        return self._state
+
+    # --- internals: kube-proxy's nat rules ----------------------------------
+
+    def _nat_services(
+        self, pkt: bytearray, end: int, e: ConntrackEntry, t: Tuple, iface: str, now: float
+    ) -> None:
+        proto, src, dst, _, dport = t
+        tbl = self._table
+        sp = tbl.by_cluster_ip.get((proto, dst, dport))
+        if sp is not None:
+            if not sp.endpoints:
+                return  # filter KUBE-SERVICES rejects it
+            if (src & self._cmask) != self._cnet:
+                e.masq = True  # KUBE-SVC: ! -s clusterCIDR -j KUBE-MARK-MASQ
+            self._to_endpoint(pkt, end, e, t, sp, sp.svc_chain, sp.endpoints, iface, now)
+            return
+        if tbl.by_lb_ip:
+            sp = tbl.by_lb_ip.get((proto, dst, dport))
+        if sp is None and dst in self._local:
+            sp = tbl.by_node_port.get((proto, dport))  # KUBE-NODEPORTS
+        if sp is None or not sp.endpoints:
+            return
+        # KUBE-EXT
+        if not sp.external_local:
+            e.masq = True
+            self._to_endpoint(pkt, end, e, t, sp, sp.svc_chain, sp.endpoints, iface, now)
+        elif (src & self._cmask) == self._cnet:
+            self._to_endpoint(pkt, end, e, t, sp, sp.svc_chain, sp.endpoints, iface, now)
+        elif src in self._local:
+            e.masq = True
+            self._to_endpoint(pkt, end, e, t, sp, sp.svc_chain, sp.endpoints, iface, now)
+        elif sp.local_endpoints:
+            self._to_endpoint(pkt, end, e, t, sp, sp.svl_chain, sp.local_endpoints, iface, now)
+        # else: no local endpoint; filter KUBE-EXTERNAL-SERVICES drops it
+
+    def _to_endpoint(
+        self,
+        pkt: bytearray,
+        end: int,
+        e: ConntrackEntry,
+        t: Tuple,
+        sp: ServicePortInfo,
+        chain: str,
+        eps: tuple[EndpointInfo, ...],
+        iface: str,
+        now: float,
+    ) -> None:
+        proto, src, _, sport, _ = t
+        ep: EndpointInfo | None = None
+        timeout = sp.affinity_timeout
+        if timeout:
+            recent = self._recent
+            for cand in eps:  # KUBE-SVC: -m recent --rcheck --seconds N --reap
+                lst = recent.get(cand.chain)
+                if lst is not None:
+                    seen = lst.get(src)
+                    if seen is not None:
+                        if now - seen < timeout:
+                            ep = cand
+                            break
+                        del lst[src]  # --reap
+        if ep is None:
+            ep = self._choose(sp, chain, eps, t)
+        # KUBE-SEP
+        if src == ep.ip:
+            e.masq = True  # hairpin
+        if timeout:
+            lst = self._recent.setdefault(ep.chain, OrderedDict())
+            lst[src] = now
+            lst.move_to_end(src)
+            if len(lst) > RECENT_LIST_TOT:
+                lst.popitem(last=False)
+        reply = (proto, ep.ip, src, ep.port, sport)
+        self.conntrack.set_reply(e, reply)
+        e.status |= Status.DST_NAT
+        e.owner = (chain, ep.addr)
+        if self.mode == Mode.IPVS and self.scheduler == Scheduler.LC:
+            counts = self._lc.setdefault(chain, {})
+            counts[ep.addr] = counts.get(ep.addr, 0) + 1
+        nat.manip(pkt, 0, end, False, ep.ip, ep.port)
+        if self.tracer.enabled:
+            how = "IPVS " + self.scheduler.value if self.mode == Mode.IPVS else "iptables"
+            self.tracer.hop(now, self.node, "root", "", "DNAT",
+                            f"{chain} -> {ep.chain} ({how}) "
+                            f"{IPv4Address(t[2])}:{t[4]} -> {ep.addr}")  # fmt: skip
+
+    def _choose(
+        self, sp: ServicePortInfo, chain: str, eps: tuple[EndpointInfo, ...], t: Tuple
+    ) -> EndpointInfo:
+        n = len(eps)
+        if n == 1:
+            return eps[0]
+        if self.mode == Mode.IPTABLES:
+            thresholds = sp.thresholds if eps is sp.endpoints else kubeproxy.thresholds(n)
+            bits = self.rng.getrandbits
+            for i, th in enumerate(thresholds):
+                if bits(31) < th:  # xt_statistic: (random & 0x7FFFFFFF) < probability
+                    return eps[i]
+            return eps[-1]
+        sched = self.scheduler
+        if sched == Scheduler.RR:
+            i = self._rr.get(chain, -1) + 1
+            if i >= n:
+                i = 0
+            self._rr[chain] = i
+            return eps[i]
+        if sched == Scheduler.LC:
+            counts = self._lc.get(chain, {})
+            return min(eps, key=lambda ep: counts.get(ep.addr, 0))
+        if sched == Scheduler.SH:
+            return eps[(_ip_hash(t[1]) >> 24) % n]
+        return eps[(_ip_hash(t[2]) & 0xFF) % n]  # DH
+
+    def _destroyed(self, e: ConntrackEntry) -> None:
+        owner = e.owner
+        if owner is not None and self._lc:
+            chain, addr = owner
+            counts = self._lc.get(chain)
+            if counts and counts.get(addr, 0) > 0:
+                counts[addr] -= 1
+
+    # --- internals: filter rules --------------------------------------------
+
+    def _filter_services(self, pkt: bytearray, iface: str, now: float) -> Verdict:
+        """filter KUBE-SERVICES (FORWARD, OUTPUT; NEW): ClusterIPs without endpoints."""
+        if not self._reject_cluster:
+            return Verdict.ACCEPT
+        proto = pkt[9]
+        if proto != 6 and proto != 17:
+            return Verdict.ACCEPT
+        ihl = (pkt[0] & 0x0F) << 2
+        key = (proto, _II.unpack_from(pkt, 12)[1], _U16.unpack_from(pkt, ihl + 2)[0])
+        sp = self._reject_cluster.get(key)
+        if sp is None:
+            return Verdict.ACCEPT
+        return self._reject(pkt, sp, iface, now)
+
+    def _filter_external(self, pkt: bytearray, iface: str, now: float) -> Verdict:
+        """filter KUBE-EXTERNAL-SERVICES (INPUT, FORWARD; NEW)."""
+        if not self._ext_ip_filter and not self._ext_np_filter:
+            return Verdict.ACCEPT
+        proto = pkt[9]
+        if proto != 6 and proto != 17:
+            return Verdict.ACCEPT
+        ihl = (pkt[0] & 0x0F) << 2
+        dst = _II.unpack_from(pkt, 12)[1]
+        dport = _U16.unpack_from(pkt, ihl + 2)[0]
+        hit = self._ext_ip_filter.get((proto, dst, dport))
+        if hit is None and dst in self._local:
+            hit = self._ext_np_filter.get((proto, dport))
+        if hit is None:
+            return Verdict.ACCEPT
+        v, sp = hit
+        if v == Verdict.REJECT:
+            return self._reject(pkt, sp, iface, now)
+        return self._drop(pkt, Drop.NO_LOCAL_ENDPOINTS, iface, now, sp.name)
+
+    def _reject(self, pkt: bytearray, sp: ServicePortInfo, iface: str, now: float) -> Verdict:
+        self._abandon()
+        self.last_reject = (3, 3)
+        self.last_drop = Drop.NO_ENDPOINTS
+        if self.tracer.enabled:
+            self.tracer.hop(now, self.node, "root", iface, "REJECT",
+                            f"{sp.name} has no endpoints: icmp-port-unreachable")  # fmt: skip
+        return Verdict.REJECT
+
+    def _drop(
+        self, pkt: bytearray, reason: Drop, iface: str, now: float, extra: str = ""
+    ) -> Verdict:
+        self._abandon()
+        self.last_drop = reason
+        if self.tracer.enabled:
+            detail = f"{reason.value}: {extra}" if extra else reason.value
+            self.tracer.hop(now, self.node, "root", iface, "drop", detail)
+        return Verdict.DROP
+
+    def _abandon(self) -> None:
+        ct = self._ct
+        if ct is not None and not ct.live:
+            self.conntrack.discard(ct)
+        self._ct = None
+        self._skb = None
+
+    # --- internals: leaving the stack ---------------------------------------
+
+    def _leave(self, pkt: bytearray, out: tuple[str, int] | None, now: float) -> Verdict:
+        """nat POSTROUTING (``out`` given) or INPUT: SNAT, then confirm."""
+        e = self._ct
+        if e is None:
+            return Verdict.ACCEPT
+        iface = out[0] if out is not None else ""
+        end = _U16.unpack_from(pkt, 2)[0]
+        d = self._dir
+        if self._inner >= 0:
+            self._related_manip(pkt, end, e, d, True, iface, now)
+            self._skb = None
+            return Verdict.ACCEPT
+        if not e.live:
+            if out is not None:
+                self._nat_postrouting(pkt, e, out[1], iface, now)
+            r = e.tuples[REPLY]
+            if self.conntrack.is_taken(r):
+                # reply tuple clash: Linux's implicit source port remap
+                self._snat(e, r[2], iface, now, implicit=True)
+            self.conntrack.confirm(e)
+        other = e.tuples[1 - d]
+        if other[2] != self._src or other[4] != self._sport:
+            nat.manip(pkt, 0, end, True, other[2], other[4])
+            if self.tracer.enabled:
+                what = "SNAT" if d == ORIGINAL else "un-DNAT"
+                self._trace_manip(now, iface, what, e.tuples[d], other)
+        self._skb = None
+        if out is not None:
+            self._left, self._left_ct = pkt, e
+        return Verdict.ACCEPT
+
+    def _nat_postrouting(
+        self, pkt: bytearray, e: ConntrackEntry, out_src: int, iface: str, now: float
+    ) -> None:
+        if e.masq:
+            self._snat(e, out_src, iface, now, chain="KUBE-POSTROUTING")
+            return
+        if not self.masquerade_egress:
+            return
+        src, dst = _II.unpack_from(pkt, 12)
+        cm, cn = self._cmask, self._cnet
+        if (src & cm) == cn:
+            if (dst & cm) == cn or (dst & _MULTICAST[1]) == _MULTICAST[0]:
+                return
+            self._snat(e, out_src, iface, now, chain="FLANNEL-POSTRTG")
+        elif (dst & cm) == cn and (dst & self._pmask) != self._pnet:
+            self._snat(e, out_src, iface, now, chain="FLANNEL-POSTRTG")
+
+    def _snat(
+        self,
+        e: ConntrackEntry,
+        addr: int,
+        iface: str,
+        now: float,
+        *,
+        chain: str = "",
+        implicit: bool = False,
+    ) -> None:
+        """Bind a source NAT (MASQUERADE --random-fully) on an unconfirmed entry."""
+        p, rs, _, rsp, rdp = e.tuples[REPLY]
+        port = rdp
+        if p in (6, 17, 1):
+            if p == 1:
+                lo, size = 0, 65536
+            elif port < 512:
+                lo, size = 1, 511
+            elif port < 1024:
+                lo, size = 600, 424
+            else:
+                lo, size = 1024, 64512
+            taken = self.conntrack.is_taken
+            rnd = self.rng.randrange
+            for _ in range(128):
+                cand = lo + rnd(size)
+                if not taken((p, rs, addr, rsp, cand)):
+                    port = cand
+                    break
+            else:
+                port = rdp  # Linux gives up and keeps the clash (the packet may be dropped)
+            if p == 1:
+                rsp = port  # ICMP: the identifier is both "ports"
+        self.conntrack.set_reply(e, (p, rs, addr, rsp, port))
+        e.status |= Status.SRC_NAT
+        if self.tracer.enabled and not implicit:
+            self.tracer.hop(now, self.node, "root", iface, "MASQUERADE",
+                            f"{chain}: source -> {IPv4Address(addr)}:{port}")  # fmt: skip
+
+    # --- tracing helpers ----------------------------------------------------
+
+    @staticmethod
+    def _tuple_str(t: Tuple) -> str:
+        name = {6: "tcp", 17: "udp", 1: "icmp"}.get(t[0], str(t[0]))
+        return f"{name} {IPv4Address(t[1])}:{t[3]} -> {IPv4Address(t[2])}:{t[4]}"
+
+    def _trace_manip(self, now: float, iface: str, what: str, t: Tuple, other: Tuple) -> None:
+        self.tracer.hop(now, self.node, "root", iface, what,
+                        f"{self._tuple_str(t)} => src {IPv4Address(other[2])}:{other[4]} "
+                        f"dst {IPv4Address(other[1])}:{other[3]}")  # fmt: skip
