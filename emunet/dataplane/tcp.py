@@ -32,8 +32,9 @@ it in MSS-sized segments limited by min(peer window, cwnd). The retransmission
 timer follows RFC 6298 (initial RTO 1 s, Karn's rule, Linux's 200 ms floor and
 120 s ceiling, exponential backoff, ETIMEDOUT after ``max_retries``). A timeout
 goes back to SND.UNA with cwnd = 1 MSS (go-back-N in slow start); three
-duplicate ACKs trigger fast retransmit and NewReno recovery (RFC 5681, RFC
-6582), where each partial ACK retransmits the next hole at once. A zero window
+duplicate ACKs (with limited transmit, RFC 3042, for small windows) trigger
+fast retransmit and NewReno recovery (RFC 5681, RFC 6582), where each partial
+ACK retransmits the next hole at once. A zero window
 arms the persist timer, whose probes (an old sequence number, as Linux sends)
 make the peer repeat its window, so a lost window update cannot deadlock.
 
@@ -41,9 +42,10 @@ Receiving: bytes at RCV.NXT go to the receive buffer; segments beyond it are
 kept in an out-of-order map, answered with an immediate duplicate ACK, and
 merged when the hole is filled. The advertised window is the free buffer space
 (window scaling, RFC 7323, when both SYNs carry the option); reads reopen the
-window and send an update once it grew by min(buffer/2, 2 MSS) (receiver SWS
-avoidance, RFC 9293 section 3.8.6.2.2). ACKs are delayed up to 40 ms or every
-second segment (RFC 5681 section 4.2; Linux's delack floor).
+window and send an update only once it at least doubled (receiver SWS
+avoidance, RFC 9293 section 3.8.6.2.2, with Linux's threshold). ACKs are
+delayed up to 40 ms or every second segment (RFC 5681 section 4.2; Linux's
+delack floor).
 
 Sequence numbers are 32-bit and compared modulo 2**32 (RFC 9293 section 3.4).
 Not implemented: SACK, timestamps, urgent data, keepalive, Nagle (sending
@@ -180,6 +182,7 @@ class TCPConnection:
         "_dupacks",
         "_fin_queued",
         "_in_recovery",
+        "_limited",
         "_listener",
         "_lp",
         "_max_snd_wnd",
@@ -327,6 +330,7 @@ class TCPConnection:
         self.ssthresh = _CWND_MAX
         self._cwnd_acc = 0
         self._dupacks = 0
+        self._limited = 0  # limited transmit allowance (RFC 3042)
         self._in_recovery = False
         self._recover = self.iss
 
@@ -422,10 +426,14 @@ class TCPConnection:
         data = bytes(buf[:n])
         del buf[:n]
         if self.state in _RECEIVING and not self.fin_received:
-            # Receiver SWS avoidance: announce only a worthwhile window increase.
-            space = (self.rcv_buf_size - len(buf)) >> self._rcv_wscale << self._rcv_wscale
-            grow = (self.rcv_nxt + space - self._rcv_adv) & MASK
-            if grow < HALF and grow >= min(self.rcv_buf_size // 2, 2 * self.mss):
+            # Receiver SWS avoidance, as Linux's tcp_cleanup_rbuf(): announce the
+            # window only when what the peer may still send is at most half the
+            # buffer and the new window is at least twice that (and >= 1 MSS).
+            adv = (self._rcv_adv - self.rcv_nxt) & MASK
+            if adv >= HALF:
+                adv = 0
+            wnd = (self.rcv_buf_size - len(buf)) >> self._rcv_wscale << self._rcv_wscale
+            if 2 * adv <= self.rcv_buf_size and wnd >= 2 * adv and wnd >= self.mss:
                 self.ack_now = True
                 self._output(self.now)
                 self._app_done()
@@ -782,6 +790,7 @@ class TCPConnection:
         if self.cwnd > _CWND_MAX:
             self.cwnd = _CWND_MAX
         self._dupacks = 0
+        self._limited = 0
         self._rtx_at = None if ack == self.snd_max else now + self._current_rto()
         if fin_acked:
             nxt = _ON_FIN_ACKED.get(self.state)
@@ -801,7 +810,12 @@ class TCPConnection:
             self.cwnd += mss  # window inflation (RFC 5681 section 3.2 step 4)
             return
         self._dupacks += 1
-        if self._dupacks == DUPACK_THRESHOLD and seq_lt(self._recover, self.snd_una):
+        if self._dupacks < DUPACK_THRESHOLD:
+            # Limited transmit (RFC 3042): each of the first two duplicate ACKs
+            # lets one new segment out, so a small window still gets 3 dupacks.
+            self._limited = self._dupacks * mss
+        elif self._dupacks == DUPACK_THRESHOLD and seq_lt(self._recover, self.snd_una):
+            self._limited = 0
             flight = (self.snd_max - self.snd_una) & MASK
             self.ssthresh = max(flight // 2, 2 * mss)
             self._recover = self.snd_max
@@ -851,7 +865,7 @@ class TCPConnection:
         self.cwnd = mss
         self._cwnd_acc = 0
         self._in_recovery = False
-        self._dupacks = 0
+        self._dupacks = self._limited = 0
         self._recover = self.snd_max
         self.snd_nxt = self.snd_una  # go back N; _output resends from here
 
@@ -954,7 +968,8 @@ class TCPConnection:
                 off = (nxt - una) & MASK
                 remaining = blen - off
                 if remaining > 0:
-                    wnd = self.snd_wnd if self.snd_wnd < self.cwnd else self.cwnd
+                    cwnd = self.cwnd + self._limited
+                    wnd = self.snd_wnd if self.snd_wnd < cwnd else cwnd
                     usable = wnd - off
                     n = mss if mss < remaining else remaining
                     if n > usable:
