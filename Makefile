@@ -10,7 +10,8 @@ APT_PACKAGES := tshark iptables conntrack tcpdump iproute2
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the strict editable install links files one by one: re-link when modules are added
+$(STAMP): pyproject.toml emunet emunet/packets emunet/dataplane emunet/cluster nodes control
 	@scripts/install-system-deps $(APT_PACKAGES)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

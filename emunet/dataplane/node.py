@@ -222,6 +222,14 @@ class Node:
                 f"(lease {lease.subnet})",
             )
         eth0 = self.eth0
+        if self.tracer.enabled:
+            self.root.trace(
+                now,
+                "eth0",
+                "tx",
+                f"{self.node_ip} > {lease.public_ip}: udp 8285 > {lease.addr[1]}"
+                f" len {len(pkt)} (flannel udp, inner {describe(pkt)})",
+            )
         eth0.tx_packets += 1
         eth0.tx_bytes += len(pkt) + OVERHEAD
         if eth0.taps:
@@ -275,6 +283,13 @@ class Node:
             )
             return
         if self.tracer.enabled:
+            self.root.trace(
+                now,
+                "eth0",
+                "rx",
+                f"{src[0]} > {self.node_ip}: udp {src[1]} > "
+                f"{self.flannel.port} len {len(pkt)} (flannel udp)",
+            )
             self.root.trace(now, "flannel0", "decapsulate", f"udp from {src[0]}:{src[1]}")
         if not FlannelUDP.decrement_ttl(pkt):
             self.flannel.ttl_drops += 1
