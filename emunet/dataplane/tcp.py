@@ -737,6 +737,8 @@ class TCPConnection:
             return False
         self._probes = 0
         wnd = hdr.window << self._snd_wscale
+        if wnd == 0:
+            self._retries = 0  # the peer is alive, only its buffer is full
         if acked:
             self._on_new_ack(ack, acked, now)
         elif plen == 0 and not flags & (SYN | FIN) and wnd == self.snd_wnd and self.snd_max != una:
@@ -868,6 +870,10 @@ class TCPConnection:
         self._dupacks = self._limited = 0
         self._recover = self.snd_max
         self.snd_nxt = self.snd_una  # go back N; _output resends from here
+        if self.snd_wnd == 0:
+            # The peer shrank its window to zero under outstanding data: the
+            # retransmission doubles as a zero-window probe (as Linux does).
+            self._retransmit_head(now)
 
     def _on_persist(self, now: float) -> None:
         if self.state not in _SENDING:
@@ -1000,14 +1006,14 @@ class TCPConnection:
                     self.snd_max = end
                 if self._rtx_at is None:
                     self._rtx_at = now + self._current_rto()
-            if (
-                remaining > 0
-                and una == self.snd_max
-                and self._rtx_at is None
-                and self._persist_at is None
-            ):
-                rto = self._rto * (1 << min(self._persist_backoff, 20))
-                self._persist_at = now + (rto if rto < RTO_MAX else RTO_MAX)
+            if self._rtx_at is None and self._persist_at is None:
+                if una != self.snd_max:
+                    # Outstanding data always has a timer (RFC 6298 rule 5.1),
+                    # even if the peer shrank its window under it.
+                    self._rtx_at = now + self._current_rto()
+                elif remaining > 0:
+                    rto = self._rto * (1 << min(self._persist_backoff, 20))
+                    self._persist_at = now + (rto if rto < RTO_MAX else RTO_MAX)
         if self.ack_now and self.state is not _CLOSED and self.state is not _SYN_SENT:
             self._emit(self.snd_max, ACK)
 

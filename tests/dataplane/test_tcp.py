@@ -113,6 +113,7 @@ class Host:
 class Net:
     loss: float = 0.0
     delay: float = 0.001
+    jitter: float = 0.0  # extra uniform delay: reorders segments
     seed: int = 1
     server_iss: int | None = None
     now: float = 0.0
@@ -135,7 +136,10 @@ class Net:
             seen.dropped = True
             return
         self.count += 1
-        heapq.heappush(self.heap, (self.now + self.delay, self.count, src, dst, seg))
+        at = self.now + self.delay
+        if self.jitter:
+            at += self.rng.uniform(0, self.jitter)
+        heapq.heappush(self.heap, (at, self.count, src, dst, seg))
 
     def flush(self) -> None:
         self.a.flush()
@@ -334,7 +338,7 @@ def test_simultaneous_open() -> None:
     a = net.a.connect(5000, B_IP, 6000, iss=10)
     b = net.b.connect(6000, A_IP, 5000, iss=20)
     a_states, b_states = states(a), states(b)
-    net.run(lambda: a.state is b.state is S.ESTABLISHED)
+    net.run(lambda: a.state is S.ESTABLISHED and b.state is S.ESTABLISHED)
     assert a_states == b_states == [S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED]
     got, _ = transfer(net, a, b, b"x" * 5000)
     assert got == b"x" * 5000
@@ -395,6 +399,82 @@ def test_bidirectional_lossy_transfer_with_wraparound(seed: int) -> None:
     # Both sequence spaces wrapped past 2**32.
     assert seq_lt(client.iss, client.snd_una) and client.snd_una < client.iss
     assert seq_lt(server.iss, server.snd_una) and server.snd_una < server.iss
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23, 24])
+def test_reordering_loss_then_both_close(seed: int) -> None:
+    """Jitter reorders segments; the stream stays intact and both ends close."""
+    net = Net(loss=0.03, delay=0.01, jitter=0.01, seed=seed)
+    client, server, _ = open_pair(net)
+    data = payload(200_000, seed)
+    got, _ = transfer(net, client, server, data)
+    assert got == data
+    reply = b"thanks" * 1000
+    assert server.send(reply, net.now) == len(reply)
+    server.close(net.now)
+    back = bytearray()
+    net.run(lambda: client.at_eof, app=lambda: back.extend(client.recv()), limit=120)
+    assert back == reply
+    client.close(net.now)
+    net.run(limit=300)
+    assert client.state is server.state is S.CLOSED
+    assert client.error is None and server.error is None
+    assert not net.a.conns and not net.b.conns
+
+
+def test_peer_without_options_gets_default_mss_and_no_scaling() -> None:
+    lst = TCPListener(B_IP, 80, mss=1460)
+    syn = TCPHeader(40000, 80, seq=500, flags=SYN, window=8192)
+    conn = lst.receive_syn(A_IP, B_IP, syn, 0.0, iss=9000)
+    assert conn is not None and lst.pending == 1
+    assert states(conn) == [S.SYN_RECEIVED]
+    (seg,) = conn.segments_to_send()
+    synack, _ = parse(seg, verify_with=(B_IP, A_IP))
+    assert synack.flags == SYN | ACK and synack.seq == 9000 and synack.ack == 501
+    assert synack.mss == 1460 and synack.window_scale is None
+    assert conn.get_timer() == pytest.approx(1.0)  # RFC 6298 initial RTO
+    ack = TCPHeader(40000, 80, seq=501, ack=9001, flags=ACK, window=8192)
+    conn.receive(ack, b"", 0.01)
+    assert conn.state is S.ESTABLISHED and lst.accept() is conn and lst.pending == 0
+    assert conn.send(b"z" * 5000, 0.01) == 5000
+    sizes = [len(parse(s)[1]) for s in conn.segments_to_send()]
+    assert sizes == [536] * 9 + [5000 - 9 * 536]  # RFC 9293 default MSS
+    assert conn.snd_wnd == 8192  # unscaled
+
+
+def test_listener_ignores_non_syn_and_rst_kills_pending() -> None:
+    lst = TCPListener(B_IP, 80)
+    assert lst.receive_syn(A_IP, B_IP, TCPHeader(1, 80, flags=ACK), 0.0, iss=1) is None
+    assert lst.receive_syn(A_IP, B_IP, TCPHeader(1, 80, flags=SYN | ACK), 0.0, iss=1) is None
+    conn = lst.receive_syn(A_IP, B_IP, TCPHeader(1, 80, seq=7, flags=SYN), 0.0, iss=1)
+    assert conn is not None and lst.pending == 1
+    conn.receive(TCPHeader(1, 80, seq=8, flags=RST), b"", 0.1)
+    assert conn.state is S.CLOSED and conn.error is None and lst.pending == 0
+    assert lst.accept() is None
+
+
+def test_large_buffers_use_window_scaling() -> None:
+    net = Net(delay=0.01)
+    client, server, _ = open_pair(net, rcv_buf_size=4 << 20)
+    assert client.snd_wnd == 65535  # a SYN's window is never scaled (RFC 7323 2.2)
+    data = payload(3 << 20)
+    got, elapsed = transfer(net, client, server, data)
+    assert got == data and client.stats.retransmits == 0
+    assert client.snd_wnd > 3 << 20  # the server's 4 MiB window, scaled by 2**7
+    assert elapsed < 1.0
+
+
+def test_on_output_fires_for_application_calls() -> None:
+    net = Net()
+    client, _, _ = open_pair(net)
+    net.run()
+    calls: list[str] = []
+    client.on_output = lambda: calls.append("out")
+    client.send(b"x", net.now)
+    assert calls == ["out"]
+    client.close(net.now)
+    assert calls == ["out", "out"]
+    assert len(client.segments_to_send()) == 2 and client.segments_to_send() == []
 
 
 def test_out_of_order_segments_are_kept_not_resent() -> None:
@@ -462,7 +542,7 @@ def test_flow_control_stops_at_window_and_survives_lost_window_update() -> None:
         sent += client.send(memoryview(data)[sent : sent + 65536], net.now)
 
     # The receiver does not read: the sender stops once the window is full.
-    net.run(app=writer, limit=3.0)
+    net.run(lambda: net.now > 3.0 and not net.heap, app=writer)  # stop with an idle link
     assert server.readable == 64 * 1024
     assert client.snd_wnd == 0
     assert client.stats.bytes_acked == 64 * 1024
@@ -482,6 +562,7 @@ def test_flow_control_stops_at_window_and_survives_lost_window_update() -> None:
         return False
 
     net.drop = drop
+    probes = client.stats.zero_window_probes
     got = bytearray(server.recv())
     net.flush()
     assert lost and lost[0].hdr.window > 0  # the update went out, and was dropped
@@ -492,6 +573,7 @@ def test_flow_control_stops_at_window_and_survives_lost_window_update() -> None:
 
     elapsed = net.run(lambda: len(got) >= len(data), app=app, limit=120.0)
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert client.stats.zero_window_probes > probes  # a probe found the open window
     assert elapsed < 10.0
 
 
