@@ -184,6 +184,7 @@ class Namespace:
         self.tcp_conns: dict[tuple[bytes, int, bytes, int], TCPConnection] = {}
         self.tcp_listeners: dict[tuple[bytes, int], TCPListener] = {}
         self._bound: dict[tuple[int, int], list[bytes]] = {}
+        self._tcp_owned: dict[tuple[IPv4Address, int, IPv4Address, int], TCPConnection] = {}
         self._frags: dict[tuple[bytes, bytes, int, int], _Reassembly] = {}
         self._next_ifindex = 1
         self._tracer = node.tracer
@@ -600,11 +601,14 @@ class Namespace:
             (ANY.packed, hdr.dport)
         )
         if listener is not None and hdr.flags & tcp.SYN and not hdr.flags & (tcp.ACK | tcp.RST):
+            route = self.routes.lookup(src)
+            mtu = route.dev.mtu if route is not None and src not in self.local else 65535
             new = listener.receive_syn(
-                IPv4Address(src), IPv4Address(dst), hdr, now, self.node.tcp_iss()
+                IPv4Address(src), IPv4Address(dst), hdr, now, self.node.tcp_iss(), mss=mtu - 40
             )
             if new is not None:
                 self.tcp_conns[(dst, hdr.dport, src, hdr.sport)] = new
+                new.on_output = self._flusher(new)
                 if self._tracer.enabled:
                     self.trace(now, "", "deliver", f"tcp listener :{hdr.dport} [SYN]")
                 self.tcp_flush(new, now)
@@ -628,8 +632,16 @@ class Namespace:
         self.node.timer_changed()
 
     def _release_tcp_port(self, conn: TCPConnection) -> None:
-        if getattr(conn, "owns_port", False):
+        if self._tcp_owned.pop(conn.key, None) is not None:
             self.unbind_port(6, (conn.local_ip, conn.local_port))
+
+    def _flusher(self, conn: TCPConnection) -> Callable[[], None]:
+        """``on_output`` for a connection: an app call queued segments, send them now."""
+
+        def flush() -> None:
+            self.tcp_flush(conn, conn.now)
+
+        return flush
 
     def _icmp_rcv(self, iface: Interface, pkt: bytearray, hlen: int, now: float) -> None:
         mv = memoryview(pkt)[hlen:]
@@ -701,9 +713,11 @@ class Namespace:
             return
         if self._tracer.enabled:
             self.trace(now, "", "deliver", f"icmp error to socket: {ev}")
-        target.error_received(ev)
         if proto == ipv4.PROTO_TCP:
+            target.icmp_error(ev.errno_name, now)
             self.tcp_flush(target, now)
+        else:
+            target.error_received(ev)
 
     # ---------------------------------------------------------- ICMP errors
 
@@ -883,7 +897,7 @@ class Namespace:
 
         a = IPv4Address(addr)
         self.bind_port(6, a, port, None)
-        listener = TCPListener(a, port, backlog=backlog)
+        listener = TCPListener(a, port, backlog)
         self.tcp_listeners[(a.packed, port)] = listener
         return listener
 
@@ -904,7 +918,8 @@ class Namespace:
         conn = TCPConnection(
             src, lport, d, dport, mss=min(mtu, 65535) - 40, iss=self.node.tcp_iss(), now=now
         )
-        conn.owns_port = True  # type: ignore[attr-defined]
+        self._tcp_owned[conn.key] = conn
+        conn.on_output = self._flusher(conn)
         self.tcp_conns[(src.packed, lport, d.packed, dport)] = conn
         conn.connect(now)
         self.tcp_flush(conn, now)

@@ -158,8 +158,16 @@ class Node:
         self._timer_dirty = True
 
     def enqueue(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` after what is already queued; drains the queue if idle."""
+        """Run ``fn(*args)`` after what is already queued (at the next :meth:`process`)."""
         self._queue.append((fn, args))
+
+    def process(self) -> None:
+        """Run the node's queue to completion.
+
+        Entry points call it; after socket calls made by applications (which
+        only queue work, so an app is never re-entered from inside its own
+        call) the owner of the node calls it, as the fabric and the agent do.
+        """
         if self._running:
             return
         self._running = True
@@ -172,14 +180,10 @@ class Node:
                     continue
                 try:
                     step(*a)
-                except Exception as exc:
+                except Exception as exc:  # a bad packet must not stop a node
                     self.internal_errors += 1
-                    self.root.drop(
-                        a[-1] if a and isinstance(a[-1], float) else 0.0,
-                        None,
-                        "internal error",
-                        repr(exc),
-                    )
+                    now = a[-1] if a and isinstance(a[-1], float) else 0.0
+                    self.root.drop(now, None, "internal error", repr(exc))
         finally:
             self._running = False
 
@@ -193,8 +197,6 @@ class Node:
 
     def _bridge_trace(self, now: float, event: str, detail: str, iface: str) -> None:
         self.tracer.hop(now, self.name, "root", iface or "cni0", event, detail)
-
-    _now = 0.0
 
     # ------------------------------------------------------------- overlay
 
@@ -268,7 +270,6 @@ class Node:
         self, src: tuple[str, int], payload: bytes | bytearray, now: float
     ) -> None:
         """A UDP datagram arrived on the flannel port (flanneld's ``udp_to_tun``)."""
-        self._now = now
         eth0 = self.eth0
         eth0.rx_packets += 1
         eth0.rx_bytes += len(payload) + OVERHEAD
@@ -301,15 +302,15 @@ class Node:
             )
             return
         self.enqueue(self.root.rx_packet, self.flannel0, pkt, now)
+        self.process()
 
     def underlay_received(self, packet: bytes | bytearray, now: float) -> None:
         """An IPv4 packet arrived on eth0 from the node network (not the overlay)."""
-        self._now = now
         self.enqueue(self.root.rx_packet, self.eth0, bytearray(packet), now)
+        self.process()
 
     def inject(self, netns: str, iface: str, data: bytes | bytearray, now: float) -> None:
         """Hand raw bytes to any interface as if received there (tests, fuzzing)."""
-        self._now = now
         ns = self.root if netns == "root" else self.pods[netns].netns
         dev = ns.interfaces[iface]
         if dev.kind == VETH and dev.master is not None:
@@ -318,14 +319,13 @@ class Node:
             self.enqueue(ns.rx_frame, dev, bytes(data), now)
         else:
             self.enqueue(ns.rx_packet, dev, bytearray(data), now)
+        self.process()
 
     def take_actions(self) -> list[Action]:
+        """Run what is queued, then hand over what must leave the node."""
+        self.process()
         out, self.actions = self.actions, []
         return out
-
-    def run_now(self, now: float) -> None:
-        """Set the node's notion of time before a socket call from an app."""
-        self._now = now
 
     # ---------------------------------------------------------------- leases
 
@@ -429,7 +429,6 @@ class Node:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
-        self._now = now
 
         def run() -> None:
             for ns in self.namespaces():
@@ -440,6 +439,7 @@ class Node:
                 nf.handle_timer(now)  # type: ignore[attr-defined]
 
         self.enqueue(run)
+        self.process()
 
     # ------------------------------------------------------------------ views
 
