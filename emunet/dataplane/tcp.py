@@ -26,6 +26,10 @@ every output is pulled by the caller.
   (``receive_syn``) that the namespace adds to its table; once they are
   established ``accept()`` hands them out. A segment that matches neither a
   connection nor a listener gets :func:`rst_for` (RFC 9293 section 3.10.7.1).
+* Table lifecycle: a connection whose ``state`` is CLOSED (after a reset, a
+  timeout, LAST-ACK or the 60 s TIME-WAIT) has nothing more to say once its
+  segments are drained; the namespace drops it from its table then. Receive
+  buffers survive CLOSED, so an application can still read what arrived.
 
 Sending: the send buffer holds the bytes from SND.UNA on; SND.NXT walks through
 it in MSS-sized segments limited by min(peer window, cwnd). The retransmission
