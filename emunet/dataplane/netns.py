@@ -714,7 +714,7 @@ class Namespace:
         if self._tracer.enabled:
             self.trace(now, "", "deliver", f"icmp error to socket: {ev}")
         if proto == ipv4.PROTO_TCP:
-            target.icmp_error(ev.errno_name, now)
+            target.icmp_error(ev.errno_name, now, ev.mtu)
             self.tcp_flush(target, now)
         else:
             target.error_received(ev)

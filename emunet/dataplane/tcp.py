@@ -239,6 +239,7 @@ class TCPConnection:
         "snd_wl1",
         "snd_wl2",
         "snd_wnd",
+        "soft_error",
         "ssthresh",
         "state",
         "stats",
@@ -279,6 +280,7 @@ class TCPConnection:
         self.error: str | None = None
         self.on_event: Callable[[], None] | None = None
         self.on_output: Callable[[], None] | None = None
+        self.soft_error: str | None = None
         self.stats = TCPCounters()
         self.now = now
         self._lp = local_ip.packed
@@ -457,6 +459,24 @@ class TCPConnection:
             self._output(now)
         self._notify()
         self._app_done()
+
+    def icmp_error(self, errno_name: str, now: float, mtu: int = 0) -> None:
+        """An ICMP error quoting one of our segments (Linux ``tcp_v4_err``).
+
+        While connecting it is fatal (a REJECTed Service: ECONNREFUSED at once);
+        once synchronized it is only remembered as a soft error, except that
+        fragmentation-needed lowers the MSS to the path MTU (RFC 1191).
+        """
+        self.now = now
+        if errno_name == "EMSGSIZE" and mtu:
+            if mtu - 40 < self._snd_mss:
+                self._snd_mss = max(mtu - 40, 88)
+            return
+        if self.state in (TCPState.SYN_SENT, TCPState.SYN_RECEIVED):
+            self._die(errno_name)
+            self._notify()
+        else:
+            self.soft_error = errno_name
 
     def abort(self, now: float) -> None:
         """Reset the connection (RFC 9293 section 3.10.5); discards both buffers."""

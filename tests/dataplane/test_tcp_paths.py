@@ -192,3 +192,9 @@ def test_pcap_on_pod_eth0_and_underlay_decode_with_same_tcp_stream(
     assert src_ips == {str(fab.pod("a").ip), str(fab.pod("c").ip)}
     outer = _walk(wire, "udp.dstport")
     assert outer and set(outer) == {"8285"}
+
+
+def test_tcp_connect_to_unknown_subnet_fails_fast_with_icmp_error(fab: Fabric) -> None:
+    conn = fab.pod("a").netns.tcp_connect("10.244.99.9", 80, fab.now)
+    fab.run(0.5)  # well before the 1 s SYN retransmission
+    assert conn.state.name == "CLOSED" and conn.error == "ENETUNREACH"
