@@ -67,6 +67,8 @@ def build(hdr: EthernetHeader, payload: bytes | bytearray | memoryview = b"") ->
     if not 0 <= hdr.ethertype <= 0xFFFF:
         raise ConfigError(f"ethertype {hdr.ethertype} out of range")
     if hdr.vlan is None:
+        if hdr.ethertype == ETH_P_8021Q:
+            raise ConfigError("ethertype 0x8100 is the 802.1Q tag: pass vlan=VlanTag(...)")
         return HEADER.pack(hdr.dst, hdr.src, hdr.ethertype) + payload
     v = hdr.vlan
     if not (0 <= v.vid <= 0xFFF and 0 <= v.pcp <= 7):
