@@ -110,7 +110,8 @@ EndpointsMap = Mapping[tuple[str, str], Sequence[Endpoint]]
 
 
 def _hash16(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+    # 16 base32 characters are exactly the first 10 bytes (80 bits) of the digest
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
 def service_port_name(namespace: str, name: str, port_name: str) -> str:

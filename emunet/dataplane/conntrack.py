@@ -107,6 +107,14 @@ class Timeouts:
 
 DEFAULT_TIMEOUTS = Timeouts()
 
+# plain ints of the Status bits for the per-packet path (IntFlag arithmetic is slow)
+_SEEN_REPLY, _ASSURED, _CONFIRMED = (
+    int(Status.SEEN_REPLY),
+    int(Status.ASSURED),
+    int(Status.CONFIRMED),
+)
+_SRC_NAT, _DST_NAT = int(Status.SRC_NAT), int(Status.DST_NAT)
+
 # --- the TCP state machine (Linux nf_conntrack_proto_tcp.c, tcp_conntracks) ---
 # Flag classes, in Linux's order of precedence: RST, SYN(+ACK), FIN, ACK, none.
 SYN, SYNACK, FIN, ACK, RST, NOFLAG = range(6)
@@ -190,7 +198,7 @@ class ConntrackEntry:
     def __init__(self, orig: Tuple, now: float) -> None:
         p, s, d, sp, dp = orig
         self.tuples: list[Tuple] = [orig, (p, d, s, dp, sp)]
-        self.state = TcpState.NONE
+        self.state: int = TcpState.NONE
         self.status = 0
         self.mark = 0
         self.expires = now
@@ -207,7 +215,7 @@ class ConntrackEntry:
 
     @property
     def assured(self) -> bool:
-        return bool(self.status & Status.ASSURED)
+        return bool(self.status & _ASSURED)
 
     def __repr__(self) -> str:
         return f"<ConntrackEntry {format_entry(self, self.created)}>"
@@ -228,16 +236,16 @@ def format_entry(e: ConntrackEntry, now: float) -> str:
     remaining = max(0, int(e.expires - now))
     out = [f"{_PROTO_NAMES.get(proto, 'unknown'):<8} {proto} {remaining}"]
     if proto == 6:
-        out.append(e.state.name)
+        out.append(TcpState(e.state).name)
     icmp_o = icmp_r = None
     if proto == 1:
         icmp_o = (e.icmp_type, e.icmp_code)
         icmp_r = (_ICMP_REPLY_TYPE.get(e.icmp_type, e.icmp_type), e.icmp_code)
     out.append(_tuple_str(e.tuples[ORIGINAL], proto, icmp_o))
-    if not e.status & Status.SEEN_REPLY:
+    if not e.status & _SEEN_REPLY:
         out.append("[UNREPLIED]")
     out.append(_tuple_str(e.tuples[REPLY], proto, icmp_r))
-    if e.status & Status.ASSURED:
+    if e.status & _ASSURED:
         out.append("[ASSURED]")
     out.append(f"mark={e.mark} use=1")
     return " ".join(out)
@@ -311,20 +319,20 @@ class ConntrackTable:
             return
         self._pending -= 1
         e.live = True
-        e.status |= Status.CONFIRMED
+        e.status |= _CONFIRMED
         self._by_tuple[e.tuples[ORIGINAL]] = (e, ORIGINAL)
         self._by_tuple[e.tuples[REPLY]] = (e, REPLY)
         self._entries[e] = None
-        if not e.status & Status.ASSURED:
+        if not e.status & _ASSURED:
             self._unassured[e] = None
         self._seq += 1
         heapq.heappush(self._heap, (e.expires, self._seq, e))
 
     def discard(self, e: ConntrackEntry) -> None:
         """Forget an unconfirmed entry (its packet was dropped)."""
-        if not e.live and not e.status & Status.CONFIRMED:
+        if not e.live and not e.status & _CONFIRMED:
             self._pending -= 1
-            e.status |= Status.CONFIRMED  # never counted twice
+            e.status |= _CONFIRMED  # never counted twice
 
     def remove(self, e: ConntrackEntry) -> None:
         if not e.live:
@@ -344,8 +352,8 @@ class ConntrackTable:
         e.tuples[REPLY] = reply
 
     def set_assured(self, e: ConntrackEntry) -> None:
-        if not e.status & Status.ASSURED:
-            e.status |= Status.ASSURED
+        if not e.status & _ASSURED:
+            e.status |= _ASSURED
             self._unassured.pop(e, None)
 
     def flush(self, predicate: Callable[[ConntrackEntry], bool]) -> int:
@@ -367,7 +375,7 @@ class ConntrackTable:
             if new < 0:
                 return False
             # A mid-stream ACK is picked up as ESTABLISHED (nf_conntrack_tcp_loose=1).
-            e.state = TcpState(new)
+            e.state = new
             e.expires = now + self.timeouts.tcp[new]
         elif proto == 17:
             e.expires = now + self.timeouts.udp
@@ -379,8 +387,8 @@ class ConntrackTable:
 
     def update(self, e: ConntrackEntry, direction: int, flags: int, now: float) -> TcpVerdict:
         """Advance the state for a packet of an existing connection and refresh its timer."""
-        if direction == REPLY and not e.status & Status.SEEN_REPLY:
-            e.status |= Status.SEEN_REPLY
+        if direction == REPLY and not e.status & _SEEN_REPLY:
+            e.status |= _SEEN_REPLY
         proto = e.proto
         to = self.timeouts
         if proto == 6:
@@ -397,16 +405,16 @@ class ConntrackTable:
                 and old in (TcpState.TIME_WAIT, TcpState.CLOSE)
             ):
                 return TcpVerdict.REOPEN
-            e.state = TcpState(new)
+            e.state = new
             if (
-                e.status & Status.SEEN_REPLY
+                e.status & _SEEN_REPLY
                 and new == TcpState.ESTABLISHED
                 and old in (TcpState.SYN_RECV, TcpState.ESTABLISHED)
             ):
                 self.set_assured(e)
             e.expires = now + to.tcp[new]
         elif proto == 17:
-            if e.status & Status.SEEN_REPLY:
+            if e.status & _SEEN_REPLY:
                 if now > e.created + 2.0:
                     e.expires = now + to.udp_stream
                     self.set_assured(e)
@@ -417,7 +425,7 @@ class ConntrackTable:
         elif proto == 1:
             e.expires = now + to.icmp
         else:
-            if e.status & Status.SEEN_REPLY:
+            if e.status & _SEEN_REPLY:
                 self.set_assured(e)
             e.expires = now + to.generic
         return TcpVerdict.OK

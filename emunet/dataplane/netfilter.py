@@ -92,6 +92,7 @@ from emunet.dataplane.conntrack import (
     ConntrackTable,
     CtState,
     Status,
+    TcpState,
     TcpVerdict,
     Timeouts,
     Tuple,
@@ -105,6 +106,7 @@ _U16 = struct.Struct("!H")
 _II = struct.Struct("!II")
 _HH = struct.Struct("!HH")
 
+_SEEN_REPLY, _SRC_NAT, _DST_NAT = int(Status.SEEN_REPLY), int(Status.SRC_NAT), int(Status.DST_NAT)
 _ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
 _ICMP_QUERIES = frozenset({8, 13, 15, 17})  # may open a connection
 _ICMP_REPLIES = frozenset({0, 14, 16, 18})
@@ -260,7 +262,7 @@ class Netfilter:
             if e.proto != 17:
                 return False
             o, r = e.tuples
-            if (o[2], o[4]) in woke and not e.status & Status.DST_NAT:
+            if (o[2], o[4]) in woke and not e.status & _DST_NAT:
                 return True
             return (r[1], r[3], o[2], o[4]) in stale or (r[1], r[3], -1, o[4]) in stale
 
@@ -392,7 +394,7 @@ class Netfilter:
                 self._dir = d
                 self._state = (
                     CtState.NEW
-                    if d == ORIGINAL and not e.status & Status.SEEN_REPLY
+                    if d == ORIGINAL and not e.status & _SEEN_REPLY
                     else CtState.ESTABLISHED
                 )
                 other = e.tuples[1 - d]
@@ -403,8 +405,8 @@ class Netfilter:
                 return Verdict.ACCEPT
             if v == TcpVerdict.INVALID:
                 if self.tracer.enabled:
-                    self.tracer.hop(now, self.node, "root", iface, "conntrack invalid",
-                                    f"{self._tuple_str(t)} in {e.state.name}")  # fmt: skip
+                    why = f"{self._tuple_str(t)} in {TcpState(e.state).name}"
+                    self.tracer.hop(now, self.node, "root", iface, "conntrack invalid", why)
                 return Verdict.ACCEPT
             table.remove(e)  # REOPEN: a SYN on TIME_WAIT/CLOSE starts over
         if proto == 1 and typ not in _ICMP_QUERIES:
@@ -467,9 +469,9 @@ class Netfilter:
         now: float,
     ) -> None:
         """Linux nf_nat_icmp_reply_translation for one manip type."""
-        bit = Status.SRC_NAT if is_src else Status.DST_NAT
+        bit = _SRC_NAT if is_src else _DST_NAT
         if d == REPLY:
-            bit = Status.DST_NAT if is_src else Status.SRC_NAT
+            bit = _DST_NAT if is_src else _SRC_NAT
         if not e.status & bit:
             return
         other = e.tuples[1 - d]
@@ -582,7 +584,7 @@ class Netfilter:
                 lst.popitem(last=False)
         reply = (proto, ep.ip, src, ep.port, sport)
         self.conntrack.set_reply(e, reply)
-        e.status |= Status.DST_NAT
+        e.status |= _DST_NAT
         e.owner = (chain, ep.addr)
         if self.mode == Mode.IPVS and self.scheduler == Scheduler.LC:
             counts = self._lc.setdefault(chain, {})
@@ -775,7 +777,7 @@ class Netfilter:
             if p == 1:
                 rsp = port  # ICMP: the identifier is both "ports"
         self.conntrack.set_reply(e, (p, rs, addr, rsp, port))
-        e.status |= Status.SRC_NAT
+        e.status |= _SRC_NAT
         if self.tracer.enabled and not implicit:
             self.tracer.hop(now, self.node, "root", iface, "MASQUERADE",
                             f"{chain}: source -> {IPv4Address(addr)}:{port}")  # fmt: skip
