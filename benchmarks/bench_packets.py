@@ -41,7 +41,10 @@ _FLAT = struct.Struct("!6s6sHBxHxxHBBxx4s4sHH")  # same fields as fastpath.FRAME
 _ETH = struct.Struct("!6s6sH")
 _IP = struct.Struct("!BxH2xHBBxx4s4s")
 _PORTS = struct.Struct("!HH")
-_TTL_CSUM = struct.Struct("!BxH")  # ttl, (proto skipped), checksum at IP offset 8
+_TTL_CSUM = struct.Struct("!BBH")  # ttl, protocol, checksum at IP offset 8
+# The TTL loops put back TTL 64 and its checksum (frame bytes 22..25) before each
+# decrement, one slice assignment, the same in every loop.
+_RESET = slice(22, 26)
 
 
 def sample_frame() -> bytes:
@@ -119,21 +122,23 @@ def parse_typed(n: int, frame: bytes | None = None) -> tuple[object, ...]:
 def ttl_baseline(n: int) -> bytearray:
     """TTL decrement with the RFC 1624 patch, inline with ``unpack_from``/``pack_into``."""
     buf = bytearray(sample_frame())
+    fresh = bytes(buf[_RESET])
     unpack, pack = _TTL_CSUM.unpack_from, _TTL_CSUM.pack_into
     for _ in range(n):
-        buf[22] = 64  # reset so every iteration decrements (the checksum stays valid)
-        ttl, csum = unpack(buf, 22)
+        buf[_RESET] = fresh
+        ttl, proto, csum = unpack(buf, 22)
         total = (csum ^ 0xFFFF) + 0xFEFF
-        pack(buf, 22, ttl - 1, ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF)
+        pack(buf, 22, ttl - 1, proto, ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF)
     return buf
 
 
 def ttl_emunet(n: int) -> bytearray:
     """``ipv4.decrement_ttl``: what the data plane calls per forwarded packet."""
     buf = bytearray(sample_frame())
+    fresh = bytes(buf[_RESET])
     dec = ipv4.decrement_ttl
     for _ in range(n):
-        buf[22] = 64
+        buf[_RESET] = fresh
         dec(buf, 14)
     return buf
 
@@ -141,9 +146,10 @@ def ttl_emunet(n: int) -> bytearray:
 def ttl_generic(n: int) -> bytearray:
     """For reference: the general one-word RFC 1624 update."""
     buf = bytearray(sample_frame())
+    fresh = bytes(buf[_RESET])
     dec = ipv4.decrement_ttl_generic
     for _ in range(n):
-        buf[22] = 64
+        buf[_RESET] = fresh
         dec(buf, 14)
     return buf
 
@@ -151,9 +157,11 @@ def ttl_generic(n: int) -> bytearray:
 def ttl_recompute(n: int) -> bytearray:
     """For reference: decrement and recompute the whole header checksum."""
     buf = bytearray(sample_frame())
+    fresh = bytes(buf[_RESET])
     mv = memoryview(buf)
     for _ in range(n):
-        buf[22] = 63
+        buf[_RESET] = fresh
+        buf[22] -= 1
         buf[24] = buf[25] = 0
         c = internet_checksum(mv[14:34])
         buf[24], buf[25] = c >> 8, c & 0xFF
