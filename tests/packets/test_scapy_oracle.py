@@ -22,28 +22,24 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
-
-scapy_all = pytest.importorskip("scapy.all")
-from scapy.all import (  # noqa: E402
-    ARP,
+from scapy.layers.inet import (
     ICMP,
     IP,
     TCP,
     UDP,
-    Dot1Q,
-    Ether,
     ICMPerror,
     IPerror,
     IPOption_Router_Alert,
     IPOption_RR,
-    Packet,
     TCPerror,
     UDPerror,
 )
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Packet
 
-from emunet.errors import MalformedFrame  # noqa: E402
-from emunet.packets import arp, ethernet, icmp, ipv4, tcp, udp  # noqa: E402
-from emunet.packets.mac import MAC  # noqa: E402
+from emunet.errors import MalformedFrame
+from emunet.packets import arp, ethernet, icmp, ipv4, tcp, udp
+from emunet.packets.mac import MAC
 
 MAC_A = "02:42:0a:f4:01:02"
 MAC_B = "02:42:0a:f4:02:03"
@@ -333,11 +329,13 @@ def scapy_recomputed(raw: bytes) -> bytes:
 
 
 def s_eth() -> Packet:
-    return Ether(dst=MAC_B, src=MAC_A)
+    pkt: Packet = Ether(dst=MAC_B, src=MAC_A)
+    return pkt
 
 
 def s_ip(src: str = IP_A, dst: str = IP_B, **kw: Any) -> Packet:
-    return IP(src=src, dst=dst, **kw)
+    pkt: Packet = IP(src=src, dst=dst, **kw)
+    return pkt
 
 
 DNS_QUERY = b"\x12\x34\x01\x00\x00\x01" + bytes(6) + b"\x07example\x03com\x00\x00\x01\x00\x01"
