@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 DEFAULT_AGEING = 300.0
 
+NfHook = Callable[["Interface", bytes | bytearray, float], bytes | bytearray | None]
+
 
 class FdbEntry:
     __slots__ = ("port", "updated")
@@ -58,6 +60,9 @@ class Bridge:
         self._trace = trace
         self._tracing = tracing
         self.flooded = 0
+        # br_netfilter: IPv4 frames bridged between two ports cross the root
+        # namespace's netfilter hooks; the hook returns the (rewritten) frame or None
+        self.nf_hook: NfHook | None = None
 
     def add_port(self, port: Interface) -> None:
         self.ports.append(port)
@@ -71,11 +76,11 @@ class Bridge:
     def input(self, port: Interface | None, frame: bytes | bytearray, now: float) -> None:
         """A frame entering the bridge from ``port`` (``None``: from the bridge device)."""
         dst = bytes(frame[0:6])
-        src = frame[6:12]
+        src = bytes(frame[6:12])
         if port is not None and not src[0] & 1:
-            entry = self.fdb.get(src)  # type: ignore[call-overload]
+            entry = self.fdb.get(src)
             if entry is None:
-                self.fdb[bytes(src)] = FdbEntry(port, now)
+                self.fdb[src] = FdbEntry(port, now)
                 if self._tracing():
                     self._trace(now, "fdb learn", f"{MAC(src)} on {port.name}", self.name)
             else:
@@ -98,6 +103,11 @@ class Bridge:
                     )
                 self._local(frame, now)
             return
+        if port is not None and self.nf_hook is not None and frame[12:14] == b"\x08\x00":
+            hooked = self.nf_hook(port, frame, now)
+            if hooked is None:
+                return
+            frame = hooked
         entry = self.fdb.get(dst)
         if entry is not None and now - entry.updated < self.ageing_time:
             if entry.port is port:

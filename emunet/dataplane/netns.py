@@ -329,6 +329,10 @@ class Namespace:
             if verdict != ACCEPT:
                 self._nf_refused(iface, pkt, verdict, now)
                 return
+        self.route_input(iface, pkt, now)
+
+    def route_input(self, iface: Interface, pkt: bytearray, now: float) -> None:
+        """After PREROUTING: deliver locally or forward (``ip_route_input``)."""
         dst = bytes(pkt[16:20])
         if dst in self.local or dst == BROADCAST_IP:
             self.local_in(iface, pkt, now)

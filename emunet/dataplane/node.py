@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from emunet.cluster.kubeproxy import EndpointsMap, Service
 from emunet.dataplane.actions import Action, OverlayDatagram, UnderlayPacket
 from emunet.dataplane.bridge import DEFAULT_AGEING, Bridge
 from emunet.dataplane.interfaces import BRIDGE, TUN, UNDERLAY, VETH, Interface
+from emunet.dataplane.netfilter import Netfilter, Verdict
 from emunet.dataplane.netns import Namespace, describe
 from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP
 from emunet.dataplane.trace import Drop, Tracer
@@ -44,6 +46,7 @@ from emunet.packets import icmp, ipv4, udp
 from emunet.packets.mac import MAC
 
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
+DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
 
 
 @dataclass
@@ -81,6 +84,11 @@ class Node:
         pod_mtu: int | None = None,
         flannel_port: int = DEFAULT_PORT,
         ageing_time: float = DEFAULT_AGEING,
+        service_cidr: IPv4Network | str = DEFAULT_SERVICE_CIDR,
+        proxy_mode: str = "iptables",
+        ipvs_scheduler: str = "rr",
+        conntrack_max: int = 262144,
+        netfilter: bool = True,
         seed: int | None = None,
         strict: bool = False,
     ) -> None:
@@ -133,6 +141,29 @@ class Node:
         root.add_route(self.network, self.flannel0)
         self.pods: dict[str, Pod] = {}
         self._ip_owner: dict[IPv4Address, str] = {}
+        # netfilter in the root namespace: conntrack, kube-proxy's rules, flannel's ip-masq
+        self.service_cidr = IPv4Network(service_cidr)
+        self.netfilter: Netfilter | None = None
+        if netfilter:
+            self.netfilter = Netfilter(
+                name,
+                self.tracer,
+                cluster_cidr=self.network,
+                service_cidr=self.service_cidr,
+                local_addresses={
+                    self.node_ip,
+                    self.gateway_ip,
+                    self.subnet.network_address,
+                    IPv4Address("127.0.0.1"),
+                },
+                rng=random.Random(self.rng.random()),
+                pod_subnet=self.subnet,
+                conntrack_max=conntrack_max,
+                mode=proxy_mode,
+                ipvs_scheduler=ipvs_scheduler,
+            )
+            root.netfilter = self.netfilter
+            self.bridge.nf_hook = self._br_netfilter
 
     # --------------------------------------------------------- context API
 
@@ -197,6 +228,57 @@ class Node:
 
     def _bridge_trace(self, now: float, event: str, detail: str, iface: str) -> None:
         self.tracer.hop(now, self.name, "root", iface or "cni0", event, detail)
+
+    def _br_netfilter(
+        self, port: Interface, frame: bytes | bytearray, now: float
+    ) -> bytes | bytearray | None:
+        """br_netfilter: an IPv4 frame bridged between pods crosses the iptables hooks.
+
+        Kubernetes requires ``bridge-nf-call-iptables=1``: without it the reply
+        of a same-node Service endpoint would skip conntrack's reverse DNAT.
+        """
+        nf = self.netfilter
+        assert nf is not None
+        pkt = bytearray(memoryview(frame)[14:])
+        n = len(pkt)
+        if n < 20 or pkt[0] >> 4 != 4 or (pkt[2] << 8 | pkt[3]) > n:
+            return frame  # not for the hooks: the receiving stack drops it with a reason
+        total = pkt[2] << 8 | pkt[3]
+        if total < n:
+            del pkt[total:]
+        old_dst = bytes(pkt[16:20])
+        root, cni0 = self.root, self.cni0
+        verdict = nf.prerouting(pkt, "cni0", now)
+        if verdict != Verdict.ACCEPT:
+            root._nf_refused(port, pkt, verdict, now)
+            return None
+        if bytes(pkt[16:20]) != old_dst:
+            # DNAT'd: no longer a bridging decision, the root namespace routes it
+            self.enqueue(root.route_input, cni0, pkt, now)
+            return None
+        verdict = nf.forward(pkt, "cni0", "cni0", now)
+        if verdict == Verdict.ACCEPT:
+            verdict = nf.postrouting(pkt, "cni0", self.gateway_ip, now)
+        if verdict != Verdict.ACCEPT:
+            root._nf_refused(port, pkt, verdict, now)
+            return None
+        return bytes(memoryview(frame)[:14]) + pkt
+
+    def set_services(
+        self, services: Sequence[Service], endpoints: EndpointsMap, now: float
+    ) -> None:
+        """kube-proxy's sync: program the Services and their endpoints on this node."""
+        if self.netfilter is None:
+            raise ConfigError(f"node {self.name} runs without netfilter: no kube-proxy")
+        self.netfilter.set_services(services, endpoints, now)
+        self._timer_dirty = True
+
+    def conntrack_listing(self, now: float) -> str:
+        """``conntrack -L`` output."""
+        return self.netfilter.conntrack.listing(now) if self.netfilter else ""
+
+    def iptables_save(self) -> str:
+        return self.netfilter.iptables_save() if self.netfilter else ""
 
     # ------------------------------------------------------------- overlay
 
@@ -421,9 +503,8 @@ class Node:
         expiry = self.bridge.next_expiry()
         if expiry is not None:
             times.append(expiry)
-        nf = self.root.netfilter
-        if nf is not None:
-            t = nf.get_timer()  # type: ignore[attr-defined]
+        if self.netfilter is not None:
+            t = self.netfilter.get_timer()
             if t is not None:
                 times.append(t)
         return min(times) if times else None
@@ -434,9 +515,8 @@ class Node:
             for ns in self.namespaces():
                 ns.handle_timer(now)
             self.bridge.age(now)
-            nf = self.root.netfilter
-            if nf is not None:
-                nf.handle_timer(now)  # type: ignore[attr-defined]
+            if self.netfilter is not None:
+                self.netfilter.handle_timer(now)
 
         self.enqueue(run)
         self.process()
