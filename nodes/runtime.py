@@ -1,0 +1,878 @@
+"""The asyncio adapter of one node's data plane.
+
+Theory of operation
+-------------------
+:class:`NodeRuntime` owns everything a sans-I/O :class:`~emunet.dataplane.node.Node`
+cannot: two UDP sockets, the loop clock and one timer handle. It only moves
+bytes and supplies time:
+
+* **overlay** (``node_ip:8285``): flanneld's UDP socket. Each datagram is one
+  raw IPv4 packet; it goes to ``node.overlay_received((ip, port), data, now)``.
+  :class:`OverlayDatagram` actions are sent from it.
+* **underlay wire** (``node_ip:8286``): emunet's stand-in for the node network.
+  An :class:`UnderlayPacket` (an IPv4 packet leaving the node's ``eth0`` for a
+  next hop on the node network, e.g. a pod reaching another node's IP or a
+  NodePort) is sent as one UDP datagram to ``(next_hop, 8286)``; what arrives
+  there is handed to ``node.underlay_received``. The kernel does not route
+  between emulated nodes, so this wire is the node network's "cable".
+
+After every event (datagram in, timer, app socket call) the runtime flushes:
+``take_actions()`` runs the node's queue and returns what leaves the node;
+each action becomes one ``sendto``; then the single timer handle is re-armed
+from ``get_timer()`` (``loop.call_at``). App calls only queue work in the node,
+so they schedule one coalesced flush with ``call_soon``.
+
+Nothing here blocks: ``sendto`` on a UDP transport never waits, and when the
+transport's buffer passes :data:`TX_BUFFER_LIMIT` the datagram is dropped and
+counted (a congested link loses packets, it does not stall the node). Per
+socket receive queues are bounded in the data plane; taps (tcpdump, captures)
+feed bounded deques that drop and count.
+
+The app API wraps the data plane's pod sockets: :meth:`NodeRuntime.udp_bind`,
+:meth:`NodeRuntime.open_connection`, :meth:`NodeRuntime.start_server`,
+:meth:`NodeRuntime.ping` / :meth:`NodeRuntime.ping_socket`. Stream objects
+behave like asyncio's ``StreamReader``/``StreamWriter`` in one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno as errno_mod
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+from emunet.dataplane.actions import OverlayDatagram, UnderlayPacket
+from emunet.dataplane.netns import Namespace
+from emunet.dataplane.node import Node
+from emunet.dataplane.sockets import EchoReply, PingSocket, SocketErrorEvent, UDPSocket
+from emunet.dataplane.tcp import TCPConnection, TCPListener, TCPState
+from emunet.errors import ConfigError, EmunetError, SocketError
+
+__all__ = [
+    "OVERLAY_PORT",
+    "WIRE_PORT",
+    "BoundedQueue",
+    "NodeRuntime",
+    "PingEndpoint",
+    "Stream",
+    "StreamServer",
+    "UDPEndpoint",
+    "os_error",
+]
+
+log = logging.getLogger(__name__)
+
+OVERLAY_PORT = 8285  # flannel's udp backend port
+WIRE_PORT = 8286  # emunet's underlay wire (node network stand-in)
+TX_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes queued in a UDP transport before we drop
+SOCKET_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF / SO_SNDBUF asked of the kernel
+MAX_DATAGRAM = 65535
+_TIMER_FLOOR = 0.0005  # a timer that stays due re-arms this much later, never spins
+
+_CLOSED_FOR_WRITE = frozenset(
+    {TCPState.FIN_WAIT_2, TCPState.TIME_WAIT, TCPState.CLOSED}
+)  # our FIN was acknowledged (or the connection is gone)
+
+
+def os_error(errno_name: str, message: str = "") -> OSError:
+    """The Python exception a real socket raises for a Linux errno name."""
+    code = getattr(errno_mod, errno_name, errno_mod.EIO)
+    text = message or errno_mod.errorcode.get(code, errno_name)
+    classes: dict[str, type[OSError]] = {
+        "ECONNREFUSED": ConnectionRefusedError,
+        "ECONNRESET": ConnectionResetError,
+        "ECONNABORTED": ConnectionAbortedError,
+        "EPIPE": BrokenPipeError,
+        "ETIMEDOUT": TimeoutError,
+    }
+    cls = classes.get(errno_name, OSError)
+    return cls(code, f"[{errno_name}] {text}")
+
+
+T = TypeVar("T")
+
+
+class BoundedQueue(Generic[T]):
+    """A FIFO that drops new items when full and counts them; ``get`` awaits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: deque[T] = deque()
+        self.dropped = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: T) -> bool:
+        if len(self.items) >= self.limit:
+            self.dropped += 1
+            return False
+        self.items.append(item)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        return True
+
+    async def get(self) -> T:
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self.items.popleft()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class _Waker:
+    """Wakes the one task waiting on a socket; set as the socket's ``on_event``."""
+
+    __slots__ = ("_fut", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._fut: asyncio.Future[None] | None = None
+
+    def __call__(self) -> None:
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the next event; False on timeout."""
+        self._fut = self._loop.create_future()
+        try:
+            if timeout is None:
+                await self._fut
+                return True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._fut), timeout)
+            except TimeoutError:
+                return False
+            return True
+        finally:
+            self._fut = None
+
+
+@dataclass
+class RuntimeStats:
+    """Counters of the adapter (the data plane counts its own drops)."""
+
+    overlay_rx: int = 0
+    overlay_tx: int = 0
+    overlay_tx_dropped: int = 0
+    wire_rx: int = 0
+    wire_tx: int = 0
+    wire_tx_dropped: int = 0
+    socket_errors: int = 0
+    internal_errors: int = 0
+    timer_fires: int = 0
+    flushes: int = 0
+    app_errors: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, int]:
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+        out.update(self.extra)
+        return out
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None], rt: NodeRuntime):
+        self._on = on_datagram
+        self._rt = rt
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            self._on(data, (str(addr[0]), int(addr[1])))
+        except Exception:  # one bad datagram never stops the node
+            self._rt.stats.internal_errors += 1
+            log.exception("error handling a datagram from %s", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self._rt.stats.socket_errors += 1
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno_mod.EADDRINUSE:
+            raise ConfigError(f"UDP {host}:{port} is already in use") from None
+        if exc.errno == errno_mod.EADDRNOTAVAIL:
+            raise ConfigError(f"cannot bind UDP {host}:{port}: not a local address") from None
+        raise ConfigError(f"cannot bind UDP {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class NodeRuntime:
+    """Drives one :class:`Node` from an asyncio loop; ``async with NodeRuntime(node):``."""
+
+    def __init__(
+        self,
+        node: Node,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        bind_ip: IPv4Address | str | None = None,
+        overlay_port: int | None = None,
+        wire_port: int = WIRE_PORT,
+    ) -> None:
+        self.node = node
+        self._loop = loop
+        self.bind_ip = str(bind_ip if bind_ip is not None else node.node_ip)
+        self.overlay_port = overlay_port if overlay_port is not None else node.flannel.port
+        self.wire_port = wire_port
+        self.stats = RuntimeStats()
+        self._overlay: asyncio.DatagramTransport | None = None
+        self._wire: asyncio.DatagramTransport | None = None
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
+        self._closed = False
+        self._wall_offset = 0.0
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def wall(self, now: float) -> float:
+        """Convert a loop time to Unix time (pcap timestamps)."""
+        return now + self._wall_offset
+
+    async def start(self) -> None:
+        loop = self.loop
+        self._wall_offset = time.time() - loop.time()
+        self.started_at = loop.time()
+        ov = _udp_socket(self.bind_ip, self.overlay_port)
+        try:
+            wire = _udp_socket(self.bind_ip, self.wire_port)
+        except ConfigError:
+            ov.close()
+            raise
+        t1, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._overlay_in, self), sock=ov
+        )
+        t2, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._wire_in, self), sock=wire
+        )
+        self._overlay, self._wire = t1, t2
+        self.poke()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for ts in self._tasks.values() for t in ts]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._tasks.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for tr in (self._overlay, self._wire):
+            if tr is not None:
+                tr.close()
+        self._overlay = self._wire = None
+
+    async def __aenter__(self) -> NodeRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ data path
+
+    def _overlay_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.stats.overlay_rx += 1
+        self.node.overlay_received(addr, data, self.loop.time())
+        self.poke()
+
+    def _wire_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.stats.wire_rx += 1
+        if len(data) < 20:
+            self.node.root.drop(self.loop.time(), self.node.eth0, "malformed", "wire datagram")
+            return
+        self.node.underlay_received(data, self.loop.time())
+        self.poke()
+
+    def poke(self) -> None:
+        """Schedule one flush (coalesced): run the node's queue, send, re-arm the timer."""
+        if not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        self.stats.flushes += 1
+        try:
+            actions = self.node.take_actions()
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("node %s: error running its queue", self.node.name)
+            actions = self.node.actions
+            self.node.actions = []
+        ov, wire = self._overlay, self._wire
+        stats = self.stats
+        for action in actions:
+            if type(action) is OverlayDatagram:
+                if ov is None or ov.get_write_buffer_size() > TX_BUFFER_LIMIT:
+                    stats.overlay_tx_dropped += 1
+                    continue
+                ov.sendto(action.payload, action.dst)
+                stats.overlay_tx += 1
+            elif type(action) is UnderlayPacket:
+                if wire is None or wire.get_write_buffer_size() > TX_BUFFER_LIMIT:
+                    stats.wire_tx_dropped += 1
+                    continue
+                wire.sendto(action.packet, (str(action.next_hop), self.wire_port))
+                stats.wire_tx += 1
+        self._arm_timer()
+
+    def _arm_timer(self, floor: float | None = None) -> None:
+        try:
+            t = self.node.get_timer()
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("node %s: get_timer failed", self.node.name)
+            t = None
+        if t is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._timer_at = None
+            return
+        if floor is not None and t < floor:
+            t = floor
+        if self._timer is not None and self._timer_at == t:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = t
+        self._timer = self.loop.call_at(t, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._closed:
+            return
+        now = self.loop.time()
+        self.stats.timer_fires += 1
+        try:
+            self.node.handle_timer(now)
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("node %s: handle_timer failed", self.node.name)
+        self.flush_now(floor=now + _TIMER_FLOOR)
+
+    def flush_now(self, floor: float | None = None) -> None:
+        """Flush synchronously (from a timer or after a batch of state changes)."""
+        self.flush()
+        if floor is not None:
+            self._arm_timer(floor)
+
+    # ------------------------------------------------------------- app tasks
+
+    def spawn(
+        self, owner: str, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        """Run an app coroutine on behalf of ``owner`` (a pod name); cancelled with it."""
+        task = self.loop.create_task(coro, name=name)
+        group = self._tasks.setdefault(owner, set())
+        group.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            group.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.stats.app_errors += 1
+                exc = t.exception()
+                log.warning("%s: task %s failed: %s", owner, t.get_name(), exc)
+
+        task.add_done_callback(done)
+        return task
+
+    async def cancel_tasks(self, owner: str) -> None:
+        tasks = list(self._tasks.pop(owner, ()))
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+    def namespace(self, pod: str) -> Namespace:
+        return self.node.namespace(pod)
+
+    # ----------------------------------------------------------------- UDP
+
+    async def udp_bind(
+        self, pod: str, port: int = 0, addr: IPv4Address | str = "0.0.0.0"
+    ) -> UDPEndpoint:
+        """A UDP socket bound in ``pod`` (port 0: an ephemeral port)."""
+        sock = self.namespace(pod).udp_socket()
+        try:
+            sock.bind(addr, port)
+        except SocketError as exc:
+            raise os_error(exc.errno_name, str(exc)) from None
+        return UDPEndpoint(self, sock)
+
+    # ----------------------------------------------------------------- ping
+
+    def ping_socket(self, pod: str, ident: int | None = None) -> PingEndpoint:
+        return PingEndpoint(self, self.namespace(pod).ping_socket(ident))
+
+    async def ping(
+        self,
+        pod: str,
+        dst: IPv4Address | str,
+        seq: int = 1,
+        timeout: float = 1.0,
+        ttl: int = 64,
+        size: int = 56,
+    ) -> EchoReply | SocketErrorEvent | None:
+        """One echo request: the reply, the ICMP error it caused, or None on timeout."""
+        ep = self.ping_socket(pod)
+        try:
+            ep.send(dst, seq, bytes(size), ttl=ttl)
+            return await ep.receive(timeout)
+        finally:
+            ep.close()
+
+    # ----------------------------------------------------------------- TCP
+
+    async def open_connection(
+        self, pod: str, host: IPv4Address | str, port: int, *, timeout: float | None = None
+    ) -> tuple[Stream, Stream]:
+        """Connect from ``pod``; returns ``(reader, writer)`` (the same :class:`Stream`)."""
+        ns = self.namespace(pod)
+        try:
+            conn = ns.tcp_connect(IPv4Address(host), port, self.loop.time())
+        except SocketError as exc:
+            raise os_error(exc.errno_name, str(exc)) from None
+        stream = Stream(self, conn)
+        self.poke()
+        try:
+            await asyncio.wait_for(stream.wait_established(), timeout)
+        except TimeoutError:
+            conn.abort(self.loop.time())
+            self.poke()
+            raise os_error("ETIMEDOUT", f"connect to {host}:{port} timed out") from None
+        return stream, stream
+
+    async def start_server(
+        self,
+        pod: str,
+        port: int,
+        handler: Callable[[Stream, Stream], Awaitable[None]],
+        *,
+        addr: IPv4Address | str = "0.0.0.0",
+        backlog: int = 128,
+    ) -> StreamServer:
+        """Listen in ``pod``; each accepted connection runs ``handler(reader, writer)``."""
+        ns = self.namespace(pod)
+        try:
+            listener = ns.tcp_listen(port, addr, backlog)
+        except SocketError as exc:
+            raise os_error(exc.errno_name, str(exc)) from None
+        server = StreamServer(self, pod, ns, listener, handler)
+        listener.on_event = server._on_accept
+        return server
+
+    # ----------------------------------------------------------------- taps
+
+    def tap(
+        self, netns: str, iface: str, fn: Callable[[float, bytes | bytearray], None]
+    ) -> Callable[[], None]:
+        """Call ``fn(now, data)`` for each frame seen on an interface; returns the remover."""
+        ns = self.node.namespace(netns)
+        dev = ns.interfaces.get(iface)
+        if dev is None:
+            raise ConfigError(f"no interface {iface!r} in {netns} on {self.node.name}")
+        dev.taps.append(fn)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                dev.taps.remove(fn)
+
+        return remove
+
+
+class UDPEndpoint:
+    """An app's UDP socket: ``await recvfrom()``, ``sendto()``, ``close()``."""
+
+    def __init__(self, rt: NodeRuntime, sock: UDPSocket) -> None:
+        self.rt = rt
+        self.sock = sock
+        self._waker = _Waker(rt.loop)
+        sock.on_event = self._waker
+
+    @property
+    def local(self) -> tuple[IPv4Address, int]:
+        assert self.sock.local is not None
+        return self.sock.local
+
+    @property
+    def errors(self) -> deque[SocketErrorEvent]:
+        """ICMP errors about what this socket sent (``MSG_ERRQUEUE``)."""
+        return self.sock.errors
+
+    def sendto(self, data: bytes, addr: tuple[IPv4Address | str, int]) -> None:
+        try:
+            self.sock.sendto(data, addr, self.rt.loop.time())
+        except SocketError as exc:
+            raise os_error(exc.errno_name, str(exc)) from None
+        self.rt.poke()
+
+    async def recvfrom(self, timeout: float | None = None) -> tuple[bytes, tuple[str, int]]:
+        """The next datagram; raises ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else self.rt.loop.time() + timeout
+        while True:
+            got = self.sock.recvfrom()
+            if got is not None:
+                data, (ip, port) = got
+                return data, (str(ip), port)
+            if self.sock.closed:
+                raise os_error("EBADF", "socket is closed")
+            left = None if deadline is None else deadline - self.rt.loop.time()
+            if left is not None and left <= 0:
+                raise TimeoutError("recvfrom timed out")
+            await self._waker.wait(left)
+
+    async def wait_event(self, timeout: float | None = None) -> bool:
+        """Wait for a datagram or an ICMP error; False on timeout."""
+        if self.sock.rx or self.sock.errors:
+            return True
+        return await self._waker.wait(timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.sock.on_event = None
+
+
+class PingEndpoint:
+    """An ICMP echo socket: ``send(dst, seq)``, ``await receive(timeout)``."""
+
+    def __init__(self, rt: NodeRuntime, sock: PingSocket) -> None:
+        self.rt = rt
+        self.sock = sock
+        self._waker = _Waker(rt.loop)
+        sock.on_event = self._waker
+
+    def send(
+        self, dst: IPv4Address | str, seq: int, payload: bytes = b"", *, ttl: int = 64
+    ) -> None:
+        try:
+            self.sock.send(dst, seq, self.rt.loop.time(), payload, ttl=ttl)
+        except SocketError as exc:
+            raise os_error(exc.errno_name, str(exc)) from None
+        self.rt.poke()
+
+    async def receive(self, timeout: float) -> EchoReply | SocketErrorEvent | None:
+        deadline = self.rt.loop.time() + timeout
+        while True:
+            if self.sock.replies:
+                return self.sock.replies.popleft()
+            if self.sock.errors:
+                return self.sock.errors.popleft()
+            left = deadline - self.rt.loop.time()
+            if left <= 0 or not await self._waker.wait(left):
+                return None
+
+    def close(self) -> None:
+        self.sock.close()
+        self.sock.on_event = None
+
+
+class Stream:
+    """A TCP connection as an asyncio-like reader and writer in one object.
+
+    ``read``/``readexactly``/``readline`` wait for data; ``write`` queues bytes
+    (moved into the connection's send buffer as it frees up) and ``drain``
+    waits until they all fit, which is TCP's flow control reaching the app.
+    ``close`` sends FIN after the queued bytes; ``wait_closed`` waits for it to
+    be acknowledged. A failed connection raises the ``OSError`` a real socket
+    would (ConnectionRefusedError, ConnectionResetError, TimeoutError).
+    """
+
+    def __init__(self, rt: NodeRuntime, conn: TCPConnection) -> None:
+        self.rt = rt
+        self.conn = conn
+        self._waker = _Waker(rt.loop)
+        self._buf = bytearray()  # read but not yet consumed (readline/readexactly)
+        self._pending = bytearray()  # written but not yet accepted by the send buffer
+        self._close_requested = False
+        self._closed_sent = False
+        conn.on_event = self._on_event
+
+    # -------------------------------------------------------------- events
+
+    def _on_event(self) -> None:
+        if self._pending and self.conn.send_space:
+            self._push()
+        self._waker()
+
+    def _push(self) -> None:
+        conn = self.conn
+        if conn.error is not None:
+            self._pending.clear()
+            return
+        if self._pending and conn.state not in (TCPState.CLOSED, TCPState.LISTEN):
+            try:
+                n = conn.send(self._pending, self.rt.loop.time())
+            except SocketError:
+                self._pending.clear()
+                return
+            if n:
+                del self._pending[:n]
+        if not self._pending and self._close_requested and not self._closed_sent:
+            self._closed_sent = True
+            conn.close(self.rt.loop.time())
+        self.rt.poke()
+
+    def _raise_if_failed(self) -> None:
+        if self.conn.error is not None:
+            raise os_error(self.conn.error, f"connection to {self.peername()} failed")
+
+    async def wait_established(self) -> None:
+        while True:
+            state = self.conn.state
+            if state is TCPState.ESTABLISHED or state is TCPState.CLOSE_WAIT:
+                return
+            if self.conn.error is not None:
+                self._raise_if_failed()
+            if state is TCPState.CLOSED:
+                raise os_error("ECONNREFUSED", f"connection to {self.peername()} closed")
+            await self._waker.wait()
+
+    # ---------------------------------------------------------------- info
+
+    def peername(self) -> tuple[str, int]:
+        return (str(self.conn.remote_ip), self.conn.remote_port)
+
+    def sockname(self) -> tuple[str, int]:
+        return (str(self.conn.local_ip), self.conn.local_port)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": self.peername(), "sockname": self.sockname()}.get(name, default)
+
+    # ----------------------------------------------------------------- read
+
+    def _take(self, n: int) -> bytes:
+        conn = self.conn
+        if conn.readable:
+            self._buf += conn.recv()
+            self.rt.poke()  # the window may have reopened
+        if n < 0 or n >= len(self._buf):
+            data = bytes(self._buf)
+            self._buf.clear()
+        else:
+            data = bytes(self._buf[:n])
+            del self._buf[:n]
+        return data
+
+    def at_eof(self) -> bool:
+        return not self._buf and self.conn.at_eof
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (``-1``: until EOF, like asyncio); ``b""`` at EOF."""
+        if n < 0:
+            chunks = bytearray()
+            while True:
+                data = await self.read(1 << 16)
+                if not data:
+                    return bytes(chunks)
+                chunks += data
+        while True:
+            if self._buf or self.conn.readable:
+                return self._take(n)
+            if self.conn.at_eof:
+                self._raise_if_failed()
+                return b""
+            if n == 0:
+                return b""
+            await self._waker.wait()
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            if self.conn.readable:
+                self._buf += self.conn.recv()
+                self.rt.poke()
+                continue
+            if self.conn.at_eof:
+                partial = bytes(self._buf)
+                self._buf.clear()
+                raise asyncio.IncompleteReadError(partial, n)
+            await self._waker.wait()
+        return self._take(n)
+
+    async def readline(self, limit: int = 1 << 16) -> bytes:
+        """Up to and including ``\\n`` (or what is left at EOF)."""
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0:
+                return self._take(i + 1)
+            if len(self._buf) >= limit:
+                raise ValueError(f"line longer than {limit} bytes")
+            if self.conn.readable:
+                self._buf += self.conn.recv()
+                self.rt.poke()
+                continue
+            if self.conn.at_eof:
+                return self._take(-1)
+            await self._waker.wait()
+
+    # ---------------------------------------------------------------- write
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._close_requested:
+            raise os_error("EPIPE", "write after close")
+        self._raise_if_failed()
+        if not data:
+            return
+        self._pending += data
+        self._push()
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.write(line)
+
+    @property
+    def pending(self) -> int:
+        """Bytes written but not yet in the connection's send buffer."""
+        return len(self._pending)
+
+    async def drain(self) -> None:
+        """Wait until what was written fits in the send buffer (back-pressure)."""
+        while self._pending:
+            self._raise_if_failed()
+            if self.conn.state is TCPState.CLOSED:
+                raise os_error("EPIPE", "connection closed")
+            await self._waker.wait()
+        self._raise_if_failed()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Send FIN after the queued bytes (``shutdown(SHUT_WR)``; reading stays possible)."""
+        if self._close_requested:
+            return
+        self._close_requested = True
+        self._push()
+
+    def is_closing(self) -> bool:
+        return self._close_requested
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._close_requested = self._closed_sent = True
+        self.conn.abort(self.rt.loop.time())
+        self.rt.poke()
+
+    async def wait_closed(self) -> None:
+        """Wait until our FIN is acknowledged (or the connection failed)."""
+        while (
+            not (self.conn.state in _CLOSED_FOR_WRITE and not self._pending)
+            and self.conn.error is None
+        ):
+            await self._waker.wait()
+
+
+class StreamServer:
+    """A listening socket in a pod; ``close()`` stops listening."""
+
+    def __init__(
+        self,
+        rt: NodeRuntime,
+        pod: str,
+        ns: Namespace,
+        listener: TCPListener,
+        handler: Callable[[Stream, Stream], Awaitable[None]],
+    ) -> None:
+        self.rt = rt
+        self.pod = pod
+        self.ns = ns
+        self.listener = listener
+        self.handler = handler
+        self.accepted = 0
+        self._closed = False
+        self._done = rt.loop.create_future()
+
+    @property
+    def port(self) -> int:
+        return self.listener.local_port
+
+    def _on_accept(self) -> None:
+        while (conn := self.listener.accept()) is not None:
+            self.accepted += 1
+            stream = Stream(self.rt, conn)
+            self.rt.spawn(
+                self.pod,
+                self._serve(stream),
+                name=f"{self.pod}:{self.port}<-{conn.remote_ip}:{conn.remote_port}",
+            )
+
+    async def _serve(self, stream: Stream) -> None:
+        try:
+            await self.handler(stream, stream)
+        except (OSError, EmunetError, asyncio.IncompleteReadError) as exc:
+            log.debug("%s: connection from %s ended: %s", self.pod, stream.peername(), exc)
+        finally:
+            if stream.conn.state not in (TCPState.CLOSED, TCPState.TIME_WAIT):
+                stream.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.listener.on_event = None
+        self.listener.close(self.rt.loop.time())
+        self.ns.unbind_port(6, (self.listener.local_ip, self.listener.local_port))
+        self.rt.poke()
+        if not self._done.done():
+            self._done.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await self._done
+
+    async def serve_forever(self) -> None:
+        try:
+            await self._done
+        finally:
+            self.close()
