@@ -202,6 +202,12 @@ class _Datagrams(asyncio.DatagramProtocol):
         self._rt.stats.socket_errors += 1
 
 
+def _backlog(transport: asyncio.DatagramTransport) -> int:
+    """Bytes the transport holds because the kernel buffer was full."""
+    size: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+    return size
+
+
 def _udp_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -350,13 +356,13 @@ class NodeRuntime:
         stats = self.stats
         for action in actions:
             if type(action) is OverlayDatagram:
-                if ov is None or ov.get_write_buffer_size() > TX_BUFFER_LIMIT:
+                if ov is None or _backlog(ov) > TX_BUFFER_LIMIT:
                     stats.overlay_tx_dropped += 1
                     continue
                 ov.sendto(action.payload, action.dst)
                 stats.overlay_tx += 1
             elif type(action) is UnderlayPacket:
-                if wire is None or wire.get_write_buffer_size() > TX_BUFFER_LIMIT:
+                if wire is None or _backlog(wire) > TX_BUFFER_LIMIT:
                     stats.wire_tx_dropped += 1
                     continue
                 wire.sendto(action.packet, (str(action.next_hop), self.wire_port))
