@@ -33,7 +33,7 @@ from emunet.dataplane.sockets import ANY, PingSocket, SocketErrorEvent, UDPSocke
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError, MalformedFrame, SocketError
 from emunet.packets import arp, icmp, ipv4, tcp
-from emunet.packets.checksum import internet_checksum, pseudo_header_sum
+from emunet.packets.checksum import header_ok, internet_checksum, pseudo_header_sum
 from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
 from emunet.packets.mac import MAC
 
@@ -186,6 +186,7 @@ class Namespace:
         self._bound: dict[tuple[int, int], list[bytes]] = {}
         self._tcp_owned: dict[tuple[IPv4Address, int, IPv4Address, int], TCPConnection] = {}
         self._frags: dict[tuple[bytes, bytes, int, int], _Reassembly] = {}
+        self._addr_cache: dict[bytes, IPv4Address] = {}
         self._next_ifindex = 1
         self._tracer = node.tracer
         self.drops: dict[str, int] = {}
@@ -252,6 +253,15 @@ class Namespace:
     def addresses(self) -> list[tuple[str, IPv4Interface]]:
         return [(i.name, a) for i in self.interfaces.values() for a in i.addresses]
 
+    def address(self, packed: bytes) -> IPv4Address:
+        """``IPv4Address`` for packed bytes, from a small cache (sockets report peers)."""
+        addr = self._addr_cache.get(packed)
+        if addr is None:
+            if len(self._addr_cache) >= 4096:
+                self._addr_cache.clear()
+            addr = self._addr_cache[packed] = IPv4Address(packed)
+        return addr
+
     # ---------------------------------------------------------------- tracing
 
     def trace(self, now: float, iface: str, event: str, detail: str = "") -> None:
@@ -313,7 +323,7 @@ class Namespace:
         if vihl >> 4 != 4 or hlen < 20 or total < hlen or total > n or hlen > n:
             self.drop(now, iface, Drop.MALFORMED, "ipv4: bad version, IHL or total length")
             return
-        if internet_checksum(memoryview(pkt)[:hlen]) != 0:
+        if not header_ok(pkt):
             self.drop(now, iface, Drop.MALFORMED, "ipv4: bad header checksum")
             return
         if total < n:
@@ -325,6 +335,13 @@ class Namespace:
                 if whole is None:
                     return
                 pkt = whole
+            elif (
+                not self._tracer.enabled
+                and bytes(pkt[16:20]) not in self.local
+                and nf.fast_forward(pkt, now)
+            ):
+                self.forward(iface, pkt, now, established=True)
+                return
             verdict = nf.prerouting(pkt, iface.name, now)
             if verdict != ACCEPT:
                 self._nf_refused(iface, pkt, verdict, now)
@@ -353,7 +370,10 @@ class Namespace:
 
     # ------------------------------------------------------------ forwarding
 
-    def forward(self, in_iface: Interface, pkt: bytearray, now: float) -> None:
+    def forward(
+        self, in_iface: Interface, pkt: bytearray, now: float, *, established: bool = False
+    ) -> None:
+        """Route a packet through (``established``: conntrack already did the hooks' work)."""
         route = self.routes.lookup(bytes(pkt[16:20]))
         if route is None:
             self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.NET_UNREACH, now)
@@ -364,7 +384,7 @@ class Namespace:
             self.drop(now, in_iface, Drop.TTL_EXCEEDED, f"ttl {pkt[8]} at {self.name}")
             return
         nf = self.netfilter
-        if nf is not None:
+        if nf is not None and not established:
             verdict = nf.forward(pkt, in_iface.name, route.dev.name, now)
             if verdict != ACCEPT:
                 self._nf_refused(in_iface, pkt, verdict, now)
@@ -372,10 +392,10 @@ class Namespace:
         ipv4.decrement_ttl(pkt)
         if self._tracer.enabled:
             self.trace(now, route.dev.name, "forward", f"route {route}; ttl now {pkt[8]}")
-        self.ip_output(route, pkt, now, forwarded=True)
+        self.ip_output(route, pkt, now, established=established)
 
     def ip_output(
-        self, route: Route, pkt: bytearray, now: float, *, forwarded: bool = False
+        self, route: Route, pkt: bytearray, now: float, *, established: bool = False
     ) -> None:
         dev = route.dev
         if len(pkt) > dev.mtu:
@@ -386,12 +406,14 @@ class Namespace:
             for frag in fragment(pkt, dev.mtu):
                 self._post_route(route, frag, now)
             return
-        self._post_route(route, pkt, now)
+        self._post_route(route, pkt, now, established)
 
-    def _post_route(self, route: Route, pkt: bytearray, now: float) -> None:
+    def _post_route(
+        self, route: Route, pkt: bytearray, now: float, established: bool = False
+    ) -> None:
         dev = route.dev
         nf = self.netfilter
-        if nf is not None:
+        if nf is not None and not established:
             src = route.src or (dev.addresses[0].ip if dev.addresses else IPv4Address(0))
             verdict = nf.postrouting(pkt, dev.name, src, now)
             if verdict != ACCEPT:
@@ -578,7 +600,7 @@ class Namespace:
                 self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.PORT_UNREACH, now)
             self.drop(now, iface, Drop.PORT_UNREACHABLE, f"udp port {dport}")
             return
-        src = IPv4Address(bytes(pkt[12:16]))
+        src = self.address(bytes(pkt[12:16]))
         if sock.deliver(bytes(mv[hlen + 8 : hlen + length]), (src, sport)):
             if self._tracer.enabled:
                 self.trace(now, "", "deliver", f"udp socket :{dport} ({length - 8} bytes)")

@@ -7,6 +7,7 @@ runs in C, and swaps the folded result to network order once at the end.
 
 from __future__ import annotations
 
+import struct
 import sys
 
 _LITTLE = sys.byteorder == "little"
@@ -43,9 +44,28 @@ def internet_checksum(data: Buffer, initial: int = 0) -> int:
     return ~ones_sum(data, initial) & 0xFFFF
 
 
+_ADDR_WORDS = struct.Struct("!HH")
+_HEADER20 = struct.Struct("!10H")
+
+
 def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:
     """Partial sum of the IPv4 pseudo-header (RFC 768, RFC 793 section 3.1)."""
-    return ones_sum(src + dst + bytes((0, protocol)) + length.to_bytes(2, "big"))
+    a, b = _ADDR_WORDS.unpack(src)
+    c, d = _ADDR_WORDS.unpack(dst)
+    total = a + b + c + d + protocol + length
+    total = (total & 0xFFFF) + (total >> 16)
+    return (total & 0xFFFF) + (total >> 16)
+
+
+def header_ok(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
+    """True when an IPv4 header at ``offset`` has a valid checksum (fast for IHL 5)."""
+    hlen = (buf[offset] & 0x0F) << 2
+    if hlen != 20:
+        return internet_checksum(memoryview(buf)[offset : offset + hlen]) == 0
+    total = sum(_HEADER20.unpack_from(buf, offset))
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
 
 
 def incremental_update(checksum: int, old_word: int, new_word: int) -> int:
