@@ -1052,7 +1052,7 @@ class TCPConnection:
         window = 0
         if flags & ACK:
             ack = self.rcv_nxt
-            space = self.rcv_buf_size - len(self._rcv_buf)
+            space = max(0, self.rcv_buf_size - len(self._rcv_buf))
             if flags & SYN:
                 window = space if space < 0xFFFF else 0xFFFF  # never scaled
             else:
@@ -1064,7 +1064,7 @@ class TCPConnection:
             self._delack_at = None
             self._unacked_segs = 0
         elif flags & SYN:
-            space = self.rcv_buf_size - len(self._rcv_buf)
+            space = max(0, self.rcv_buf_size - len(self._rcv_buf))
             window = space if space < 0xFFFF else 0xFFFF
         hdr = TCPHeader(
             self.local_port, self.remote_port, seq & MASK, ack, flags, window, 0, options

@@ -58,11 +58,14 @@ def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int
 
 
 def header_ok(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
-    """True when an IPv4 header at ``offset`` has a valid checksum (fast for IHL 5)."""
+    """True when an IPv4 header at ``offset`` has a valid checksum (fast for IHL 5).
+
+    The caller has checked that the IHL's bytes are present (``ip_rcv`` does).
+    """
     hlen = (buf[offset] & 0x0F) << 2
     if hlen != 20:
         return internet_checksum(memoryview(buf)[offset : offset + hlen]) == 0
-    total = sum(_HEADER20.unpack_from(buf, offset))
+    total: int = sum(_HEADER20.unpack_from(buf, offset))
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)
     return total == 0xFFFF
