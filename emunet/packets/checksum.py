@@ -52,7 +52,7 @@ def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int
     """Partial sum of the IPv4 pseudo-header (RFC 768, RFC 793 section 3.1)."""
     a, b = _ADDR_WORDS.unpack(src)
     c, d = _ADDR_WORDS.unpack(dst)
-    total = a + b + c + d + protocol + length
+    total: int = a + b + c + d + protocol + length
     total = (total & 0xFFFF) + (total >> 16)
     return (total & 0xFFFF) + (total >> 16)
 
