@@ -256,7 +256,7 @@ class FieldReader:
     ``warnings`` is None, unknown fields are ignored silently: the stored form).
     """
 
-    __slots__ = ("_seen", "data", "path", "warnings")
+    __slots__ = ("_children", "_seen", "data", "path", "warnings")
 
     def __init__(self, data: Any, path: str = "", warnings: list[str] | None = None) -> None:
         if data is None:
@@ -267,6 +267,12 @@ class FieldReader:
         self.path = path
         self.warnings = warnings
         self._seen: set[str] = set()
+        self._children: list[FieldReader] = []
+
+    def _child(self, data: Any, path: str) -> FieldReader:
+        child = FieldReader(data, path, self.warnings)
+        self._children.append(child)
+        return child
 
     def sub(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -323,7 +329,7 @@ class FieldReader:
             raise ConfigError(f"{self.sub(key)}: {value!r} is not an IPv4 address") from None
 
     def obj(self, key: str) -> FieldReader:
-        return FieldReader(self.raw(key), self.sub(key), self.warnings)
+        return self._child(self.raw(key), self.sub(key))
 
     def objs(self, key: str) -> list[FieldReader]:
         value = self.raw(key)
@@ -331,10 +337,7 @@ class FieldReader:
             return []
         if not isinstance(value, list):
             raise ConfigError(f"{self.sub(key)}: must be a list, got {_type_name(value)}")
-        return [
-            FieldReader(item, f"{self.sub(key)}[{i}]", self.warnings)
-            for i, item in enumerate(value)
-        ]
+        return [self._child(item, f"{self.sub(key)}[{i}]") for i, item in enumerate(value)]
 
     def str_map(self, key: str) -> dict[str, str]:
         value = self.raw(key)
@@ -357,12 +360,17 @@ class FieldReader:
             raise ConfigError(f"{self.sub(key)}: must be an object, got {_type_name(value)}")
         return {str(k): v for k, v in value.items()}
 
-    def finish(self) -> None:
+    def finish(self, note: str = "unknown field, ignored") -> None:
+        """Record a warning for every key never asked for, here and in the
+        objects read through this reader (depth first, in document order)."""
         if self.warnings is None:
             return
         for key in self.data:
             if key not in self._seen:
-                self.warnings.append(f"{self.sub(str(key))}: unknown field, ignored")
+                self.warnings.append(f"{self.sub(str(key))}: {note}")
+        for child in self._children:
+            child.finish(note)
+        self._children.clear()
 
 
 def _load(text: str | bytes, what: str) -> Any:
@@ -978,14 +986,17 @@ class Service:
 
 @dataclass(frozen=True, slots=True)
 class PodTemplate:
+    """``spec.template``; ``node_name`` pins every pod to one node (``run --node``)."""
+
     labels: Mapping[str, str] = field(default_factory=dict)
     containers: tuple[Container, ...] = ()
+    node_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "metadata": {"labels": dict(self.labels)},
-            "spec": {"containers": [c.to_dict() for c in self.containers]},
-        }
+        spec: dict[str, Any] = {"containers": [c.to_dict() for c in self.containers]}
+        if self.node_name:
+            spec["nodeName"] = self.node_name
+        return {"metadata": {"labels": dict(self.labels)}, "spec": spec}
 
 
 @dataclass(frozen=True, slots=True)
@@ -1020,6 +1031,8 @@ class Deployment:
                 "spec.template.metadata.labels: `selector` does not match template `labels`"
             )
         _check_containers("spec.template.spec.containers", self.template.containers)
+        if self.template.node_name:
+            _check_subdomain("spec.template.spec.nodeName", self.template.node_name)
 
     def to_dict(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
@@ -1059,6 +1072,7 @@ class Deployment:
             template=PodTemplate(
                 template.obj("metadata").str_map("labels"),
                 tuple(Container.read(c) for c in tspec.objs("containers")),
+                tspec.text("nodeName", ""),
             ),
             labels=meta.str_map("labels"),
             uid=meta.text("uid", ""),
@@ -1239,7 +1253,8 @@ def pod_for_deployment(
     created: str = "",
     taken: Collection[str] = (),
 ) -> Pod:
-    """A new Pending pod of ``deployment`` (name unique among ``taken``)."""
+    """A new Pending pod of ``deployment`` (name unique among ``taken``); the
+    template's nodeName, when set, wins over ``node_name``."""
     rng = rng or random.Random()
     name = deployment_pod_name(deployment, rng)
     while name in taken:
@@ -1251,7 +1266,7 @@ def pod_for_deployment(
         namespace=deployment.namespace,
         labels=labels,
         uid=uid,
-        node_name=node_name,
+        node_name=deployment.template.node_name or node_name,
         containers=deployment.template.containers,
         owner=deployment.name,
         created=created,
