@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff format --check emunet nodes control tests benchmarks
 
 typecheck: setup
-	$(BIN)/mypy --strict -p emunet
+	$(BIN)/mypy --strict -p emunet -p emunet.nodes -p emunet.control
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
