@@ -10,6 +10,12 @@ fires node timers in time order. Everything is deterministic for a seed.
     s = b.netns.udp_socket(); s.bind(port=5000)
     c = a.netns.udp_socket(); c.sendto(b"hi", (b.ip, 5000), fab.now)
     fab.run(1.0)
+
+With :meth:`Fabric.add_internet` the fabric also carries the packets of an
+emulated internet (:mod:`emunet.dataplane.internet`): a gateway at the nodes'
+default route (the first address of the node network) and external hosts.
+:meth:`Fabric.set_services` is kube-proxy's sync on every node plus the cloud
+controller's (LoadBalancer IPs on the gateway).
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from emunet.cluster.kubeproxy import EndpointsMap, Service
 from emunet.dataplane.actions import OverlayDatagram, UnderlayPacket
+from emunet.dataplane.internet import NODES, ExternalHost, Host, HostPacket, Internet
 from emunet.dataplane.node import DEFAULT_NETWORK, Node, Pod
 from emunet.dataplane.trace import Tracer
 from emunet.errors import ConfigError
@@ -65,10 +73,15 @@ class Fabric:
         self._seq = 0
         self._timer_at: dict[str, float] = {}
         self.undeliverable = 0
+        self.seed = seed
+        self.internet: Internet | None = None
+        self.services: list[Service] = []
+        self.endpoints: EndpointsMap = {}
         subnets = self.network.subnets(new_prefix=24)
         next(subnets)  # SubnetMin: flannel skips the first subnet
         hosts = self.node_network.hosts()
         gateway = next(hosts)
+        self.gateway_ip = gateway
         for i in range(nodes):
             self.add_node(
                 f"node{i + 1}",
@@ -131,6 +144,44 @@ class Fabric:
                 return node
         raise ConfigError(f"no pod {pod!r}")
 
+    def add_internet(self, *, public: str = "198.51.100.1/24") -> Internet:
+        """The gateway (at the nodes' default route) with its NAT and load balancer."""
+        if self.internet is not None:
+            raise ConfigError("the fabric already has an internet")
+        self.internet = Internet(
+            self.tracer,
+            node_network=self.node_network,
+            gateway_ip=self.gateway_ip,
+            public=public,
+            seed=self.seed * 1000 + 999,
+        )
+        self.internet.set_services(self.services, self.endpoints, self._node_ips())
+        return self.internet
+
+    def add_host(self, name: str, ip: IPv4Address | str, **options: Any) -> ExternalHost:
+        """An external host (see :meth:`Internet.add_host`); adds the internet if needed."""
+        internet = self.internet or self.add_internet()
+        return internet.add_host(name, ip, **options)
+
+    def host(self, name: str) -> Host:
+        if self.internet is not None:
+            for h in self.internet:
+                if h.name == name:
+                    return h
+        raise ConfigError(f"no host {name!r}")
+
+    def set_services(self, services: list[Service], endpoints: EndpointsMap) -> None:
+        """kube-proxy's sync on every node, and the cloud controller's on the gateway."""
+        self.services, self.endpoints = list(services), endpoints
+        for node in self.nodes.values():
+            node.set_services(services, endpoints, self.now)
+        if self.internet is not None:
+            self.internet.set_services(services, endpoints, self._node_ips())
+        self.flush()
+
+    def _node_ips(self) -> dict[str, IPv4Address]:
+        return {name: node.node_ip for name, node in self.nodes.items()}
+
     def link(self, src: str, dst: str) -> Link:
         """The link from node ``src`` to node ``dst`` (created on first use)."""
         key = (self.node(src).node_ip, self.node(dst).node_ip)
@@ -168,6 +219,37 @@ class Fabric:
             self._timer_at[node.name] = t
             self.schedule(max(t, self.now), self._fire_timer, node)
 
+    def _touch_host(self, host: Host) -> None:
+        for action in host.take_actions():
+            self._carry_host(host, action)
+        t = host.get_timer()
+        if t is not None and (
+            self._timer_at.get(host.name) is None or t < self._timer_at[host.name]
+        ):
+            self._timer_at[host.name] = t
+            self.schedule(max(t, self.now), self._fire_timer, host)
+
+    def _carry_host(self, host: Host, action: HostPacket) -> None:
+        """A host's packet: to the owner of the next hop on the interface's segment."""
+        segment = host.segments.get(action.iface, "")
+        link = self.default_link
+        link.sent += 1
+        if link.loss and self.rng.random() < link.loss:
+            link.lost += 1
+            return
+        at = self.now + link.delay
+        if segment == NODES:
+            node = self.by_ip.get(action.next_hop)
+            if node is not None:
+                self.schedule(at, node.underlay_received, bytes(action.packet))
+                return
+        assert self.internet is not None
+        owner = self.internet.resolve(segment, action.next_hop)
+        if owner is None:
+            self.undeliverable += 1
+            return
+        self.schedule(at, owner[0].receive, owner[1], bytes(action.packet))
+
     def _carry(
         self,
         src: Node,
@@ -178,7 +260,18 @@ class Fabric:
     ) -> None:
         dst = self.by_ip.get(dst_ip)
         if dst is None:
-            self.undeliverable += 1
+            owner = (
+                self.internet.resolve(NODES, dst_ip)
+                if self.internet is not None and not overlay
+                else None
+            )
+            if owner is None:
+                self.undeliverable += 1
+                return
+            assert isinstance(action, UnderlayPacket)
+            self.schedule(
+                self.now + self.default_link.delay, owner[0].receive, owner[1], bytes(action.packet)
+            )
             return
         link = self.links.get((src.node_ip, dst_ip)) or self.default_link
         link.sent += 1
@@ -197,7 +290,7 @@ class Fabric:
             assert isinstance(action, UnderlayPacket)
             self.schedule(self.now + link.delay, dst.underlay_received, bytes(action.packet))
 
-    def _fire_timer(self, node: Node, now: float) -> None:
+    def _fire_timer(self, node: Node | Host, now: float) -> None:
         t = self._timer_at.get(node.name)
         if t is not None and t <= now:
             del self._timer_at[node.name]
@@ -207,6 +300,9 @@ class Fabric:
         """Collect what socket calls made since the last step queued on the nodes."""
         for node in self.nodes.values():
             self._touch(node)
+        if self.internet is not None:
+            for host in self.internet:
+                self._touch_host(host)
 
     def run(
         self,
