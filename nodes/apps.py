@@ -7,7 +7,7 @@ identity and the asyncio socket wrappers of :mod:`emunet.nodes.runtime`.
 
 Built-in apps (``spec.containers[].app``):
 
-* ``echo``: UDP and TCP echo on port 7 (``--port N``), like inetd's echo.
+* ``echo``: UDP and TCP echo on port 7 (``args: {port: N}``), like inetd's echo.
 * ``http``: a small HTTP/1.1 server answering any path with the pod's name
   and addresses, like the ``traefik/whoami`` image (port 80).
 * ``sink``: a TCP server that counts bytes and, at EOF, answers with the
@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from ipaddress import IPv4Address
@@ -71,7 +71,7 @@ class AppContext:
     namespace: str
     ip: IPv4Address
     node: str
-    args: list[str] = field(default_factory=list)
+    args: Mapping[str, Any] = field(default_factory=dict)
     ports: list[int] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -80,13 +80,9 @@ class AppContext:
         return logging.getLogger(f"emunet.app.{self.namespace}.{self.pod}")
 
     def port(self, default: int) -> int:
-        """``--port N`` from the container args, else its first declared port, else default."""
-        args = self.args
-        for i, a in enumerate(args):
-            if a == "--port" and i + 1 < len(args):
-                return _port(args[i + 1])
-            if a.startswith("--port="):
-                return _port(a.split("=", 1)[1])
+        """``args.port`` of the container, else its first declared port, else ``default``."""
+        if "port" in self.args:
+            return _port(str(self.args["port"]))
         return self.ports[0] if self.ports else default
 
     def count(self, key: str, n: int = 1) -> None:
@@ -110,9 +106,9 @@ def _port(text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise ConfigError(f"app args: --port {text!r} is not a number") from None
+        raise ConfigError(f"app args.port: {text!r} is not a number") from None
     if not 0 < port < 65536:
-        raise ConfigError(f"app args: --port {port} is out of range 1..65535")
+        raise ConfigError(f"app args.port: {port} is out of range 1..65535")
     return port
 
 
@@ -190,6 +186,12 @@ class HttpApp(App):
         return handle
 
     async def _read_request(self, reader: Stream) -> tuple[str, list[tuple[str, str]]] | None:
+        try:
+            return await self._read_head(reader)
+        except ValueError:  # a line longer than max_header: not HTTP, hang up
+            return None
+
+    async def _read_head(self, reader: Stream) -> tuple[str, list[tuple[str, str]]] | None:
         size = 0
         line = ""
         while not line:

@@ -19,8 +19,13 @@ bytes and supplies time:
 After every event (datagram in, timer, app socket call) the runtime flushes:
 ``take_actions()`` runs the node's queue and returns what leaves the node;
 each action becomes one ``sendto``; then the single timer handle is re-armed
-from ``get_timer()`` (``loop.call_at``). App calls only queue work in the node,
-so they schedule one coalesced flush with ``call_soon``.
+from ``get_timer()`` (``loop.call_later``). App calls only queue work in the
+node, so they schedule one coalesced flush with ``call_soon``.
+
+Time is ``time.monotonic()``, which is what asyncio's ``loop.time()`` returns;
+uvloop's ``loop.time()`` is libuv's millisecond clock cached once per loop
+iteration, too coarse for ping RTTs and TCP's RTT estimator, so the runtime
+reads the monotonic clock itself and converts deadlines to ``call_later``.
 
 Nothing here blocks: ``sendto`` on a UDP transport never waits, and when the
 transport's buffer passes :data:`TX_BUFFER_LIMIT` the datagram is dropped and
@@ -263,7 +268,8 @@ class NodeRuntime:
         return self._loop
 
     def now(self) -> float:
-        return self.loop.time()
+        """The data plane's clock: ``time.monotonic()`` (see the module docstring)."""
+        return time.monotonic()
 
     def wall(self, now: float) -> float:
         """Convert a loop time to Unix time (pcap timestamps)."""
@@ -271,8 +277,8 @@ class NodeRuntime:
 
     async def start(self) -> None:
         loop = self.loop
-        self._wall_offset = time.time() - loop.time()
-        self.started_at = loop.time()
+        self._wall_offset = time.time() - time.monotonic()
+        self.started_at = self.now()
         ov = _udp_socket(self.bind_ip, self.overlay_port)
         try:
             wire = _udp_socket(self.bind_ip, self.wire_port)
@@ -323,15 +329,15 @@ class NodeRuntime:
 
     def _overlay_in(self, data: bytes, addr: tuple[str, int]) -> None:
         self.stats.overlay_rx += 1
-        self.node.overlay_received(addr, data, self.loop.time())
+        self.node.overlay_received(addr, data, self.now())
         self.poke()
 
     def _wire_in(self, data: bytes, addr: tuple[str, int]) -> None:
         self.stats.wire_rx += 1
         if len(data) < 20:
-            self.node.root.drop(self.loop.time(), self.node.eth0, "malformed", "wire datagram")
+            self.node.root.drop(self.now(), self.node.eth0, "malformed", "wire datagram")
             return
-        self.node.underlay_received(data, self.loop.time())
+        self.node.underlay_received(data, self.now())
         self.poke()
 
     def poke(self) -> None:
@@ -389,14 +395,14 @@ class NodeRuntime:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = t
-        self._timer = self.loop.call_at(t, self._fire)
+        self._timer = self.loop.call_later(max(0.0, t - self.now()), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
         self._timer_at = None
         if self._closed:
             return
-        now = self.loop.time()
+        now = self.now()
         self.stats.timer_fires += 1
         try:
             self.node.handle_timer(now)
@@ -485,7 +491,7 @@ class NodeRuntime:
         """Connect from ``pod``; returns ``(reader, writer)`` (the same :class:`Stream`)."""
         ns = self.namespace(pod)
         try:
-            conn = ns.tcp_connect(IPv4Address(host), port, self.loop.time())
+            conn = ns.tcp_connect(IPv4Address(host), port, self.now())
         except SocketError as exc:
             raise os_error(exc.errno_name, str(exc)) from None
         stream = Stream(self, conn)
@@ -493,7 +499,7 @@ class NodeRuntime:
         try:
             await asyncio.wait_for(stream.wait_established(), timeout)
         except TimeoutError:
-            conn.abort(self.loop.time())
+            conn.abort(self.now())
             self.poke()
             raise os_error("ETIMEDOUT", f"connect to {host}:{port} timed out") from None
         return stream, stream
@@ -557,14 +563,14 @@ class UDPEndpoint:
 
     def sendto(self, data: bytes, addr: tuple[IPv4Address | str, int]) -> None:
         try:
-            self.sock.sendto(data, addr, self.rt.loop.time())
+            self.sock.sendto(data, addr, self.rt.now())
         except SocketError as exc:
             raise os_error(exc.errno_name, str(exc)) from None
         self.rt.poke()
 
     async def recvfrom(self, timeout: float | None = None) -> tuple[bytes, tuple[str, int]]:
         """The next datagram; raises ``TimeoutError`` after ``timeout`` seconds."""
-        deadline = None if timeout is None else self.rt.loop.time() + timeout
+        deadline = None if timeout is None else self.rt.now() + timeout
         while True:
             got = self.sock.recvfrom()
             if got is not None:
@@ -572,7 +578,7 @@ class UDPEndpoint:
                 return data, (str(ip), port)
             if self.sock.closed:
                 raise os_error("EBADF", "socket is closed")
-            left = None if deadline is None else deadline - self.rt.loop.time()
+            left = None if deadline is None else deadline - self.rt.now()
             if left is not None and left <= 0:
                 raise TimeoutError("recvfrom timed out")
             await self._waker.wait(left)
@@ -601,19 +607,19 @@ class PingEndpoint:
         self, dst: IPv4Address | str, seq: int, payload: bytes = b"", *, ttl: int = 64
     ) -> None:
         try:
-            self.sock.send(dst, seq, self.rt.loop.time(), payload, ttl=ttl)
+            self.sock.send(dst, seq, self.rt.now(), payload, ttl=ttl)
         except SocketError as exc:
             raise os_error(exc.errno_name, str(exc)) from None
         self.rt.poke()
 
     async def receive(self, timeout: float) -> EchoReply | SocketErrorEvent | None:
-        deadline = self.rt.loop.time() + timeout
+        deadline = self.rt.now() + timeout
         while True:
             if self.sock.replies:
                 return self.sock.replies.popleft()
             if self.sock.errors:
                 return self.sock.errors.popleft()
-            left = deadline - self.rt.loop.time()
+            left = deadline - self.rt.now()
             if left <= 0 or not await self._waker.wait(left):
                 return None
 
@@ -657,7 +663,7 @@ class Stream:
             return
         if self._pending and conn.state not in (TCPState.CLOSED, TCPState.LISTEN):
             try:
-                n = conn.send(self._pending, self.rt.loop.time())
+                n = conn.send(self._pending, self.rt.now())
             except SocketError:
                 self._pending.clear()
                 return
@@ -665,7 +671,7 @@ class Stream:
                 del self._pending[:n]
         if not self._pending and self._close_requested and not self._closed_sent:
             self._closed_sent = True
-            conn.close(self.rt.loop.time())
+            conn.close(self.rt.now())
         self.rt.poke()
 
     def _raise_if_failed(self) -> None:
@@ -808,7 +814,7 @@ class Stream:
     def abort(self) -> None:
         self._pending.clear()
         self._close_requested = self._closed_sent = True
-        self.conn.abort(self.rt.loop.time())
+        self.conn.abort(self.rt.now())
         self.rt.poke()
 
     async def wait_closed(self) -> None:
@@ -868,7 +874,7 @@ class StreamServer:
             return
         self._closed = True
         self.listener.on_event = None
-        self.listener.close(self.rt.loop.time())
+        self.listener.close(self.rt.now())
         self.ns.unbind_port(6, (self.listener.local_ip, self.listener.local_port))
         self.rt.poke()
         if not self._done.done():

@@ -68,7 +68,7 @@ class Shell:
 
     @property
     def now(self) -> float:
-        return self.runtime.loop.time()
+        return self.runtime.now()
 
     def print(self, line: str = "") -> None:
         self.out(line + "\n")
@@ -835,16 +835,23 @@ async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
     block = bytes(chunk)
     sent = 0
     t0 = sh.now
-    try:
+
+    async def transfer() -> bytes:
+        nonlocal sent
         while sh.now - t0 < seconds:
             writer.write(block)
             sent += chunk
             await writer.drain()
         writer.close()
-        reply = await asyncio.wait_for(reader.readline(), max(10.0, seconds))
+        line = await reader.readline()
         await writer.wait_closed()
+        return line
+
+    try:
+        reply = await asyncio.wait_for(transfer(), seconds + 10.0)
     except (OSError, TimeoutError) as exc:
-        sh.eprint(f"iperf: transfer failed: {exc}")
+        writer.abort()
+        sh.eprint(f"iperf: transfer failed: {exc or 'timed out (is a sink listening?)'}")
         return 1
     elapsed = sh.now - t0
     try:
