@@ -1,0 +1,592 @@
+"""The agent's control API: msgpack frames over TCP (docs/ARCHITECTURE.md).
+
+Framing: a 4-byte big-endian length, then one msgpack map of at most
+:data:`MAX_FRAME` bytes. Request ``{"v": 1, "id": N, "op": str, "args": {}}``;
+streaming ops send ``{"v": 1, "id": N, "stream": {...}}`` frames before the
+final ``{"v": 1, "id": N, "ok": true, "result": ...}`` or
+``{"v": 1, "id": N, "ok": false, "error": {"code": ..., "message": ...}}``.
+
+Every bad input gets an error reply and the server keeps serving: a frame
+that does not decode, is not a map, has the wrong version or an unknown op
+is answered on the same connection (the length prefix keeps the stream in
+sync); a length over the limit is answered with ``too_large`` and the
+connection is closed (what follows cannot be trusted). Requests on one
+connection run one at a time, in order. Output a slow client does not read
+is buffered up to :data:`STREAM_BUFFER` bytes per request, then dropped and
+counted (the command never waits for the client).
+
+Ops: ``status``, ``dump``, ``exec`` (streams ``out``/``err``), ``trace``,
+``capture`` (streams ``pcap`` chunks). ``trace`` without a ``pod`` (or with
+a pod of another node) only records this node's hops for ``duration``
+seconds, so a client can merge the hops of every node of one probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+import msgpack
+from emunet.nodes.runtime import BoundedQueue, NodeRuntime
+from emunet.nodes.shell import Resolver, run_command
+
+from emunet.dataplane.tcp import TCPState
+from emunet.errors import ConfigError, EmunetError
+from emunet.packets.pcap import PcapWriter
+
+__all__ = ["MAX_FRAME", "ControlError", "ControlServer", "call"]
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+MAX_FRAME = 1 << 20
+STREAM_BUFFER = 4 << 20
+MAX_CONNECTIONS = 256
+_LEN = struct.Struct("!I")
+DUMPS = ("routes", "neigh", "fdb", "conntrack", "iptables", "counters", "leases", "pods", "addr")
+
+
+class ControlError(EmunetError):
+    """A request failed; ``code`` is one of the API's error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def pack(obj: Any) -> bytes:
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+@dataclass
+class ControlStats:
+    connections: int = 0
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    stream_dropped_bytes: int = 0
+    refused_connections: int = 0
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class _Conn:
+    """One client connection: serialized writes, bounded output buffering."""
+
+    def __init__(self, writer: asyncio.StreamWriter, stats: ControlStats) -> None:
+        self.writer = writer
+        self.stats = stats
+
+    async def send(self, obj: Any) -> None:
+        self.writer.write(pack(obj))
+        await self.writer.drain()
+
+
+class _Streamer:
+    """Collects a command's output and sends it as ``stream`` frames, never blocking it."""
+
+    def __init__(self, conn: _Conn, rid: Any, stats: ControlStats) -> None:
+        self.conn = conn
+        self.rid = rid
+        self.stats = stats
+        self.parts: list[tuple[str, Any]] = []
+        self.size = 0
+        self.dropped = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def emit(self, kind: str, data: Any) -> None:
+        n = len(data)
+        if self.size + n > STREAM_BUFFER:
+            self.dropped += n
+            self.stats.stream_dropped_bytes += n
+            return
+        self.parts.append((kind, data))
+        self.size += n
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.parts:
+                parts, self.parts, self.size = self.parts, [], 0
+                merged: list[tuple[str, Any]] = []
+                for kind, data in parts:
+                    if merged and merged[-1][0] == kind and len(merged[-1][1]) < 65536:
+                        merged[-1] = (kind, merged[-1][1] + data)
+                    else:
+                        merged.append((kind, data))
+                for kind, data in merged:
+                    await self.conn.send({"v": VERSION, "id": self.rid, "stream": {kind: data}})
+            if self._closed:
+                return
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        await self.task
+
+
+class ControlServer:
+    """Serves the control API of one agent; ``async with ControlServer(...)``."""
+
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        host: str,
+        port: int,
+        *,
+        status: Callable[[], Mapping[str, Any]] | None = None,
+        resolver: Resolver | None = None,
+        pod_lookup: Callable[[str], str | None] | None = None,
+        extra_counters: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.host = host
+        self.port = port
+        self._status = status
+        self.resolver = resolver
+        self._pod_lookup = pod_lookup
+        self._extra_counters = extra_counters
+        self.stats = ControlStats()
+        self._server: asyncio.Server | None = None
+        self._trace_lock = asyncio.Lock()
+        self._active: set[asyncio.Task[Any]] = set()
+        self._ops: dict[str, Callable[[_Conn, Any, dict[str, Any]], Awaitable[Any]]] = {
+            "status": self._op_status,
+            "dump": self._op_dump,
+            "exec": self._op_exec,
+            "trace": self._op_trace,
+            "capture": self._op_capture,
+        }
+
+    @property
+    def node(self) -> Any:
+        return self.runtime.node
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._client, self.host, self.port, limit=MAX_FRAME + 4
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"control API: cannot listen on {self.host}:{self.port}: {exc.strerror}"
+            ) from None
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._active):
+            t.cancel()
+        for t in list(self._active):
+            with contextlib.suppress(BaseException):
+                await t
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------- connection
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._active) >= MAX_CONNECTIONS:
+            self.stats.refused_connections += 1
+            writer.close()
+            return
+        if task is not None:
+            self._active.add(task)
+        self.stats.connections += 1
+        conn = _Conn(writer, self.stats)
+        try:
+            while True:
+                try:
+                    head = await reader.readexactly(4)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                (length,) = _LEN.unpack(head)
+                if length > MAX_FRAME:
+                    self.stats.error("too_large")
+                    await conn.send(
+                        _error(None, "too_large", f"frame of {length} bytes > {MAX_FRAME}")
+                    )
+                    return
+                try:
+                    body = await reader.readexactly(length)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                await self._request(conn, body)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("control connection failed")
+        finally:
+            if task is not None:
+                self._active.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _request(self, conn: _Conn, body: bytes) -> None:
+        self.stats.requests += 1
+        rid: Any = None
+        try:
+            try:
+                req = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            except Exception as exc:
+                raise ControlError("bad_request", f"frame is not msgpack: {exc}") from None
+            if not isinstance(req, dict):
+                raise ControlError("bad_request", "request must be a map")
+            rid = req.get("id")
+            if not isinstance(rid, int) or isinstance(rid, bool):
+                rid = None
+                raise ControlError("bad_request", "id: must be an integer")
+            if req.get("v") != VERSION:
+                raise ControlError(
+                    "unsupported_version", f"v: {req.get('v')!r} (this agent speaks {VERSION})"
+                )
+            op = req.get("op")
+            args = req.get("args", {})
+            if args is None:
+                args = {}
+            if not isinstance(args, dict):
+                raise ControlError("bad_request", "args: must be a map")
+            handler = self._ops.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise ControlError("unknown_op", f"unknown op {op!r}; use {', '.join(self._ops)}")
+            result = await handler(conn, rid, args)
+            await conn.send({"v": VERSION, "id": rid, "ok": True, "result": result})
+        except ControlError as exc:
+            self.stats.error(exc.code)
+            await conn.send(_error(rid, exc.code, str(exc)))
+        except EmunetError as exc:
+            self.stats.error("bad_request")
+            await conn.send(_error(rid, "bad_request", str(exc)))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            self.stats.error("internal")
+            log.exception("control op failed")
+            await conn.send(_error(rid, "internal", f"{type(exc).__name__}: {exc}"))
+
+    # ------------------------------------------------------------------ ops
+
+    def _netns(self, name: Any) -> str:
+        if name is None or name == "" or name == "root":
+            return "root"
+        if not isinstance(name, str):
+            raise ControlError("bad_request", "netns: must be a string")
+        found = self._pod_lookup(name) if self._pod_lookup is not None else None
+        if found is None and name in self.node.pods:
+            found = name
+        if found is None:
+            raise ControlError("not_found", f"no pod {name!r} on node {self.node.name}")
+        return found
+
+    async def _op_status(self, conn: _Conn, rid: Any, args: dict[str, Any]) -> Any:
+        node = self.node
+        base: dict[str, Any] = {
+            "name": node.name,
+            "nodeIP": str(node.node_ip),
+            "subnet": str(node.subnet),
+            "ready": True,
+            "pods": len(node.pods),
+            "leases": len(node.flannel.leases()),
+            "uptime": round(self.runtime.now() - self.runtime.started_at, 3),
+        }
+        if self._status is not None:
+            base.update(self._status())
+        return base
+
+    async def _op_dump(self, conn: _Conn, rid: Any, args: dict[str, Any]) -> Any:
+        what = args.get("what")
+        if what not in DUMPS:
+            raise ControlError("bad_request", f"what: {what!r}; use one of {', '.join(DUMPS)}")
+        node = self.node
+        now = self.runtime.now()
+        ns_name = self._netns(args.get("netns"))
+        ns = node.namespace(ns_name)
+        if what == "routes":
+            return {"lines": ns.routes.dump()}
+        if what == "neigh":
+            return {"lines": ns.neigh_show(now)}
+        if what == "fdb":
+            rows = node.bridge.show(now)
+            lines = [
+                f"{mac} dev {port} master cni0" + (" permanent" if local else f" age {age:.0f}s")
+                for mac, port, age, local in rows
+            ]
+            return {"lines": lines}
+        if what == "conntrack":
+            return {"lines": node.conntrack_listing(now).splitlines()}
+        if what == "iptables":
+            return {"lines": node.iptables_save().splitlines()}
+        if what == "leases":
+            lines = [f"{lease.subnet} via {lease.public_ip}" for lease in node.flannel.leases()]
+            return {"lines": [f"{node.subnet} (own) at {node.node_ip}", *lines]}
+        if what == "pods":
+            rows = [
+                {
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "ip": str(p.ip),
+                    "mac": str(p.mac),
+                    "veth": p.veth,
+                }
+                for p in node.pods.values()
+            ]
+            lines = [f"{r['namespace']}/{r['name']} {r['ip']} {r['mac']} {r['veth']}" for r in rows]
+            return {"lines": lines, "rows": rows}
+        if what == "addr":
+            out: list[str] = []
+            if ns_name == "root":
+                for iface in ns.interfaces.values():
+                    addrs = " ".join(a.with_prefixlen for a in iface.addresses)
+                    out.append(f"{iface.index}: {iface.name} mtu {iface.mtu} {addrs}\n")
+            else:
+                await run_command(self.runtime, ns_name, ["ip", "addr"], out.append)
+            return {"lines": "".join(out).splitlines()}
+        # counters
+        rows_c: dict[str, Any] = {
+            "interfaces": node.counters(),
+            "drops": node.drops(),
+            "runtime": self.runtime.stats.as_dict(),
+            "control": {
+                "connections": self.stats.connections,
+                "requests": self.stats.requests,
+                "stream_dropped_bytes": self.stats.stream_dropped_bytes,
+                **{f"error_{k}": v for k, v in self.stats.errors.items()},
+            },
+        }
+        if self._extra_counters is not None:
+            rows_c["agent"] = dict(self._extra_counters())
+        lines = [
+            f"{name}: " + " ".join(f"{k} {v}" for k, v in c.items())
+            for name, c in rows_c["interfaces"].items()
+        ]
+        lines += [f"drop {reason}: {n}" for reason, n in sorted(rows_c["drops"].items())]
+        lines += [f"runtime {k}: {v}" for k, v in rows_c["runtime"].items()]
+        lines += [f"control {k}: {v}" for k, v in rows_c["control"].items()]
+        return {"lines": lines, "rows": rows_c}
+
+    async def _op_exec(self, conn: _Conn, rid: Any, args: dict[str, Any]) -> Any:
+        pod = self._netns(args.get("pod"))
+        if pod == "root":
+            raise ControlError("bad_request", "pod: required (commands run inside a pod)")
+        argv = args.get("argv")
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise ControlError("bad_request", "argv: must be a list of strings")
+        stdin = args.get("stdin", b"") or b""
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        if not isinstance(stdin, bytes):
+            raise ControlError("bad_request", "stdin: must be bytes or a string")
+        streamer = _Streamer(conn, rid, self.stats)
+        try:
+            code = await run_command(
+                self.runtime,
+                pod,
+                argv,
+                lambda text: streamer.emit("out", text),
+                lambda text: streamer.emit("err", text),
+                stdin=stdin,
+                resolver=self.resolver,
+            )
+        finally:
+            await streamer.close()
+        return {"exit": code, "dropped": streamer.dropped}
+
+    async def _op_trace(self, conn: _Conn, rid: Any, args: dict[str, Any]) -> Any:
+        proto = args.get("proto", "icmp")
+        if proto not in ("icmp", "udp", "tcp"):
+            raise ControlError("bad_request", f"proto: {proto!r}; use icmp, udp or tcp")
+        duration = _float(args.get("duration", 1.0), "duration", 0.05, 30.0)
+        pod_arg = args.get("pod")
+        pod: str | None = None
+        if pod_arg:
+            try:
+                pod = self._netns(pod_arg)
+            except ControlError:
+                pod = None  # a pod of another node: record only
+        dst: IPv4Address | None = None
+        if pod is not None:
+            host = args.get("dst")
+            if not isinstance(host, str):
+                raise ControlError("bad_request", "dst: required with pod")
+            dst = await self._resolve(host)
+        port = args.get("port")
+        if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+            raise ControlError("bad_request", "port: must be 1-65535")
+        tracer = self.node.tracer
+        async with self._trace_lock:
+            tracer.clear()
+            tracer.enabled = True
+            result: str = ""
+            try:
+                if pod is not None and dst is not None:
+                    result = await self._probe(pod, dst, proto, port, duration)
+                    await asyncio.sleep(0.05)
+                else:
+                    await asyncio.sleep(duration)
+            finally:
+                tracer.enabled = False
+            hops = [[h.node, h.netns, h.iface, h.event, h.detail] for h in tracer.hops]
+            tracer.clear()
+        return {"hops": hops, "result": result}
+
+    async def _resolve(self, host: str) -> IPv4Address:
+        try:
+            return IPv4Address(host)
+        except ValueError:
+            pass
+        ip = await self.resolver(host) if self.resolver is not None else None
+        if ip is None:
+            raise ControlError("not_found", f"cannot resolve {host!r}")
+        return ip
+
+    async def _probe(
+        self, pod: str, dst: IPv4Address, proto: str, port: int | None, timeout: float
+    ) -> str:
+        rt = self.runtime
+        if proto == "icmp":
+            reply = await rt.ping(pod, dst, seq=1, timeout=timeout)
+            return "no reply" if reply is None else str(reply)
+        if proto == "udp":
+            ep = await rt.udp_bind(pod)
+            try:
+                ep.sendto(b"emunet trace\n", (dst, port or 33434))
+                if not await ep.wait_event(timeout):
+                    return "no answer"
+                if ep.errors:
+                    return str(ep.errors.popleft())
+                return "udp reply"
+            finally:
+                ep.close()
+        try:
+            _r, w = await rt.open_connection(pod, dst, port or 80, timeout=timeout)
+        except OSError as exc:
+            return f"connect failed: {exc}"
+        if w.conn.state is TCPState.ESTABLISHED:
+            w.close()
+        else:
+            w.abort()
+        return "connected"
+
+    async def _op_capture(self, conn: _Conn, rid: Any, args: dict[str, Any]) -> Any:
+        netns = self._netns(args.get("netns"))
+        iface = args.get("iface", "eth0")
+        if not isinstance(iface, str):
+            raise ControlError("bad_request", "iface: must be a string")
+        count = int(_float(args.get("count", 100), "count", 1, 1_000_000))
+        timeout = _float(args.get("timeout", 10.0), "timeout", 0.01, 3600.0)
+        dev = self.node.namespace(netns).interfaces.get(iface)
+        if dev is None:
+            raise ControlError("not_found", f"no interface {iface!r} in {netns}")
+        queue: BoundedQueue[tuple[float, bytes]] = BoundedQueue(8192)
+
+        def tap(now: float, data: bytes | bytearray) -> None:
+            queue.put((now, bytes(data)))
+
+        remove = self.runtime.tap(netns, iface, tap)
+        buf = io.BytesIO()
+        writer = PcapWriter(buf, dev.linktype)
+        streamer = _Streamer(conn, rid, self.stats)
+        seen = 0
+        end = self.runtime.now() + timeout
+        try:
+            streamer.emit("pcap", buf.getvalue())
+            buf.seek(0)
+            buf.truncate()
+            while seen < count:
+                left = end - self.runtime.now()
+                if left <= 0:
+                    break
+                try:
+                    now, data = await asyncio.wait_for(queue.get(), left)
+                except TimeoutError:
+                    break
+                writer.write(self.runtime.wall(now), data)
+                seen += 1
+                if not queue.items or buf.tell() > 32768 or seen >= count:
+                    streamer.emit("pcap", buf.getvalue())
+                    buf.seek(0)
+                    buf.truncate()
+        finally:
+            remove()
+            await streamer.close()
+        return {"packets": seen, "dropped": queue.dropped + streamer.dropped}
+
+
+def _float(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ControlError("bad_request", f"{name}: must be a number")
+    if not low <= value <= high:
+        raise ControlError("bad_request", f"{name}: must be between {low} and {high}")
+    return float(value)
+
+
+def _error(rid: Any, code: str, message: str) -> dict[str, Any]:
+    return {"v": VERSION, "id": rid, "ok": False, "error": {"code": code, "message": message}}
+
+
+async def call(
+    host: str,
+    port: int,
+    op: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    on_stream: Callable[[Mapping[str, Any]], None] | None = None,
+    timeout: float = 30.0,
+) -> Any:
+    """A minimal client: one request, streams to ``on_stream``, returns the result.
+
+    Raises :class:`ControlError` on an error reply (``emunet.control.client``
+    is the full client the CLI uses).
+    """
+
+    async def run() -> Any:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(pack({"v": VERSION, "id": 1, "op": op, "args": dict(args or {})}))
+            await writer.drain()
+            while True:
+                (length,) = _LEN.unpack(await reader.readexactly(4))
+                if length > MAX_FRAME:
+                    raise ControlError("too_large", f"reply frame of {length} bytes")
+                msg = msgpack.unpackb(await reader.readexactly(length), raw=False)
+                if "stream" in msg:
+                    if on_stream is not None:
+                        on_stream(msg["stream"])
+                    continue
+                if msg.get("ok"):
+                    return msg.get("result")
+                err = msg.get("error") or {}
+                raise ControlError(err.get("code", "internal"), err.get("message", ""))
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    return await asyncio.wait_for(run(), timeout)
