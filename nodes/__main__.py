@@ -1,0 +1,137 @@
+"""``python -m emunet.nodes`` / ``emunet-node``: run one node agent.
+
+Example (local mode starts three of these on 127.0.0.11-13)::
+
+    emunet-node --name node1 --node-ip 127.0.0.11 --etcd 127.0.0.1:2379 \\
+        --state-dir /tmp/emunet/node1
+
+Exit status: 0 after SIGTERM/SIGINT, 1 when the agent had to stop (its
+subnet lease was revoked, a port is in use...), 2 for bad arguments. Errors
+are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from emunet.nodes.agent import Agent, AgentConfig
+
+from emunet.errors import EmunetError
+
+
+def _ipv4(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _network(text: str) -> IPv4Network:
+    try:
+        return IPv4Network(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 network (a.b.c.d/n)") from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="emunet-node",
+        description="emunet node agent: flanneld (udp backend), kubelet and kube-proxy "
+        "of one emulated Kubernetes node.",
+    )
+    p.add_argument("--name", required=True, help="node name (registry and traces)")
+    p.add_argument("--node-ip", required=True, type=_ipv4, help="node IP (overlay, control)")
+    p.add_argument("--etcd", required=True, metavar="HOST:PORT", help="etcd client endpoint")
+    p.add_argument("--control-port", type=_port, default=10250, help="control API port (10250)")
+    p.add_argument("--state-dir", type=Path, required=True, help="subnet.env, IPAM state")
+    p.add_argument(
+        "--lease-ttl", type=int, default=86400, metavar="SECONDS", help="subnet lease TTL"
+    )
+    p.add_argument("--network", type=_network, default=IPv4Network("10.244.0.0/16"))
+    p.add_argument(
+        "--node-network",
+        type=_network,
+        default=IPv4Network("127.0.0.0/8"),
+        help="the node network eth0 is on (127.0.0.0/8 in local mode)",
+    )
+    p.add_argument("--node-lease-ttl", type=int, default=10, metavar="SECONDS")
+    p.add_argument("--seed", type=int, default=None, help="seed the data plane's randomness")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+async def amain(config: AgentConfig) -> int:
+    log = logging.getLogger("emunet.agent")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Agent(config) as agent:
+        waiter = asyncio.create_task(agent.wait())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            log.info("signal received, shutting down")
+            waiter.cancel()
+            return 0
+        stopper.cancel()
+        waiter.result()  # raises AgentStopped
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("grpc", "aetcd", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.lease_ttl < 2 or args.node_lease_ttl < 2:
+        print("emunet-node: --lease-ttl and --node-lease-ttl must be at least 2 s", file=sys.stderr)
+        return 2
+    config = AgentConfig(
+        name=args.name,
+        node_ip=args.node_ip,
+        etcd=args.etcd,
+        state_dir=args.state_dir,
+        control_port=args.control_port,
+        lease_ttl=args.lease_ttl,
+        network=args.network,
+        node_network=args.node_network,
+        node_lease_ttl=args.node_lease_ttl,
+        seed=args.seed,
+    )
+    factory: Callable[[], asyncio.AbstractEventLoop]
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        factory = asyncio.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(amain(config))
+    except EmunetError as exc:
+        print(f"emunet-node {args.name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
