@@ -106,6 +106,8 @@ def tcp_ask(
     got = bytearray()
 
     def on_event() -> None:
+        if conn.error is not None:
+            return
         got.extend(conn.recv())
         if conn.state.name == "CLOSE_WAIT":
             conn.close(fab.now)
@@ -172,8 +174,8 @@ def test_pod_to_service_walk_through() -> None:
 # --- 2. endpoint selection ----------------------------------------------------
 
 
-def _three_endpoints(**options: object) -> tuple[Fabric, dict[str, list[Peer]]]:
-    fab = Fabric(nodes=4, seed=3, **options)
+def _three_endpoints(proxy_mode: str = "iptables") -> tuple[Fabric, dict[str, list[Peer]]]:
+    fab = Fabric(nodes=4, seed=3, proxy_mode=proxy_mode, ipvs_scheduler="rr")
     fab.add_pod("node1", "client")
     seen: dict[str, list[Peer]] = {}
     for i, node in enumerate(("node2", "node3", "node4"), 1):
@@ -205,7 +207,7 @@ def test_iptables_mode_spreads_3000_connections_a_third_each() -> None:
 
 
 def test_ipvs_round_robin_cycles_exactly() -> None:
-    fab, _ = _three_endpoints(proxy_mode="ipvs", ipvs_scheduler="rr")
+    fab, _ = _three_endpoints(proxy_mode="ipvs")
     fab.set_services([web()], endpoints(fab, "web1", "web2", "web3"))
     order = []
     for _ in range(9):
@@ -483,6 +485,8 @@ def test_tcp_connection_states_through_a_service_and_expiry() -> None:
     got = bytearray()
 
     def on_event() -> None:
+        if conn.error is not None:
+            return
         got.extend(conn.recv())
         if conn.state.name == "CLOSE_WAIT":
             conn.close(fab.now)
