@@ -1,0 +1,385 @@
+"""The asyncio runtime: two Nodes in one event loop over real UDP sockets on loopback.
+
+Each node binds its overlay port (8285) and underlay wire (8286) on its own
+127.0.4.x address; everything between them crosses the kernel as real UDP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import random
+import re
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgpack
+import pytest
+from emunet.nodes.apps import AppContext, load_app
+from emunet.nodes.control import MAX_FRAME, ControlError, ControlServer, call
+from emunet.nodes.runtime import NodeRuntime, Stream
+from emunet.nodes.shell import run_command
+
+from emunet.dataplane.node import Node
+from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
+from emunet.packets import ipv4, udp
+from emunet.packets.pcap import PcapReader
+
+pytestmark = pytest.mark.integration
+
+IP1, IP2 = "127.0.4.1", "127.0.4.2"
+MIB = bytes(range(256)) * 4096
+
+
+@dataclass
+class Pair:
+    n1: Node
+    n2: Node
+    r1: NodeRuntime
+    r2: NodeRuntime
+
+    def start_app(self, rt: NodeRuntime, pod: str, app: str, **args: object) -> None:
+        p = rt.node.pods[pod]
+        ctx = AppContext(rt, pod, p.namespace, p.ip, rt.node.name, dict(args))
+        rt.spawn(pod, load_app(app).run(ctx), name=f"{pod}/{app}")
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    n1 = Node("node1", IP1, "10.244.1.0/24", node_network="127.0.0.0/8", seed=1)
+    n2 = Node("node2", IP2, "10.244.2.0/24", node_network="127.0.0.0/8", seed=2)
+    n1.set_lease("10.244.2.0/24", IP2)
+    n2.set_lease("10.244.1.0/24", IP1)
+    n1.add_pod("a")
+    n2.add_pod("c")
+    n2.add_pod("d")
+    async with NodeRuntime(n1) as r1, NodeRuntime(n2) as r2:
+        yield Pair(n1, n2, r1, r2)
+
+
+async def test_ping_across_nodes(pair: Pair) -> None:
+    c = pair.n2.pods["c"].ip
+    rtts = []
+    for seq in range(1, 6):
+        reply = await pair.r1.ping("a", c, seq=seq, timeout=2.0)
+        assert isinstance(reply, EchoReply), reply
+        assert reply.src == c and reply.seq == seq
+        # 64 - (node1 forward, flannel tun_to_udp, flannel udp_to_tun, node2 forward)
+        assert reply.ttl == 60
+        rtts.append(reply.rtt)
+    assert max(rtts) < 0.1
+    assert pair.r1.stats.overlay_tx >= 5 and pair.r2.stats.overlay_rx >= 5
+
+
+async def test_ping_unknown_subnet_is_net_unreachable(pair: Pair) -> None:
+    reply = await pair.r1.ping("a", "10.244.77.7", timeout=2.0)
+    assert isinstance(reply, SocketErrorEvent)
+    assert reply.errno_name == "ENETUNREACH"
+
+
+async def test_timers_drive_arp_timeout(pair: Pair) -> None:
+    # 10.244.1.99 does not exist: 3 ARP probes 1 s apart (timers), then host unreachable
+    t0 = time.monotonic()
+    reply = await pair.r1.ping("a", "10.244.1.99", timeout=6.0)
+    assert isinstance(reply, SocketErrorEvent) and reply.errno_name == "EHOSTUNREACH"
+    assert 2.5 < time.monotonic() - t0 < 5.0
+    assert pair.r1.stats.timer_fires >= 3
+
+
+async def test_udp_echo_across_nodes(pair: Pair) -> None:
+    pair.start_app(pair.r2, "c", "echo")
+    await asyncio.sleep(0.01)
+    ep = await pair.r1.udp_bind("a")
+    c = pair.n2.pods["c"].ip
+    for i in range(20):
+        ep.sendto(f"hello {i}".encode(), (c, 7))
+        data, src = await ep.recvfrom(timeout=2.0)
+        assert data == f"hello {i}".encode() and src == (str(c), 7)
+    ep.close()
+
+
+async def test_tcp_1mib_across_nodes(pair: Pair) -> None:
+    got = bytearray()
+    done = asyncio.Event()
+
+    async def handler(reader: Stream, writer: Stream) -> None:
+        while data := await reader.read(65536):
+            got.extend(data)
+        writer.write(hashlib.sha256(got).hexdigest().encode() + b"\n")
+        await writer.drain()
+        writer.close()
+        done.set()
+
+    server = await pair.r2.start_server("c", 9000, handler)
+    reader, writer = await pair.r1.open_connection("a", pair.n2.pods["c"].ip, 9000, timeout=5)
+    t0 = time.perf_counter()
+    for off in range(0, len(MIB), 100_000):
+        writer.write(MIB[off : off + 100_000])
+        await writer.drain()
+    writer.close()
+    digest = await asyncio.wait_for(reader.readline(), 30)
+    elapsed = time.perf_counter() - t0
+    await asyncio.wait_for(writer.wait_closed(), 5)
+    await asyncio.wait_for(done.wait(), 5)
+    assert bytes(got) == MIB
+    assert digest.strip().decode() == hashlib.sha256(MIB).hexdigest()
+    print(f"\n1 MiB across two nodes over real UDP: {elapsed * 1000:.0f} ms, "
+          f"{len(MIB) * 8 / elapsed / 1e6:.1f} Mbit/s")  # fmt: skip
+    server.close()
+
+
+async def test_drain_waits_for_the_peer(pair: Pair) -> None:
+    """A writer whose peer does not read is held back by drain(), not buffered forever."""
+    release = asyncio.Event()
+    received = 0
+
+    async def slow(reader: Stream, writer: Stream) -> None:
+        nonlocal received
+        await release.wait()
+        while data := await reader.read(1 << 20):
+            received += len(data)
+
+    await pair.r2.start_server("c", 9001, slow)
+    _r, writer = await pair.r1.open_connection("a", pair.n2.pods["c"].ip, 9001, timeout=5)
+    writer.write(bytes(2 << 20))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(writer.drain()), 0.5)
+    assert writer.pending > 0  # send buffer (256 KiB) + peer window full
+    release.set()
+    await asyncio.wait_for(writer.drain(), 20)
+    writer.close()
+    await asyncio.wait_for(writer.wait_closed(), 20)
+    assert received == 2 << 20
+
+
+async def test_connect_refused_raises(pair: Pair) -> None:
+    with pytest.raises(ConnectionRefusedError):
+        await pair.r1.open_connection("a", pair.n2.pods["c"].ip, 4444, timeout=5)
+
+
+async def sh(rt: NodeRuntime, pod: str, *argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    out: list[str] = []
+    err: list[str] = []
+    code = await run_command(rt, pod, list(argv), out.append, err.append, stdin=stdin)
+    return code, "".join(out), "".join(err)
+
+
+async def test_shell_ping_output_like_linux(pair: Pair) -> None:
+    c = str(pair.n2.pods["c"].ip)
+    code, out, _ = await sh(pair.r1, "a", "ping", "-c", "3", "-i", "0.1", c)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"PING {c} ({c}) 56(84) bytes of data."
+    for seq in (1, 2, 3):
+        assert re.fullmatch(
+            rf"64 bytes from {re.escape(c)}: icmp_seq={seq} ttl=60 time=\d+\.\d+ ms", lines[seq]
+        )
+    assert lines[5] == f"--- {c} ping statistics ---"
+    assert re.fullmatch(r"3 packets transmitted, 3 received, 0% packet loss, time \d+ms", lines[6])
+    assert re.fullmatch(r"rtt min/avg/max/mdev = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms", lines[7])
+    code, out, _ = await sh(pair.r1, "a", "ping", "-c", "1", "10.244.9.9")
+    assert code == 1 and "Destination Net Unreachable" in out and "+1 errors" in out
+    code, _, err = await sh(pair.r1, "a", "ping", "nosuchhost")
+    assert code == 2 and "Name or service not known" in err
+
+
+async def test_shell_traceroute_shows_flannel_silent_hops(pair: Pair) -> None:
+    c = str(pair.n2.pods["c"].ip)
+    code, out, _ = await sh(pair.r1, "a", "traceroute", "-n", "-w", "0.3", c)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"traceroute to {c} ({c}), 30 hops max, 60 byte packets"
+    assert lines[1].startswith(" 1  10.244.1.1 ")
+    assert lines[2] == " 2  * * *" and lines[3] == " 3  * * *"  # eaten by flanneld
+    assert lines[4].startswith(" 4  10.244.2.0 ")  # node2's flannel0 address
+    assert lines[5].startswith(f" 5  {c} ")
+    code, out, _ = await sh(pair.r1, "a", "traceroute", "-I", "-n", "-w", "0.3", c)
+    assert code == 0 and out.splitlines()[-1].startswith(f" 5  {c} ")
+
+
+async def test_shell_curl_nc_and_errors(pair: Pair) -> None:
+    pair.start_app(pair.r2, "c", "http")
+    pair.start_app(pair.r2, "c", "echo")
+    pair.start_app(pair.r2, "d", "sink")
+    await asyncio.sleep(0.01)
+    c, d = str(pair.n2.pods["c"].ip), str(pair.n2.pods["d"].ip)
+    code, out, _ = await sh(pair.r1, "a", "curl", "-s", f"http://{c}/any/path")
+    assert code == 0
+    assert "Hostname: c\n" in out and f"IP: {c}\n" in out and "GET /any/path HTTP/1.1" in out
+    assert "RemoteAddr: 10.244.1.2:" in out
+    code, _, err = await sh(pair.r1, "a", "curl", f"http://{c}:81/")
+    assert code == 7 and "Connection refused" in err
+    code, _, err = await sh(pair.r1, "a", "curl", "-m", "0.5", f"http://{d}:5001/")
+    assert code == 28 and "timed out" in err
+    code, out, _ = await sh(pair.r1, "a", "nc", "-w", "2", c, "7", stdin=b"ping\n")
+    assert code == 0 and out == "ping\n"
+    code, out, _ = await sh(pair.r1, "a", "nc", "-u", "-w", "0.5", c, "7", stdin=b"udp\n")
+    assert code == 0 and out == "udp\n"
+    code, _, err = await sh(pair.r1, "a", "nc", "-z", c, "7")
+    assert code == 0 and "succeeded" in err
+    code, _, err = await sh(pair.r1, "a", "nc", "-z", c, "8")
+    assert code == 1 and "Connection refused" in err
+    code, out, _ = await sh(pair.r1, "a", "iperf", "-c", d, "-t", "1")
+    assert code == 0 and re.search(r"\[  1\] 0\.0000-[\d.]+ sec .* [KMG]bits/sec", out), out
+    code, _, err = await sh(pair.r1, "a", "frobnicate", "x")
+    assert code == 127 and err == "sh: 1: frobnicate: not found\n"
+
+
+async def test_shell_ip_and_tcpdump(pair: Pair) -> None:
+    code, out, _ = await sh(pair.r1, "a", "ip", "addr")
+    assert code == 0 and "inet 10.244.1.2/24 brd 10.244.1.255 scope global eth0" in out
+    code, out, _ = await sh(pair.r1, "a", "ip", "route")
+    assert out.splitlines()[0] == "default via 10.244.1.1 dev eth0"
+    c = str(pair.n2.pods["c"].ip)
+    await pair.r1.ping("a", c, seq=1, timeout=2)  # resolve the gateway first: no ARP below
+    dump = asyncio.create_task(sh(pair.r1, "a", "tcpdump", "-c", "2", "-n"))
+    await asyncio.sleep(0.05)
+    await pair.r1.ping("a", c, seq=7, timeout=2)
+    code, out, err = await dump
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2
+    assert re.fullmatch(
+        rf"\d\d:\d\d:\d\d\.\d{{6}} IP 10\.244\.1\.2 > {re.escape(c)}: ICMP echo request, "
+        r"id \d+, seq 7, length 64",
+        lines[0],
+    )
+    assert "ICMP echo reply" in lines[1]
+    assert "2 packets captured" in err
+
+
+async def test_overlay_survives_10000_random_datagrams(pair: Pair) -> None:
+    rng = random.Random(20240501)
+    c = pair.n2.pods["c"].ip
+    drops_before = sum(pair.n2.drops().values())
+    src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    src.bind(("127.0.4.9", 0))
+    valid = ipv4.build_fast(
+        b"\x0a\xf4\x01\x02", c.packed, 17, udp.build_fast(1, 9, b"x", b"\x0a\xf4\x01\x02", c.packed)
+    )
+    for i in range(10_000):
+        kind = i % 5
+        if kind == 0:
+            data = rng.randbytes(rng.randrange(0, 100))
+        elif kind == 1:
+            data = bytes(valid[: rng.randrange(0, len(valid))])  # truncated
+        elif kind == 2:
+            mutated = bytearray(valid)
+            for _ in range(3):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            data = bytes(mutated)
+        elif kind == 3:
+            data = bytes([0x45]) + rng.randbytes(rng.randrange(19, 1400))
+        else:
+            data = bytes([0x4F, 0, 0, 20]) + rng.randbytes(16)  # IHL beyond the packet
+        src.sendto(data, (IP2, 8285))
+        if i % 500 == 0:
+            await asyncio.sleep(0)  # let the node read (the kernel buffer is finite)
+    src.close()
+    await asyncio.sleep(0.3)
+    assert pair.r2.stats.internal_errors == 0 and pair.n2.internal_errors == 0
+    assert pair.r2.stats.overlay_rx > 5000
+    assert sum(pair.n2.drops().values()) - drops_before > 1000  # counted with reasons
+    reply = await pair.r1.ping("a", c, timeout=2.0)
+    assert isinstance(reply, EchoReply)  # still serving
+
+
+async def _raw_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+) -> dict[str, object]:
+    writer.write(struct.pack("!I", len(body)) + body)
+    await writer.drain()
+    (n,) = struct.unpack("!I", await reader.readexactly(4))
+    reply = msgpack.unpackb(await reader.readexactly(n), raw=False)
+    assert isinstance(reply, dict)
+    return reply
+
+
+async def test_control_api_survives_1000_garbage_frames(pair: Pair) -> None:
+    rng = random.Random(7)
+    async with ControlServer(pair.r1, IP1, 0) as control:
+        port = control.port
+        reader, writer = await asyncio.open_connection(IP1, port)
+        codes: dict[str, int] = {}
+        for i in range(1000):
+            kind = i % 6
+            if kind == 0:
+                body = rng.randbytes(rng.randrange(1, 64))
+            elif kind == 1:
+                body = msgpack.packb([1, 2, 3])
+            elif kind == 2:
+                body = msgpack.packb({"v": 1, "id": i, "op": "frobnicate", "args": {}})
+            elif kind == 3:
+                body = msgpack.packb({"v": 99, "id": i, "op": "status"})
+            elif kind == 4:
+                body = msgpack.packb({"v": 1, "id": i, "op": "dump", "args": {"what": "x"}})
+            else:
+                body = msgpack.packb({"v": 1, "id": i, "op": "exec", "args": {"pod": "nope"}})
+            reply = await _raw_request(reader, writer, body)
+            if reply.get("ok") is not False:  # random bytes may decode to something valid
+                continue
+            err = reply["error"]
+            assert isinstance(err, dict)
+            codes[err["code"]] = codes.get(err["code"], 0) + 1
+        assert codes.keys() >= {"bad_request", "unknown_op", "unsupported_version", "not_found"}
+        assert sum(codes.values()) > 900
+        # an oversized length prefix: error reply, connection closed
+        writer.write(struct.pack("!I", MAX_FRAME + 1))
+        await writer.drain()
+        (n,) = struct.unpack("!I", await reader.readexactly(4))
+        reply = msgpack.unpackb(await reader.readexactly(n), raw=False)
+        assert reply["error"]["code"] == "too_large"
+        assert await reader.read() == b""
+        writer.close()
+        # still serving
+        status = await call(IP1, port, "status")
+        assert status["name"] == "node1" and status["subnet"] == "10.244.1.0/24"
+        with pytest.raises(ControlError) as info:
+            await call(IP1, port, "dump", {"what": "routes", "netns": "ghost"})
+        assert info.value.code == "not_found"
+        assert control.stats.errors["too_large"] == 1
+
+
+async def test_control_exec_dump_trace_capture(pair: Pair) -> None:
+    c = str(pair.n2.pods["c"].ip)
+    async with ControlServer(pair.r1, IP1, 0) as control:
+        port = control.port
+        chunks: list[str] = []
+        result = await call(
+            IP1,
+            port,
+            "exec",
+            {"pod": "a", "argv": ["ping", "-c", "2", "-i", "0.1", c]},
+            on_stream=lambda s: chunks.append(str(s.get("out", ""))),
+        )
+        assert result["exit"] == 0 and "2 received" in "".join(chunks)
+        routes = await call(IP1, port, "dump", {"what": "routes", "netns": "a"})
+        assert routes["lines"][0] == "default via 10.244.1.1 dev eth0"
+        root = await call(IP1, port, "dump", {"what": "routes"})
+        assert "10.244.0.0/16 dev flannel0 scope link" in root["lines"]
+        counters = await call(IP1, port, "dump", {"what": "counters"})
+        assert counters["rows"]["runtime"]["overlay_tx"] >= 2
+        trace = await call(IP1, port, "trace", {"pod": "a", "dst": c, "proto": "icmp"})
+        events = [(h[1], h[2], h[3]) for h in trace["hops"]]
+        assert ("root", "flannel0", "encapsulate") in events
+        assert ("a", "eth0", "tx") in events
+        pcap = io.BytesIO()
+        capture = asyncio.create_task(
+            call(
+                IP1,
+                port,
+                "capture",
+                {"netns": "a", "iface": "eth0", "count": 2, "timeout": 5},
+                on_stream=lambda s: pcap.write(bytes(s["pcap"])),  # type: ignore[arg-type]
+            )
+        )
+        await asyncio.sleep(0.1)
+        await pair.r1.ping("a", c, seq=3, timeout=2)
+        done = await capture
+        assert done["packets"] == 2
+        pcap.seek(0)
+        records = list(PcapReader(pcap))
+        assert len(records) == 2 and len(records[0].data) == 14 + 84
