@@ -133,6 +133,11 @@ def handled(func: Callable[P, T]) -> Callable[P, T]:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # the reader (head, less) went away: stop quietly, like coreutils
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except Exception as exc:
             if os.environ.get("EMUNET_DEBUG"):
                 raise
@@ -629,9 +634,11 @@ async def _describe(kind: Kind, name: str, namespace: str) -> None:
                 async with ControlClient(host, port, timeout=3.0) as cc:
                     info = await cc.call("status")
                 if isinstance(info, dict):
-                    for key in ("subnet", "uptime", "leases"):
+                    for key in ("subnet", "leases", "pods"):
                         if key in info:
                             _kv(key.capitalize(), info[key])
+                    if isinstance(info.get("uptime"), int | float):
+                        _kv("Uptime", f"{info['uptime']:.0f}s")
             except EmunetError as exc:
                 _kv("Agent", f"unreachable ({exc})")
         typer.echo(f"Non-terminated Pods:    ({len(pods)} in total)")

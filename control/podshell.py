@@ -1,0 +1,214 @@
+"""``pod-shell``: run commands inside a pod's network namespace.
+
+``pod-shell POD -- CMD ARGS...`` runs one command and exits with its status
+(stdin, when it is not a terminal, is sent to the command: ``echo hi | pod-shell
+web-1 -- nc -u 10.244.2.3 7``). Without a command it is an interactive shell:
+prompt ``root@POD:/# ``, readline history in ``<state dir>/pod-shell_history``,
+tab completion of command names, ``exit`` or Ctrl-D to leave.
+
+The pod's node comes from the registry; the command runs in the node agent
+(control API op ``exec``), which streams its output back. Errors are one line
+on stderr with status 1 (unknown pod, etcd or agent unreachable...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emunet.control.client import ControlClient
+from emunet.control.local import default_state_dir, resolve_etcd
+from emunet.nodes.registry import Registry
+
+from emunet.cluster import registry as model
+from emunet.errors import EmunetError
+
+__all__ = ["PodTarget", "find_pod", "main", "run_exec"]
+
+_IDLE_TIMEOUT = 300.0
+_BUILTINS = ("exit", "help")
+
+
+class PodTarget:
+    """Where a pod's commands run: the agent's control endpoint and the pod's
+    name in that agent (``name``, or ``namespace/name`` outside "default")."""
+
+    def __init__(self, pod: model.Pod, host: str, port: int) -> None:
+        self.pod = pod
+        self.host = host
+        self.port = port
+
+    @property
+    def netns(self) -> str:
+        if self.pod.namespace == model.DEFAULT_NAMESPACE:
+            return self.pod.name
+        return f"{self.pod.namespace}/{self.pod.name}"
+
+
+async def find_pod(endpoint: str, namespace: str, name: str) -> PodTarget:
+    async with Registry(endpoint, request_timeout=3.0) as reg:
+        pod = await reg.require_pod(namespace, name)
+        if not pod.node_name:
+            raise EmunetError(f"pod {name} is not scheduled on a node yet")
+        node = await reg.require_node(pod.node_name)
+    if pod.phase != model.PodPhase.RUNNING:
+        raise EmunetError(f"pod {name} is {pod.phase.value}, not Running")
+    if not node.control_endpoint:
+        raise EmunetError(f"node {node.name} has no control endpoint (is its agent running?)")
+    host, port = node.control_address
+    return PodTarget(pod, host, port)
+
+
+async def run_exec(target: PodTarget, argv: Sequence[str], stdin: bytes = b"") -> int:
+    """Run one command; copy its output to our stdout/stderr; return its status."""
+    args: dict[str, Any] = {"pod": target.netns, "argv": list(argv)}
+    if stdin:
+        args["stdin"] = stdin
+    code = 1
+    async with ControlClient(target.host, target.port, timeout=10.0) as client:
+        async for frame in client.stream("exec", idle_timeout=_IDLE_TIMEOUT, **args):
+            if frame.kind == "stream" and isinstance(frame.data, dict):
+                for key, stream in (("out", sys.stdout), ("err", sys.stderr)):
+                    text = frame.data.get(key)
+                    if isinstance(text, bytes):
+                        text = text.decode(errors="replace")
+                    if isinstance(text, str):
+                        stream.write(text)
+                        stream.flush()
+            elif frame.kind == "result":
+                result = frame.data
+                if isinstance(result, dict) and isinstance(result.get("exit"), int):
+                    code = result["exit"]
+    return code
+
+
+def _command_names() -> list[str]:
+    try:
+        from emunet.nodes.shell import COMMANDS
+
+        names = list(COMMANDS)
+    except Exception:  # the agent's shell module is optional for the client
+        names = ["ip", "hostname", "ping", "traceroute", "curl", "nc", "tcpdump", "iperf"]
+    return sorted({*names, *_BUILTINS})
+
+
+def _setup_readline(history: Path) -> Any:
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - not on Linux
+        return None
+    names = _command_names()
+
+    def complete(text: str, state: int) -> str | None:
+        line = readline.get_line_buffer()
+        if line[: readline.get_begidx()].strip():
+            return None  # only the command name is completed
+        matches = [n + " " for n in names if n.startswith(text)]
+        return matches[state] if state < len(matches) else None
+
+    readline.set_completer(complete)
+    readline.set_completer_delims(" \t")
+    readline.parse_and_bind("tab: complete")
+    with contextlib.suppress(OSError):
+        readline.read_history_file(history)
+    readline.set_history_length(1000)
+    return readline
+
+
+def interactive(target: PodTarget, history: Path) -> int:
+    rl = _setup_readline(history)
+    prompt = f"root@{target.pod.name}:/# "
+    status = 0
+    try:
+        while True:
+            try:
+                line = input(prompt)
+            except EOFError:
+                print()
+                break
+            except KeyboardInterrupt:
+                print("^C")
+                continue
+            try:
+                argv = shlex.split(line)
+            except ValueError as exc:
+                print(f"sh: syntax error: {exc}", file=sys.stderr)
+                status = 2
+                continue
+            if not argv:
+                continue
+            if argv[0] == "exit":
+                status = int(argv[1]) if len(argv) > 1 and argv[1].isdigit() else status
+                break
+            try:
+                status = asyncio.run(run_exec(target, argv))
+            except KeyboardInterrupt:
+                print("^C")
+                status = 130
+            except EmunetError as exc:
+                print(f"pod-shell: {exc}", file=sys.stderr)
+                status = 1
+    finally:
+        # no state dir (a remote etcd): no history file
+        if rl is not None and history.parent.is_dir():
+            with contextlib.suppress(OSError):
+                rl.write_history_file(history)
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pod-shell",
+        description="Run commands inside an emunet pod (ip, ping, curl, nc, traceroute, ...).",
+        usage="pod-shell [-n NAMESPACE] [--etcd HOST:PORT] POD [-- CMD ARGS...]",
+    )
+    p.add_argument("pod", help="pod name")
+    p.add_argument("-n", "--namespace", default=model.DEFAULT_NAMESPACE)
+    p.add_argument("--etcd", default=None, help="etcd endpoint (default: $EMUNET_ETCD or local)")
+    p.add_argument("--state-dir", type=Path, default=None, help="local fabric state directory")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in args_list:
+        i = args_list.index("--")
+        args_list, command = args_list[:i], args_list[i + 1 :]
+    parser = _parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        sys.exit(1 if exc.code else 0)
+    state_dir = args.state_dir or default_state_dir()
+    try:
+        endpoint = resolve_etcd(args.etcd, state_dir)
+        target = asyncio.run(find_pod(endpoint, args.namespace, args.pod))
+        if command:
+            stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+            sys.exit(asyncio.run(run_exec(target, command, stdin)))
+        history = Path(state_dir) / "pod-shell_history"
+        sys.exit(interactive(target, history))
+    except EmunetError as exc:
+        print(f"pod-shell: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:
+        print(f"pod-shell: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
