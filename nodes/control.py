@@ -81,9 +81,17 @@ class ControlStats:
 class _Conn:
     """One client connection: serialized writes, bounded output buffering."""
 
-    def __init__(self, writer: asyncio.StreamWriter, stats: ControlStats) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: ControlStats
+    ) -> None:
+        self.reader = reader
         self.writer = writer
         self.stats = stats
+
+    @property
+    def gone(self) -> bool:
+        """The client closed its side (EOF and nothing pipelined)."""
+        return self.reader.at_eof() or self.writer.is_closing()
 
     async def send(self, obj: Any) -> None:
         self.writer.write(pack(obj))
@@ -102,9 +110,13 @@ class _Streamer:
         self.dropped = 0
         self._wake = asyncio.Event()
         self._closed = False
+        self.broken = False  # the client went away: output is discarded
+        self.on_broken: Callable[[], object] | None = None
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def emit(self, kind: str, data: Any) -> None:
+        if self.broken:
+            return
         n = len(data)
         if self.size + n > STREAM_BUFFER:
             self.dropped += n
@@ -116,8 +128,12 @@ class _Streamer:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.25)
             self._wake.clear()
+            if self.conn.gone:
+                self._broke()
+                return
             while self.parts:
                 parts, self.parts, self.size = self.parts, [], 0
                 merged: list[tuple[str, Any]] = []
@@ -126,10 +142,20 @@ class _Streamer:
                         merged[-1] = (kind, merged[-1][1] + data)
                     else:
                         merged.append((kind, data))
-                for kind, data in merged:
-                    await self.conn.send({"v": VERSION, "id": self.rid, "stream": {kind: data}})
+                try:
+                    for kind, data in merged:
+                        await self.conn.send({"v": VERSION, "id": self.rid, "stream": {kind: data}})
+                except (ConnectionError, OSError):
+                    self._broke()
+                    return
             if self._closed:
                 return
+
+    def _broke(self) -> None:
+        self.broken = True
+        self.parts.clear()
+        if self.on_broken is not None:
+            self.on_broken()
 
     async def close(self) -> None:
         self._closed = True
@@ -217,7 +243,7 @@ class ControlServer:
         if task is not None:
             self._active.add(task)
         self.stats.connections += 1
-        conn = _Conn(writer, self.stats)
+        conn = _Conn(reader, writer, self.stats)
         try:
             while True:
                 try:
@@ -239,7 +265,7 @@ class ControlServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            raise
+            return  # server shutdown: this task is the connection's top level
         except Exception:
             log.exception("control connection failed")
         finally:
@@ -404,8 +430,8 @@ class ControlServer:
         if not isinstance(stdin, bytes):
             raise ControlError("bad_request", "stdin: must be bytes or a string")
         streamer = _Streamer(conn, rid, self.stats)
-        try:
-            code = await run_command(
+        cmd = asyncio.ensure_future(
+            run_command(
                 self.runtime,
                 pod,
                 argv,
@@ -414,7 +440,18 @@ class ControlServer:
                 stdin=stdin,
                 resolver=self.resolver,
             )
+        )
+        streamer.on_broken = lambda: _cancel_until_done(cmd)  # the client is gone: stop it
+        try:
+            code = await cmd
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if streamer.broken and (task is None or not task.cancelling()):
+                raise ConnectionError("client went away during exec") from None
+            raise
         finally:
+            if not cmd.done():
+                cmd.cancel()
             await streamer.close()
         return {"exit": code, "dropped": streamer.dropped}
 
@@ -527,6 +564,8 @@ class ControlServer:
                     now, data = await asyncio.wait_for(queue.get(), left)
                 except TimeoutError:
                     break
+                if streamer.broken:
+                    raise ConnectionError("client went away during capture")
                 writer.write(self.runtime.wall(now), data)
                 seen += 1
                 if not queue.items or buf.tell() > 32768 or seen >= count:
@@ -537,6 +576,15 @@ class ControlServer:
             remove()
             await streamer.close()
         return {"packets": seen, "dropped": queue.dropped + streamer.dropped}
+
+
+def _cancel_until_done(task: asyncio.Future[Any], every: float = 0.05) -> None:
+    """Cancel ``task`` and again until it is done (3.11's ``wait_for`` can swallow
+    a cancellation that races with its inner future completing)."""
+    if task.done():
+        return
+    task.cancel()
+    asyncio.get_running_loop().call_later(every, _cancel_until_done, task, every)
 
 
 def _float(value: Any, name: str, low: float, high: float) -> float:

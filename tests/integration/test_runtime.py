@@ -383,3 +383,30 @@ async def test_control_exec_dump_trace_capture(pair: Pair) -> None:
         pcap.seek(0)
         records = list(PcapReader(pcap))
         assert len(records) == 2 and len(records[0].data) == 14 + 84
+
+
+async def test_exec_stops_when_the_client_goes_away(pair: Pair) -> None:
+    c = str(pair.n2.pods["c"].ip)
+    eth0 = pair.n1.pods["a"].eth0
+    async with ControlServer(pair.r1, IP1, 0) as control:
+        _reader, writer = await asyncio.open_connection(IP1, control.port)
+        req = {
+            "v": 1,
+            "id": 1,
+            "op": "exec",
+            "args": {"pod": "a", "argv": ["tcpdump", "-c", "1000"]},
+        }
+        body = msgpack.packb(req)
+        writer.write(struct.pack("!I", len(body)) + body)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        assert len(eth0.taps) == 1
+        writer.close()
+        for seq in range(1, 4):  # output to a closed connection: the command is stopped
+            await pair.r1.ping("a", c, seq=seq, timeout=2)
+        for _ in range(40):
+            if not eth0.taps:
+                break
+            await asyncio.sleep(0.05)
+        assert eth0.taps == []
+        assert (await call(IP1, control.port, "status"))["name"] == "node1"
