@@ -386,3 +386,18 @@ async def test_etcd_outage_traffic_keeps_flowing(cluster: Cluster) -> None:
     with contextlib.suppress(ControlError):
         await cluster.control(0, "status")
     assert os.path.exists(cluster.state_dir(0) / "subnet.env")
+
+
+async def test_revoked_lease_stops_the_agent_with_a_message(cluster: Cluster) -> None:
+    own = (await cluster.control(1, "status"))["subnet"]
+    client = aetcd.Client(cluster.etcd.host, cluster.etcd.client_port, timeout=5)
+    try:
+        key = f"/coreos.com/network/subnets/{own.replace('/', '-')}"
+        assert await client.delete(key.encode())
+    finally:
+        await client.close()
+    proc = cluster.procs.pop(1)
+    assert await asyncio.wait_for(proc.wait(), 10) == 1
+    log = cluster.log(1)
+    assert f"emunet-node node2: Lease has been revoked: {own}" in log
+    assert "Traceback" not in log
