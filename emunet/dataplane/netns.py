@@ -721,21 +721,32 @@ class Namespace:
             return
         proto = inner[9]
         isrc, idst = bytes(inner[12:16]), bytes(inner[16:20])
-        ev = SocketErrorEvent(
-            errno_for(typ, code), typ, code, offender, IPv4Address(idst), mtu, now
-        )
         target: Any = None
+        sport = dport = 0
+        seq = -1
         if proto == ipv4.PROTO_UDP:
-            sport = _U16.unpack_from(inner, ihl)[0]
+            sport, dport = _PORTS.unpack_from(inner, ihl)
             target = self.udp_sockets.get((isrc, sport)) or self.udp_sockets.get(
                 (ANY.packed, sport)
             )
         elif proto == ipv4.PROTO_ICMP:
-            ident = _U16.unpack_from(inner, ihl + 4)[0]
+            ident, seq = _PORTS.unpack_from(inner, ihl + 4)
             target = self.ping_sockets.get(ident)
         elif proto == ipv4.PROTO_TCP:
             sport, dport = _PORTS.unpack_from(inner, ihl)
             target = self.tcp_conns.get((isrc, sport, idst, dport))
+        ev = SocketErrorEvent(
+            errno_for(typ, code),
+            typ,
+            code,
+            offender,
+            IPv4Address(idst),
+            mtu,
+            now,
+            sport,
+            dport,
+            seq,
+        )
         if target is None:
             self.drop(now, iface, "icmp error for no socket", str(ev))
             return
@@ -1003,6 +1014,27 @@ class Namespace:
             if r.first is not None:
                 self.icmp_send(r.first, icmp.TIME_EXCEEDED, icmp.FRAG_REASSEMBLY_EXCEEDED, now)
             self.drop(now, None, Drop.REASSEMBLY_TIMEOUT, f"id {key[2]}")
+
+    def close_all(self) -> None:
+        """The namespace goes away (pod deleted): every socket is closed, TCP reset.
+
+        Nothing is sent: the pod's interfaces are already gone, as when a
+        network namespace is destroyed under its sockets.
+        """
+        for sock in list(self.udp_sockets.values()):
+            sock.close()
+        for ping in list(self.ping_sockets.values()):
+            ping.close()
+        for conn in list(self.tcp_conns.values()):
+            conn.on_output = None
+            conn.abort(conn.now)
+            conn.segments_to_send()
+        self.tcp_conns.clear()
+        self.tcp_listeners.clear()
+        self._tcp_owned.clear()
+        self._bound.clear()
+        self.neighbours.clear()
+        self._frags.clear()
 
     # ----------------------------------------------------------------- timers
 

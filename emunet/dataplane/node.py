@@ -475,8 +475,7 @@ class Node:
         self.root.remove_interface(pod.veth)
         self._ip_owner.pop(pod.ip, None)
         pod.eth0.up = False
-        for sock in list(pod.netns.udp_sockets.values()):
-            sock.close()
+        pod.netns.close_all()
         self._timer_dirty = True
 
     def _allocate_ip(self) -> IPv4Address:

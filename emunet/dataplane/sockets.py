@@ -52,6 +52,11 @@ class SocketErrorEvent:
     dst: IPv4Address  # the destination of our quoted packet
     mtu: int = 0
     time: float = 0.0
+    # which of our packets it quotes: UDP/TCP ports, or the echo identifier and
+    # sequence number (ping, traceroute -I)
+    sport: int = 0
+    dport: int = 0
+    seq: int = -1
 
     def __str__(self) -> str:
         extra = f", mtu {self.mtu}" if self.mtu else ""

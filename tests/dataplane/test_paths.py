@@ -229,3 +229,29 @@ def test_counters_count_per_interface(fab: Fabric) -> None:
     assert n1.flannel0.tx_packets == 2 and n1.flannel0.rx_packets == 2
     assert fab.pod("a").eth0.tx_packets >= 3  # ARP request + 2 echo requests
     assert n1.counters()["root/flannel0"]["tx_bytes"] == 2 * (20 + 8 + 56)
+
+
+def test_icmp_error_names_the_probe_it_quotes(fab: Fabric) -> None:
+    cl = fab.pod("a").netns.udp_socket()
+    cl.bind(port=40001)
+    cl.sendto(b"x", (fab.pod("c").ip, 33435), fab.now)
+    ping = fab.pod("a").netns.ping_socket()
+    ping.send("10.244.99.1", 7, fab.now)
+    fab.run(1.0)
+    (udp_err,) = cl.errors
+    assert (udp_err.sport, udp_err.dport) == (40001, 33435)
+    (icmp_err,) = ping.errors
+    assert icmp_err.seq == 7 and icmp_err.errno_name == "ENETUNREACH"
+
+
+def test_removing_a_pod_closes_its_sockets_and_connections(fab: Fabric) -> None:
+    b = fab.pod("b")
+    lst = b.netns.tcp_listen(8080)
+    conn = fab.pod("a").netns.tcp_connect(b.ip, 8080, fab.now)
+    fab.run(0.5)
+    server = lst.accept()
+    assert server is not None and conn.state.name == "ESTABLISHED"
+    fab.node("node1").remove_pod("b")
+    assert b.netns.tcp_conns == {} and b.netns.tcp_listeners == {}
+    assert server.state.name == "CLOSED"
+    assert b.netns.get_timer() is None  # no retransmission or TIME_WAIT timer left behind
