@@ -301,3 +301,69 @@ def test_main_usage_errors_are_one_line(tmp_path: Path) -> None:
         assert proc.returncode == 1, proc
         assert proc.stderr.startswith(expected), proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+# -- the control API client against a scripted server ---------------------------------
+
+
+async def test_control_client(free_port: Callable[[], int]) -> None:
+    import struct
+
+    import msgpack
+    from emunet.control.client import AgentUnavailable, ControlClient, ControlError, ControlNotFound
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                (length,) = struct.unpack(">I", await reader.readexactly(4))
+            except asyncio.IncompleteReadError:
+                break
+            req = msgpack.unpackb(await reader.readexactly(length), raw=False)
+            rid, op = req["id"], req["op"]
+            replies: list[dict[str, Any]] = []
+            if op == "exec":
+                replies += [
+                    {"v": 1, "id": rid, "stream": {"out": "line 1\n"}},
+                    {"v": 1, "id": rid, "stream": {"err": "oops\n"}},
+                    {"v": 1, "id": rid, "ok": True, "result": {"exit": 3}},
+                ]
+            elif op == "status":
+                replies.append({"v": 1, "id": rid - 1, "ok": True, "result": "stale"})
+                replies.append({"v": 1, "id": rid, "ok": True, "result": dict(req["args"])})
+            elif op == "silent":
+                continue
+            else:
+                code = "not_found" if op == "missing" else "unknown_op"
+                replies.append(
+                    {"v": 1, "id": rid, "ok": False, "error": {"code": code, "message": f"{op}?"}}
+                )
+            for reply in replies:
+                body = msgpack.packb(reply, use_bin_type=True)
+                writer.write(struct.pack(">I", len(body)) + body)
+            await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    try:
+        async with ControlClient("127.0.0.1", port, timeout=0.5) as c:
+            assert await c.call("status", what="x") == {"what": "x"}
+            frames = [(f.kind, f.data) async for f in c.stream("exec", pod="p", argv=["ls"])]
+            assert frames == [
+                ("stream", {"out": "line 1\n"}),
+                ("stream", {"err": "oops\n"}),
+                ("result", {"exit": 3}),
+            ]
+            with pytest.raises(ControlNotFound, match=r"missing\?"):
+                await c.call("missing")
+            with pytest.raises(ControlError) as info:
+                await c.call("frobnicate")
+            assert info.value.code == "unknown_op"
+            with pytest.raises(AgentUnavailable, match=r"no reply within 0\.5 s"):
+                await c.call("silent")
+    finally:
+        server.close()
+        await server.wait_closed()
+    with pytest.raises(AgentUnavailable, match=f"127.0.0.1:{port} \\(connection refused\\)"):
+        async with ControlClient("127.0.0.1", port):
+            pass
