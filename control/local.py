@@ -6,7 +6,8 @@
 * ``up``: starts a real etcd (the binary :func:`find_etcd_binary` finds)
   on 127.0.0.1 with free client and peer ports, writes flannel's network
   config, then starts N agents ``python -m emunet.nodes --name nodeI
-  --node-ip 127.0.0.(10+I) --etcd 127.0.0.1:PORT ...``. Every process is
+  --node-ip 172.18.0.(10+I) --address-map 172.18.0.0/16=127.0.0.0/16 --etcd
+  127.0.0.1:PORT ...`` (the agent binds 127.0.0.(10+I)). Every process is
   detached (its own session, stdin from /dev/null, output to
   ``<state>/logs/<name>.log``) so it outlives the CLI; pids and command-line
   markers go to ``<state>/state.json``. It then waits, printing progress,
@@ -36,7 +37,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,24 @@ def default_state_dir() -> Path:
     return Path(env) if env else Path.cwd() / ".emunet"
 
 
+# Node IPs live on an emulated node network (as in a container deployment), mapped
+# to the loopback addresses the agents really bind: 127.0.0.0/8 is every pod's own
+# loopback, so a pod could never reach a 127.0.0.x node IP.
+NODE_NETWORK = IPv4Network("172.18.0.0/16")
+BIND_NETWORK = IPv4Network("127.0.0.0/16")
+ADDRESS_MAP = f"{NODE_NETWORK}={BIND_NETWORK}"
+
+
 def node_ip(index: int) -> IPv4Address:
-    """Node ``index`` (1-based) listens on 127.0.0.(10 + index)."""
+    """Node ``index`` (1-based) has node IP 172.18.0.(10 + index)."""
     if not 1 <= index <= 240:
         raise ConfigError(f"--nodes: at most 240 nodes on loopback, got {index}")
-    return IPv4Address(f"127.0.0.{10 + index}")
+    return NODE_NETWORK.network_address + 10 + index
+
+
+def bind_ip(index: int) -> IPv4Address:
+    """...and its agent listens on 127.0.0.(10 + index)."""
+    return BIND_NETWORK.network_address + (int(node_ip(index)) - int(NODE_NETWORK.network_address))
 
 
 @dataclass(slots=True)
@@ -280,6 +294,8 @@ class LocalFabric:
             name,
             "--node-ip",
             str(ip),
+            "--address-map",
+            ADDRESS_MAP,
             "--etcd",
             etcd,
             "--control-port",
@@ -335,9 +351,10 @@ class LocalFabric:
                 )
             say("cleaning up a stale fabric (some of its processes are gone)")
             self.down()
-        for ip in ips:
-            _check_free(str(ip), self.control_port, socket.SOCK_STREAM, "control API")
-            _check_free(str(ip), OVERLAY_PORT, socket.SOCK_DGRAM, "flannel overlay")
+        for i in range(1, nodes + 1):
+            real = str(bind_ip(i))
+            _check_free(real, self.control_port, socket.SOCK_STREAM, "control API")
+            _check_free(real, OVERLAY_PORT, socket.SOCK_DGRAM, "flannel overlay")
         binary = find_etcd_binary("etcd")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         logs = self.state_dir / "logs"

@@ -22,8 +22,9 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from emunet.nodes.agent import Agent, AgentConfig
+from emunet.nodes.runtime import AddressMap
 
-from emunet.errors import EmunetError
+from emunet.errors import ConfigError, EmunetError
 
 
 def _ipv4(text: str) -> IPv4Address:
@@ -31,6 +32,13 @@ def _ipv4(text: str) -> IPv4Address:
         return IPv4Address(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _address_map(text: str) -> AddressMap:
+    try:
+        return AddressMap.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _network(text: str) -> IPv4Network:
@@ -66,6 +74,14 @@ def parser() -> argparse.ArgumentParser:
         type=_network,
         default=IPv4Network("127.0.0.0/8"),
         help="the node network eth0 is on (127.0.0.0/8 in local mode)",
+    )
+    p.add_argument(
+        "--address-map",
+        type=_address_map,
+        default=None,
+        metavar="EMULATED=REAL",
+        help="where node-network addresses really are, e.g. 172.18.0.0/16=127.0.0.0/16 "
+        "(local mode: pods reach node IPs that are not their own loopback)",
     )
     p.add_argument("--node-lease-ttl", type=int, default=10, metavar="SECONDS")
     p.add_argument("--seed", type=int, default=None, help="seed the data plane's randomness")
@@ -112,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         control_port=args.control_port,
         lease_ttl=args.lease_ttl,
         network=args.network,
-        node_network=args.node_network,
+        node_network=args.address_map.emulated if args.address_map else args.node_network,
+        address_map=args.address_map,
         node_lease_ttl=args.node_lease_ttl,
         seed=args.seed,
     )

@@ -47,7 +47,7 @@ from typing import Any
 from emunet.nodes.apps import AppContext, load_app
 from emunet.nodes.control import ControlServer
 from emunet.nodes.registry import Registry
-from emunet.nodes.runtime import NodeRuntime
+from emunet.nodes.runtime import AddressMap, NodeRuntime
 from emunet.nodes.subnets import EtcdError, SubnetManager
 
 from emunet.cluster import registry as model
@@ -78,6 +78,7 @@ class AgentConfig:
     lease_ttl: int = 86400
     network: IPv4Network = DEFAULT_NETWORK
     node_network: IPv4Network = LOCAL_NODE_NETWORK
+    address_map: AddressMap | None = None
     proxy_debounce: float = 0.1
     node_lease_ttl: int = model.NODE_LEASE_TTL
     seed: int | None = None
@@ -167,11 +168,11 @@ class Agent:
             node_network=cfg.node_network,
             seed=cfg.seed,
         )
-        self.runtime = NodeRuntime(self.node, loop)
+        self.runtime = NodeRuntime(self.node, loop, address_map=cfg.address_map)
         await self.runtime.start()
         self.control = ControlServer(
             self.runtime,
-            str(cfg.node_ip),
+            self.runtime.bind_ip,
             cfg.control_port,
             status=self._status,
             resolver=self.resolve,
@@ -184,9 +185,9 @@ class Agent:
             cfg.name,
             cfg.node_ip,
             lease.subnet,
-            cfg.node_ip,
+            self.runtime.bind_ip,
             self.runtime.overlay_port,
-            cfg.node_ip,
+            self.runtime.bind_ip,
             self.control.port,
         )
         self.registry = Registry(cfg.etcd)
@@ -280,7 +281,7 @@ class Agent:
             self.config.name,
             self.config.node_ip,
             self.node.subnet,
-            f"{self.config.node_ip}:{self.control.port}",
+            f"{self.runtime.bind_ip if self.runtime else self.config.node_ip}:{self.control.port}",
         )
         delay = 0.2
         while True:

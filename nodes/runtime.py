@@ -50,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
@@ -231,6 +231,51 @@ def _udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class AddressMap:
+    """Where emulated node addresses really live: ``172.18.0.0/16=127.0.0.0/16``.
+
+    In local mode every agent binds a loopback address, but pods must be able
+    to reach node IPs, and 127.0.0.0/8 is every namespace's own loopback. So
+    the data plane (and flannel's lease PublicIP) use node-network addresses,
+    as in a container deployment, and the runtime maps them to the real socket
+    addresses (same offset in the other network) only at the socket boundary.
+    """
+
+    emulated: IPv4Network
+    real: IPv4Network
+
+    def __post_init__(self) -> None:
+        if self.emulated.prefixlen != self.real.prefixlen:
+            raise ConfigError(f"address map {self}: both networks need the same prefix length")
+
+    def __str__(self) -> str:
+        return f"{self.emulated}={self.real}"
+
+    @classmethod
+    def parse(cls, text: str) -> AddressMap:
+        try:
+            left, right = text.split("=")
+            return cls(IPv4Network(left.strip()), IPv4Network(right.strip()))
+        except ValueError:
+            raise ConfigError(
+                f"address map {text!r}: expected EMULATED_CIDR=REAL_CIDR, "
+                "e.g. 172.18.0.0/16=127.0.0.0/16"
+            ) from None
+
+    def to_real(self, ip: str) -> str:
+        addr = IPv4Address(ip)
+        if addr not in self.emulated:
+            return ip
+        return str(self.real.network_address + (int(addr) - int(self.emulated.network_address)))
+
+    def to_emulated(self, ip: str) -> str:
+        addr = IPv4Address(ip)
+        if addr not in self.real:
+            return ip
+        return str(self.emulated.network_address + (int(addr) - int(self.real.network_address)))
+
+
 class NodeRuntime:
     """Drives one :class:`Node` from an asyncio loop; ``async with NodeRuntime(node):``."""
 
@@ -242,10 +287,18 @@ class NodeRuntime:
         bind_ip: IPv4Address | str | None = None,
         overlay_port: int | None = None,
         wire_port: int = WIRE_PORT,
+        address_map: AddressMap | None = None,
     ) -> None:
         self.node = node
         self._loop = loop
-        self.bind_ip = str(bind_ip if bind_ip is not None else node.node_ip)
+        self.address_map = address_map
+        self._to_real: dict[str, str] = {}
+        self._to_emulated: dict[str, str] = {}
+        if bind_ip is None:
+            bind_ip = (
+                node.node_ip if address_map is None else address_map.to_real(str(node.node_ip))
+            )
+        self.bind_ip = str(bind_ip)
         self.overlay_port = overlay_port if overlay_port is not None else node.flannel.port
         self.wire_port = wire_port
         self.stats = RuntimeStats()
@@ -327,8 +380,24 @@ class NodeRuntime:
 
     # ------------------------------------------------------------ data path
 
+    def real(self, ip: str) -> str:
+        """The socket address of an emulated node address (identity without a map)."""
+        amap = self.address_map
+        if amap is None:
+            return ip
+        real = self._to_real.get(ip)
+        if real is None:
+            real = self._to_real[ip] = amap.to_real(ip)
+        return real
+
     def _overlay_in(self, data: bytes, addr: tuple[str, int]) -> None:
         self.stats.overlay_rx += 1
+        amap = self.address_map
+        if amap is not None:
+            src = self._to_emulated.get(addr[0])
+            if src is None:
+                src = self._to_emulated[addr[0]] = amap.to_emulated(addr[0])
+            addr = (src, addr[1])
         self.node.overlay_received(addr, data, self.now())
         self.poke()
 
@@ -365,13 +434,14 @@ class NodeRuntime:
                 if ov is None or _backlog(ov) > TX_BUFFER_LIMIT:
                     stats.overlay_tx_dropped += 1
                     continue
-                ov.sendto(action.payload, action.dst)
+                dst = action.dst
+                ov.sendto(action.payload, (self.real(dst[0]), dst[1]) if self.address_map else dst)
                 stats.overlay_tx += 1
             elif type(action) is UnderlayPacket:
                 if wire is None or _backlog(wire) > TX_BUFFER_LIMIT:
                     stats.wire_tx_dropped += 1
                     continue
-                wire.sendto(action.packet, (str(action.next_hop), self.wire_port))
+                wire.sendto(action.packet, (self.real(str(action.next_hop)), self.wire_port))
                 stats.wire_tx += 1
         self._arm_timer()
 

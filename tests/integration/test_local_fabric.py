@@ -1,5 +1,5 @@
 """``emunet up --local`` / ``down`` with a real etcd and three real agent processes
-(issue 5, acceptance 1 and 8)."""
+(issue 5, acceptance 1, 2, 3 and 8), driven as a user drives them: CLI and pod-shell."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.integration
 
 NODES_TABLE = re.compile(
     r"NAME\s+STATUS\s+INTERNAL-IP\s+POD-CIDR\n"
-    r"node1\s+Ready\s+127\.0\.0\.11\s+10\.244\.\d+\.0/24\n"
-    r"node2\s+Ready\s+127\.0\.0\.12\s+10\.244\.\d+\.0/24\n"
-    r"node3\s+Ready\s+127\.0\.0\.13\s+10\.244\.\d+\.0/24\n"
+    r"node1\s+Ready\s+172\.18\.0\.11\s+10\.244\.\d+\.0/24\n"
+    r"node2\s+Ready\s+172\.18\.0\.12\s+10\.244\.\d+\.0/24\n"
+    r"node3\s+Ready\s+172\.18\.0\.13\s+10\.244\.\d+\.0/24\n"
 )
 
 
@@ -76,9 +77,9 @@ def test_up_down_three_nodes(state: Path) -> None:
     assert len(keys) == 3
     assert all(re.fullmatch(r"/coreos\.com/network/subnets/10\.244\.\d+\.0-24", k) for k in keys)
     assert sorted(values) == [
-        '{"PublicIP":"127.0.0.11","PublicIPv6":null}',
-        '{"PublicIP":"127.0.0.12","PublicIPv6":null}',
-        '{"PublicIP":"127.0.0.13","PublicIPv6":null}',
+        '{"PublicIP":"172.18.0.11","PublicIPv6":null}',
+        '{"PublicIP":"172.18.0.12","PublicIPv6":null}',
+        '{"PublicIP":"172.18.0.13","PublicIPv6":null}',
     ]
     config = etcdctl(recorded.etcd_endpoint, "get", "/coreos.com/network/config")
     assert json.loads(config.splitlines()[1])["Network"] == "10.244.0.0/16"
@@ -143,3 +144,106 @@ def test_readme_local_mode_output_matches() -> None:
         + "\n"
     )
     assert NODES_TABLE.fullmatch(shown), shown
+
+
+def pod_shell(state: Path, pod: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EMUNET_STATE": str(state)}
+    env.pop("EMUNET_ETCD", None)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from emunet.control.podshell import main; main()",
+            pod,
+            "--",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=state.parent,
+        timeout=60,
+    )
+
+
+def pods(state: Path, prefix: str) -> dict[str, str]:
+    """Running pods whose name starts with ``prefix``: name -> IP."""
+    out = emunet(state, "get", "pods", "-o", "json").stdout
+    items = json.loads(out)["items"]
+    return {
+        p["metadata"]["name"]: p["status"].get("podIP", "")
+        for p in items
+        if p["metadata"]["name"].startswith(prefix) and p["status"].get("phase") == "Running"
+    }
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.e2e
+def test_user_paths_nodeport_and_pod_recreation(state: Path) -> None:
+    """Issue 5 acceptance 2 and 3, as a user types them: CLI + pod-shell."""
+    assert emunet(state, "up", "--local", "--nodes", "3").returncode == 0
+    assert emunet(state, "run", "web", "--app", "http", "--replicas", "3").returncode == 0
+    assert emunet(state, "run", "client", "--app", "none", "--node", "node1").returncode == 0
+    r = emunet(state, "expose", "web", "--port", "80", "--type", "NodePort", "--node-port", "30080")
+    assert r.returncode == 0, r.stderr
+    wait_until(
+        lambda: len(pods(state, "web-")) == 3 and len(pods(state, "client")) == 1,
+        30,
+        "pods Running",
+    )
+    client = next(iter(pods(state, "client")))
+    webs = pods(state, "web-")
+    # pod -> pod across nodes: ping and curl
+    far = next(
+        name for name in webs if emunet(state, "describe", "pod", name).stdout.count("node1") == 0
+    )
+    r = pod_shell(state, client, "ping", "-c", "2", "-i", "0.2", webs[far])
+    assert r.returncode == 0 and "2 packets transmitted, 2 received, 0% packet loss" in r.stdout
+    r = pod_shell(state, client, "curl", "-s", f"http://{webs[far]}/")
+    assert r.returncode == 0 and f"IP: {webs[far]}" in r.stdout
+    # traceroute across nodes shows both routers (and flannel's silent hops between)
+    r = pod_shell(state, client, "traceroute", "-n", "-w", "0.5", webs[far])
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and " 1  10.244." in lines[1] and webs[far] in lines[-1], r.stdout
+
+    def all_backends(url: str) -> bool:
+        seen = set()
+        for _ in range(30):
+            out = pod_shell(state, client, "curl", "-s", "-m", "2", url).stdout
+            seen.add(out.split("\n", 1)[0])
+        return seen == {f"Hostname: {name}" for name in webs}
+
+    # the ClusterIP reaches all three backends; the NodePort answers at every node IP
+    wait_until(lambda: all_backends("http://web/"), 30, "the ClusterIP to reach 3 backends")
+    for ip in ("172.18.0.11", "172.18.0.12", "172.18.0.13"):
+        r = pod_shell(state, client, "curl", "-s", "-m", "2", f"http://{ip}:30080/")
+        assert r.returncode == 0 and r.stdout.startswith("Hostname: web-"), (ip, r)
+    # delete a backend: the Deployment replaces it with a new IP; no node keeps the old one
+    victim, old_ip = next(iter(webs.items()))
+    assert emunet(state, "delete", "pod", victim).returncode == 0
+    wait_until(
+        lambda: victim not in pods(state, "web-") and len(pods(state, "web-")) == 3,
+        30,
+        "the replacement pod",
+    )
+    new = pods(state, "web-")
+    assert old_ip not in new.values()
+    for node in ("node1", "node2", "node3"):
+        wait_until(
+            lambda n=node: (
+                old_ip not in emunet(state, "iptables-save", n).stdout
+                and all(ip in emunet(state, "iptables-save", n).stdout for ip in new.values())
+            ),
+            15,
+            f"{node}'s rules to drop {old_ip}",
+        )
+    webs = new
+    wait_until(lambda: all_backends("http://web/"), 30, "the Service to use the new pod")
