@@ -135,8 +135,7 @@ def test_readme_local_mode_output_matches() -> None:
     """The README's `emunet up --local` example must look like what a user gets."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     match = re.search(r"\$ emunet up --local[^\n]*\n(.*?)```", readme, re.S)
-    if match is None:
-        pytest.skip("README has no `$ emunet up --local` example yet")
+    assert match is not None, "README has no `$ emunet up --local` example"
     shown = (
         "\n".join(
             line for line in match.group(1).splitlines() if not line.startswith("...")
