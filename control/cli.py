@@ -1152,6 +1152,8 @@ async def _trace(pod_name: str, dest: str, proto: Proto, namespace: str, duratio
     hops = list(main_result.get("hops", []))
     for extra in other_hops:
         hops.extend(extra)
+    # interleave the nodes' hops in time order (stable: a node's own order is kept)
+    hops.sort(key=lambda hop: hop[5] if len(hop) > 5 else 0.0)
     return {"hops": hops, "result": main_result.get("result", "")}
 
 

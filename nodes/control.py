@@ -489,7 +489,9 @@ class ControlServer:
                     await asyncio.sleep(duration)
             finally:
                 tracer.enabled = False
-            hops = [[h.node, h.netns, h.iface, h.event, h.detail] for h in tracer.hops]
+            # the 6th element is the hop's time on the node's clock (CLOCK_MONOTONIC,
+            # shared by every process of the machine): clients merge nodes by it
+            hops = [[h.node, h.netns, h.iface, h.event, h.detail, h.time] for h in tracer.hops]
             tracer.clear()
         return {"hops": hops, "result": result}
 
@@ -509,7 +511,12 @@ class ControlServer:
         rt = self.runtime
         if proto == "icmp":
             reply = await rt.ping(pod, dst, seq=1, timeout=timeout)
-            return "no reply" if reply is None else str(reply)
+            if reply is None:
+                return "no reply"
+            return (
+                f"echo reply from {reply.src}: icmp_seq={reply.seq} ttl={reply.ttl} "
+                f"time={reply.rtt * 1000:.3f} ms"
+            )
         if proto == "udp":
             ep = await rt.udp_bind(pod)
             try:
