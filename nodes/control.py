@@ -37,6 +37,7 @@ import msgpack
 from emunet.nodes.runtime import BoundedQueue, NodeRuntime
 from emunet.nodes.shell import Resolver, run_command
 
+from emunet.dataplane.sockets import SocketErrorEvent
 from emunet.dataplane.tcp import TCPState
 from emunet.errors import ConfigError, EmunetError
 from emunet.packets.pcap import PcapWriter
@@ -513,6 +514,8 @@ class ControlServer:
             reply = await rt.ping(pod, dst, seq=1, timeout=timeout)
             if reply is None:
                 return "no reply"
+            if isinstance(reply, SocketErrorEvent):
+                return str(reply)
             return (
                 f"echo reply from {reply.src}: icmp_seq={reply.seq} ttl={reply.ttl} "
                 f"time={reply.rtt * 1000:.3f} ms"

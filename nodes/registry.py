@@ -49,14 +49,21 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from types import TracebackType
 from typing import Any, Literal
 
 import aetcd
-from emunet.nodes.subnets import EtcdError, EtcdUnavailable, parse_endpoint
+from emunet.nodes.etcd import (
+    EtcdError,
+    EtcdUnavailable,
+    close_quietly,
+    etcd_errors,
+    new_client,
+    parse_endpoint,
+)
 
 from emunet.cluster import registry as model
 from emunet.cluster.registry import (
@@ -85,11 +92,6 @@ log = logging.getLogger(__name__)
 
 RegistryObject = NodeInfo | Pod | Service | Deployment | dict[str, Any]
 
-_CHANNEL_OPTIONS = {
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 1000,
-}
 _TXN_RETRIES = 16
 
 
@@ -111,17 +113,6 @@ class WatchEvent:
 def now_rfc3339() -> str:
     """``metadata.creationTimestamp`` format: ``2024-05-01T12:00:00Z``."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _short_detail(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if "Connection refused" in text or "failed to connect" in text:
-        return "connection refused"
-    if "Socket closed" in text or "Stream removed" in text:
-        return "connection lost"
-    if "Deadline Exceeded" in text or isinstance(exc, TimeoutError):
-        return "timed out"
-    return text.splitlines()[0][:200]
 
 
 def decode(key: str, value: bytes) -> RegistryObject:
@@ -176,9 +167,7 @@ class Registry:
     # -- lifecycle ---------------------------------------------------------
 
     def _new_client(self) -> Any:
-        return aetcd.Client(
-            self._host, self._port, timeout=self.request_timeout, options=_CHANNEL_OPTIONS
-        )
+        return new_client(self._host, self._port, self.request_timeout)
 
     async def __aenter__(self) -> Registry:
         self._client = self._new_client()
@@ -203,7 +192,7 @@ class Registry:
                 await task
         self._keepalives.clear()
         if self._client is not None:
-            await _close_quietly(self._client)
+            await close_quietly(self._client)
             self._client = None
 
     @property
@@ -212,24 +201,8 @@ class Registry:
             raise EmunetError("Registry is not open; use `async with Registry(...)`")
         return self._client
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (
-            aetcd.ConnectionFailedError,
-            aetcd.ConnectionTimeoutError,
-            aetcd.WatchTimeoutError,
-            TimeoutError,
-            OSError,
-        ) as exc:
-            raise EtcdUnavailable(self.endpoint, _short_detail(exc)) from None
-        except aetcd.RevisionCompactedError:
-            raise
-        except aetcd.ClientError as exc:
-            raise EtcdError(
-                f"etcd at {self.endpoint} failed the request: {_short_detail(exc)}"
-            ) from None
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return etcd_errors(self.endpoint)
 
     # -- raw ---------------------------------------------------------------
 
@@ -660,7 +633,7 @@ class Registry:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, backoff_max)
             finally:
-                await _close_quietly(client)
+                await close_quietly(client)
 
     def _decode_one(self, key: str, value: bytes) -> RegistryObject | None:
         try:
@@ -669,8 +642,3 @@ class Registry:
             self.malformed += 1
             log.warning("ignoring malformed registry value at %s: %s", key, exc)
             return None
-
-
-async def _close_quietly(client: Any) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.close(), 2.0)

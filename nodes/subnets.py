@@ -27,15 +27,22 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import aetcd
+from emunet.nodes.etcd import (
+    EtcdError,
+    EtcdUnavailable,
+    close_quietly,
+    etcd_errors,
+    new_client,
+    parse_endpoint,
+)
 
 from emunet.cluster.flannel import (
     DEFAULT_MTU,
@@ -81,49 +88,6 @@ log = logging.getLogger(__name__)
 _RACE_RETRIES = 10  # flannel's raceRetries
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 5.0
-# gRPC's default reconnect backoff grows to 120 s: after an etcd outage every
-# request would fail fast for that long. Reconnect within a second instead.
-_CHANNEL_OPTIONS = {
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 1000,
-}
-
-
-class EtcdError(EmunetError):
-    """etcd answered, but refused or failed the request."""
-
-
-class EtcdUnavailable(EtcdError):
-    """etcd cannot be reached (down, wrong address, timed out)."""
-
-    def __init__(self, endpoint: str, detail: str = "") -> None:
-        message = f"etcd unreachable at {endpoint}"
-        super().__init__(f"{message} ({detail})" if detail else message)
-        self.endpoint = endpoint
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``127.0.0.1:2379`` or ``http://127.0.0.1:2379`` -> (host, port)."""
-    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-    try:
-        port = parts.port or 2379
-    except ValueError:
-        raise ConfigError(f"etcd endpoint: {endpoint!r} has an invalid port") from None
-    if not parts.hostname or parts.scheme != "http":
-        raise ConfigError(f"etcd endpoint: {endpoint!r} is not host:port or http://host:port")
-    return parts.hostname, port
-
-
-def _short_detail(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if "Connection refused" in text:
-        return "connection refused"
-    if "Socket closed" in text or "Stream removed" in text:
-        return "connection lost"
-    if "Deadline Exceeded" in text or isinstance(exc, TimeoutError):
-        return "timed out"
-    return text.splitlines()[0][:200]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +161,7 @@ class SubnetManager:
     # -- lifecycle ---------------------------------------------------------
 
     def _new_client(self) -> Any:
-        return aetcd.Client(
-            self._host, self._port, timeout=self.request_timeout, options=_CHANNEL_OPTIONS
-        )
+        return new_client(self._host, self._port, self.request_timeout)
 
     async def __aenter__(self) -> SubnetManager:
         self._client = self._new_client()
@@ -223,7 +185,7 @@ class SubnetManager:
                 await self._renew_task
             self._renew_task = None
         if self._client is not None:
-            await _close_quietly(self._client)
+            await close_quietly(self._client)
             self._client = None
 
     @property
@@ -246,22 +208,8 @@ class SubnetManager:
         """Set when a renewal found our key gone or taken over."""
         return self._revoked
 
-    @contextlib.contextmanager
-    def _etcd_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (
-            aetcd.ConnectionFailedError,
-            aetcd.ConnectionTimeoutError,
-            aetcd.WatchTimeoutError,
-            TimeoutError,
-            OSError,
-        ) as exc:
-            raise EtcdUnavailable(self.endpoint, _short_detail(exc)) from None
-        except aetcd.RevisionCompactedError:
-            raise
-        except aetcd.ClientError as exc:
-            raise EtcdError(f"etcd at {self.endpoint} failed the request: {exc}") from None
+    def _etcd_errors(self) -> contextlib.AbstractContextManager[None]:
+        return etcd_errors(self.endpoint)
 
     # -- config --------------------------------------------------------------
 
@@ -479,7 +427,7 @@ class SubnetManager:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, backoff_max)
             finally:
-                await _close_quietly(client)
+                await close_quietly(client)
 
     def _apply(self, table: LeaseTable, change: Any) -> list[LeaseEvent]:
         try:
@@ -491,8 +439,3 @@ class SubnetManager:
             log.warning("ignoring bad subnet lease event: %s", exc.reason)
             return []
         return table.delete(subnet)
-
-
-async def _close_quietly(client: Any) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.close(), 2.0)
