@@ -371,8 +371,13 @@ class GatewayNAT:
     def forward(self, pkt: bytearray, in_iface: str, out_iface: str, now: float) -> int:
         return ACCEPT
 
-    def fast_forward(self, pkt: bytearray, now: float) -> bool:
-        return False  # every packet takes the full hooks (the gateway is not a hot path)
+    fast_dir = 0
+
+    def fast_forward(self, pkt: bytearray, now: float) -> None:
+        return None  # every packet takes the full hooks (the gateway is not a hot path)
+
+    def refresh(self, e: object, d: int, flags: int, now: float) -> bool:
+        return False
 
     def input(self, pkt: bytearray, in_iface: str, now: float) -> int:
         return self._leave(pkt, None, now)

@@ -198,6 +198,7 @@ class Netfilter:
         self._src = 0
         self._sport = 0
         self._left: bytearray | None = None  # the last packet out of postrouting
+        self.fast_dir = ORIGINAL  # direction of the last fast_forward hit
         self._left_ct: ConntrackEntry | None = None
 
     # --- configuration ------------------------------------------------------
@@ -297,35 +298,49 @@ class Netfilter:
             return v
         return self._filter_external(pkt, in_iface, now)
 
-    def fast_forward(self, pkt: bytearray, now: float) -> bool:
+    def fast_forward(self, pkt: bytearray, now: float) -> ConntrackEntry | None:
         """PREROUTING + FORWARD + POSTROUTING of an ESTABLISHED, un-NATed TCP/UDP packet.
 
         For such a packet the hooks do exactly this: one conntrack lookup and
         one state update (no rule matches a packet that is not NEW, and a
-        connection without a NAT binding is not rewritten). Returns False,
-        having changed nothing, when the packet needs the full hooks: not
-        tracked yet, NEW (no reply seen), NATed or marked, or a TCP segment
-        whose flags could move the state (SYN, FIN, RST).
+        connection without a NAT binding is not rewritten). Returns the entry
+        (its direction in :attr:`fast_dir`), or None, having changed nothing,
+        when the packet needs the full hooks: not tracked yet, NEW (no reply
+        seen), NATed or marked, or a TCP segment whose flags could move the
+        state (SYN, FIN, RST).
         """
         proto = pkt[9]
         if proto != 6 and proto != 17:
-            return False
+            return None
         ihl = (pkt[0] & 0x0F) << 2
         if len(pkt) < ihl + (20 if proto == 6 else 8) or pkt[6] & 0x3F or pkt[7]:
-            return False
+            return None
         src, dst = _II.unpack_from(pkt, 12)
         sport, dport = _HH.unpack_from(pkt, ihl)
         hit = self.conntrack.lookup((proto, src, dst, sport, dport), now)
         if hit is None:
-            return False
+            return None
         e, d = hit
-        if not e.live or not e.status & _SEEN_REPLY or e.status & (_SRC_NAT | _DST_NAT) or e.masq:
+        if not self.refresh(e, d, pkt[ihl + 13] if proto == 6 else 0, now):
+            return None
+        self.fast_dir = d
+        return e
+
+    def refresh(self, e: ConntrackEntry, d: int, flags: int, now: float) -> bool:
+        """The hooks' work for one more packet of an established, un-NATed flow.
+
+        False, having changed nothing, when the packet needs the full hooks.
+        """
+        if (
+            not e.live
+            or e.expires <= now
+            or not e.status & _SEEN_REPLY
+            or e.status & (_SRC_NAT | _DST_NAT)
+            or e.masq
+        ):
             return False
-        flags = 0
-        if proto == 6:
-            flags = pkt[ihl + 13]
-            if flags & 0x07 or e.state != TcpState.ESTABLISHED:
-                return False
+        if e.proto == 6 and (flags & 0x07 or e.state != TcpState.ESTABLISHED):
+            return False
         self.conntrack.update(e, d, flags, now)
         self._left = None
         return True

@@ -38,12 +38,14 @@ from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
 from emunet.packets.mac import MAC
 
 if TYPE_CHECKING:
+    from emunet.dataplane.bridge import FdbEntry
     from emunet.dataplane.tcp import TCPConnection, TCPListener
 
 _ETH = struct.Struct("!6s6sH")
 _U16 = struct.Struct("!H")
 _IP_FIXED = struct.Struct("!BBHHHBBH4s4s")
 _PORTS = struct.Struct("!HH")
+_II = struct.Struct("!II")
 _UDP_HDR = struct.Struct("!HHHH")
 
 BROADCAST_IP = b"\xff\xff\xff\xff"
@@ -92,7 +94,11 @@ class NetfilterHooks(Protocol):
 
     def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
 
-    def fast_forward(self, pkt: bytearray, now: float) -> bool: ...
+    fast_dir: int
+
+    def fast_forward(self, pkt: bytearray, now: float) -> Any: ...
+
+    def refresh(self, e: Any, d: int, flags: int, now: float) -> bool: ...
 
     def input(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
 
@@ -121,6 +127,26 @@ class Neighbour:
         self.updated = now
         self.probes = 0
         self.queue: deque[bytearray] = deque()
+
+
+FLOW_CACHE_MAX = 65536
+
+
+class _Flow:
+    """A cached forwarding decision for one direction of a connection."""
+
+    __slots__ = ("ct", "dir", "fdb", "header", "mac", "neigh", "port", "route", "version")
+
+    def __init__(self, ct: Any, direction: int, route: Route, version: int) -> None:
+        self.ct = ct
+        self.dir = direction
+        self.route = route
+        self.version = version
+        self.neigh: Neighbour | None = None
+        self.mac = b""
+        self.fdb: FdbEntry | None = None
+        self.port: Interface | None = None
+        self.header = b""
 
 
 class _Reassembly:
@@ -181,6 +207,8 @@ class Namespace:
         self.local: dict[bytes, Interface] = {}
         self.neighbours: dict[bytes, Neighbour] = {}
         self.netfilter: NetfilterHooks | None = None
+        # the flow cache of the root namespace (None: every packet takes the full path)
+        self.flows: dict[tuple[int, ...], _Flow] | None = None
         self.udp_sockets: dict[tuple[bytes, int], UDPSocket] = {}
         self.ping_sockets: dict[int, PingSocket] = {}
         self.tcp_conns: dict[tuple[bytes, int, bytes, int], TCPConnection] = {}
@@ -337,18 +365,132 @@ class Namespace:
                 if whole is None:
                     return
                 pkt = whole
-            elif (
-                not self._tracer.enabled
-                and bytes(pkt[16:20]) not in self.local
-                and nf.fast_forward(pkt, now)
-            ):
-                self.forward(iface, pkt, now, established=True)
+            elif not self._tracer.enabled and self.flows is not None and self._flow_path(pkt, now):
                 return
             verdict = nf.prerouting(pkt, iface.name, now)
             if verdict != ACCEPT:
                 self._nf_refused(iface, pkt, verdict, now)
                 return
         self.route_input(iface, pkt, now)
+
+    # --------------------------------------------------------- flow cache
+    #
+    # The software fast path of an ESTABLISHED, un-NATed TCP/UDP connection,
+    # like Linux's nf_flowtable: the first packet after the connection is
+    # established takes the full path and its outcome (the route, and for
+    # cni0 the neighbour and the FDB entry) is kept; later packets replay it
+    # after checking that each input is still what it was. Whatever would
+    # make the full path behave differently (tracing, taps, TTL or MTU
+    # limits, a changed route, neighbour or FDB entry, a FIN/RST/SYN, an
+    # expired or NATed conntrack entry) sends the packet down the full path.
+
+    def _flow_path(self, pkt: bytearray, now: float) -> bool:
+        """True when the packet was forwarded by the flow cache or the fast hooks."""
+        proto = pkt[9]
+        if proto != 6 and proto != 17:
+            return False
+        ihl = (pkt[0] & 0x0F) << 2
+        if len(pkt) < ihl + (20 if proto == 6 else 8) or pkt[6] & 0x3F or pkt[7]:
+            return False
+        src, dst = _II.unpack_from(pkt, 12)
+        key = (proto, src, dst, *_PORTS.unpack_from(pkt, ihl))
+        flows = self.flows
+        assert flows is not None
+        flow = flows.get(key)
+        nf = self.netfilter
+        assert nf is not None
+        if flow is not None:
+            if self._flow_ok(flow, pkt, now) and nf.refresh(
+                flow.ct, flow.dir, pkt[ihl + 13] if proto == 6 else 0, now
+            ):
+                self._flow_run(flow, pkt, now)
+                return True
+            del flows[key]
+        if bytes(pkt[16:20]) in self.local:
+            return False
+        ct = nf.fast_forward(pkt, now)
+        if ct is None:
+            return False
+        flow = self._flow_new(ct, nf.fast_dir, pkt)
+        if flow is not None and self._flow_ok(flow, pkt, now):
+            if len(flows) >= FLOW_CACHE_MAX:
+                flows.clear()
+            flows[key] = flow
+            self._flow_run(flow, pkt, now)
+        else:
+            self.forward(self.interfaces["cni0"], pkt, now, established=True)
+        return True
+
+    def _flow_new(self, ct: Any, direction: int, pkt: bytearray) -> _Flow | None:
+        route = self.routes.lookup(bytes(pkt[16:20]))
+        if route is None:
+            return None
+        dev = route.dev
+        flow = _Flow(ct, direction, route, self.routes.version)
+        if dev.kind == TUN:
+            return flow
+        if dev.kind != BRIDGE or dev.bridge is None:
+            return None
+        n = self.neighbours.get(route.via.packed if route.via else bytes(pkt[16:20]))
+        if n is None or n.mac is None or n.state not in ("REACHABLE", "STALE"):
+            return None
+        entry = dev.bridge.fdb.get(n.mac)
+        if entry is None or entry.port.peer is None:
+            return None
+        assert dev.mac is not None
+        flow.neigh, flow.mac, flow.fdb, flow.port = n, n.mac, entry, entry.port
+        flow.header = _ETH.pack(n.mac, dev.mac, ETH_P_IP)
+        return flow
+
+    def _flow_ok(self, flow: _Flow, pkt: bytearray, now: float) -> bool:
+        route = flow.route
+        dev = route.dev
+        if (
+            flow.version != self.routes.version
+            or pkt[8] <= (2 if dev.kind == TUN else 1)
+            or len(pkt) > dev.mtu
+            or dev.taps
+            or not dev.up
+        ):
+            return False
+        n = flow.neigh
+        if n is None:
+            return True
+        port = flow.port
+        entry = flow.fdb
+        assert port is not None and entry is not None and dev.bridge is not None
+        peer = port.peer
+        return (
+            self.neighbours.get(n.ip) is n
+            and n.mac == flow.mac
+            and n.state in ("REACHABLE", "STALE")
+            and dev.bridge.fdb.get(flow.mac) is entry
+            and entry.port is port
+            and now - entry.updated < dev.bridge.ageing_time
+            and port.up
+            and not port.taps
+            and peer is not None
+            and peer.up
+        )
+
+    def _flow_run(self, flow: _Flow, pkt: bytearray, now: float) -> None:
+        dev = flow.route.dev
+        ipv4.decrement_ttl(pkt)  # FORWARD
+        dev.tx_packets += 1
+        dev.tx_bytes += len(pkt)
+        if flow.neigh is None:
+            self.node.tun_xmit(dev, pkt, now)  # flanneld: its own TTL, lease, sendto
+            return
+        n = flow.neigh
+        if n.state == "REACHABLE" and now - n.updated > REACHABLE_TIME:
+            n.state = "STALE"
+        frame = flow.header + pkt
+        dev.tx_bytes += 14
+        port = flow.port
+        assert port is not None and port.peer is not None
+        port.tx_packets += 1
+        port.tx_bytes += len(frame)
+        self.node.enqueue(port.peer.netns.rx_frame, port.peer, frame, now)
 
     def route_input(self, iface: Interface, pkt: bytearray, now: float) -> None:
         """After PREROUTING: deliver locally or forward (``ip_route_input``)."""

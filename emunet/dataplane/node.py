@@ -89,6 +89,7 @@ class Node:
         ipvs_scheduler: str = "rr",
         conntrack_max: int = 262144,
         netfilter: bool = True,
+        flow_cache: bool = True,
         seed: int | None = None,
         strict: bool = False,
     ) -> None:
@@ -164,6 +165,8 @@ class Node:
             )
             root.netfilter = self.netfilter
             self.bridge.nf_hook = self._br_netfilter
+            if flow_cache:
+                root.flows = {}
 
     # --------------------------------------------------------- context API
 
@@ -220,11 +223,15 @@ class Node:
 
     # ------------------------------------------------------------ bridge glue
 
+    # The bridge hands frames on by direct calls: neither transmitting on a port
+    # (the veth hop into a pod is queued) nor the root stack's receive can call
+    # an app back synchronously, so no app is re-entered from its own call.
+
     def _bridge_deliver(self, port: Interface, frame: bytes | bytearray, now: float) -> None:
-        self.enqueue(self.root.l2_xmit, port, frame, now)
+        self.root.l2_xmit(port, frame, now)
 
     def _bridge_local(self, frame: bytes | bytearray, now: float) -> None:
-        self.enqueue(self.root.rx_frame, self.cni0, frame, now)
+        self.root.rx_frame(self.cni0, frame, now)
 
     def _bridge_trace(self, now: float, event: str, detail: str, iface: str) -> None:
         self.tracer.hop(now, self.name, "root", iface or "cni0", event, detail)

@@ -58,6 +58,7 @@ class RouteTable:
         self._by_len: dict[int, dict[int, Route]] = {}
         self._lengths: list[int] = []
         self._cache: dict[bytes, Route | None] = {}
+        self.version = 0  # bumped on every change: flow caches check it
 
     def add(self, route: Route, *, replace: bool = False) -> None:
         if route.via is not None and route.via in route.dst and route.dst.prefixlen == 32:
@@ -72,6 +73,7 @@ class RouteTable:
         table[key] = route
         self._lengths = sorted(self._by_len, reverse=True)
         self._cache.clear()
+        self.version += 1
 
     def delete(self, dst: IPv4Network) -> Route | None:
         table = self._by_len.get(dst.prefixlen)
@@ -82,6 +84,7 @@ class RouteTable:
             del self._by_len[dst.prefixlen]
             self._lengths = sorted(self._by_len, reverse=True)
         self._cache.clear()
+        self.version += 1
         return route
 
     def delete_dev(self, dev: Interface) -> None:

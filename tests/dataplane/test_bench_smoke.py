@@ -14,6 +14,6 @@ def test_bench_dataplane_runs() -> None:
     spec.loader.exec_module(mod)
     results = mod.run(n=50, profile=False)
     assert set(results) == {
-        f"{p}-{s}" for p in ("minimal", "egress", "ingress") for s in (64, 1400)
+        f"{p}-{s}" for p in ("minimal", "egress", "ingress", "ingress+socket") for s in (64, 1400)
     }
     assert all(v > 0 for v in results.values())
