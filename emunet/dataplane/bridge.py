@@ -17,6 +17,7 @@ from emunet.packets.mac import MAC
 
 if TYPE_CHECKING:
     from emunet.dataplane.interfaces import Interface
+    from emunet.dataplane.trace import Tracer
 
 DEFAULT_AGEING = 300.0
 
@@ -47,7 +48,7 @@ class Bridge:
         deliver: Callable[[Interface, bytes | bytearray, float], None],
         local: Callable[[bytes | bytearray, float], None],
         trace: Callable[[float, str, str, str], None],
-        tracing: Callable[[], bool],
+        tracer: Tracer,
         ageing_time: float = DEFAULT_AGEING,
     ) -> None:
         self.name = name
@@ -58,7 +59,7 @@ class Bridge:
         self._deliver = deliver
         self._local = local
         self._trace = trace
-        self._tracing = tracing
+        self._tracer = tracer
         self.flooded = 0
         # br_netfilter: IPv4 frames bridged between two ports cross the root
         # namespace's netfilter hooks; the hook returns the (rewritten) frame or None
@@ -75,19 +76,21 @@ class Bridge:
 
     def input(self, port: Interface | None, frame: bytes | bytearray, now: float) -> None:
         """A frame entering the bridge from ``port`` (``None``: from the bridge device)."""
-        dst = bytes(frame[0:6])
-        src = bytes(frame[6:12])
+        if type(frame) is bytes:  # slicing bytes gives bytes: no second copy
+            dst, src = frame[0:6], frame[6:12]
+        else:
+            dst, src = bytes(frame[0:6]), bytes(frame[6:12])
         if port is not None and not src[0] & 1:
             entry = self.fdb.get(src)
             if entry is None:
                 self.fdb[src] = FdbEntry(port, now)
-                if self._tracing():
+                if self._tracer.enabled:
                     self._trace(now, "fdb learn", f"{MAC(src)} on {port.name}", self.name)
             else:
                 entry.port = port
                 entry.updated = now
         if dst[0] & 1:
-            if self._tracing():
+            if self._tracer.enabled:
                 self._trace(
                     now, "flood", f"{'broadcast' if dst == MAC.BROADCAST else 'multicast'}", ""
                 )
@@ -97,7 +100,7 @@ class Bridge:
             return
         if dst == self.mac:
             if port is not None:
-                if self._tracing():
+                if self._tracer.enabled:
                     self._trace(
                         now, "fdb local", f"{MAC(dst)} is {self.name}: up to the IP stack", ""
                     )
@@ -112,12 +115,12 @@ class Bridge:
         if entry is not None and now - entry.updated < self.ageing_time:
             if entry.port is port:
                 return  # destination is on the ingress segment: filtered
-            if self._tracing():
+            if self._tracer.enabled:
                 self._trace(now, "fdb hit", f"{MAC(dst)} on {entry.port.name}", "")
             self._deliver(entry.port, frame, now)
             return
         self.flooded += 1
-        if self._tracing():
+        if self._tracer.enabled:
             self._trace(now, "fdb miss", f"{MAC(dst)} unknown: flood", "")
         self._flood(port, frame, now)
 

@@ -45,7 +45,7 @@ _ETH = struct.Struct("!6s6sH")
 _U16 = struct.Struct("!H")
 _IP_FIXED = struct.Struct("!BBHHHBBH4s4s")
 _PORTS = struct.Struct("!HH")
-_II = struct.Struct("!II")
+_FLOW_KEY = struct.Struct("!9xB2xIIHH")
 _UDP_HDR = struct.Struct("!HHHH")
 
 BROADCAST_IP = b"\xff\xff\xff\xff"
@@ -387,13 +387,12 @@ class Namespace:
     def _flow_path(self, pkt: bytearray, now: float) -> bool:
         """True when the packet was forwarded by the flow cache or the fast hooks."""
         proto = pkt[9]
-        if proto != 6 and proto != 17:
+        if (proto != 6 and proto != 17) or pkt[0] != 0x45:  # IHL 5: the common case only
             return False
-        ihl = (pkt[0] & 0x0F) << 2
-        if len(pkt) < ihl + (20 if proto == 6 else 8) or pkt[6] & 0x3F or pkt[7]:
+        if len(pkt) < (40 if proto == 6 else 28) or pkt[6] & 0x3F or pkt[7]:
             return False
-        src, dst = _II.unpack_from(pkt, 12)
-        key = (proto, src, dst, *_PORTS.unpack_from(pkt, ihl))
+        ihl = 20
+        key = _FLOW_KEY.unpack_from(pkt)  # (proto, src, dst, sport, dport): conntrack's tuple
         flows = self.flows
         assert flows is not None
         flow = flows.get(key)

@@ -45,6 +45,10 @@ from emunet.errors import ConfigError
 from emunet.packets import icmp, ipv4, udp
 from emunet.packets.mac import MAC
 
+# NamedTuple's generated __new__ is Python code; the tuple type's own is not
+_new_tuple = tuple.__new__
+decrement_ttl = ipv4.decrement_ttl
+
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
 DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
 
@@ -130,7 +134,7 @@ class Node:
             deliver=self._bridge_deliver,
             local=self._bridge_local,
             trace=self._bridge_trace,
-            tracing=lambda: self.tracer.enabled,
+            tracer=self.tracer,
             ageing_time=ageing_time,
         )
         self.cni0.bridge = self.bridge
@@ -291,12 +295,13 @@ class Node:
 
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None:
         """flanneld read a packet from flannel0 (``tun_to_udp``)."""
-        if not FlannelUDP.decrement_ttl(pkt):
+        if pkt[8] <= 1:  # flannel's decrement_ttl: zero means discard, without ICMP
             self.flannel.ttl_drops += 1
             self.root.drop(
                 now, dev, Drop.FLANNEL_TTL_ZERO, describe(pkt) if self.tracer.enabled else ""
             )
             return
+        decrement_ttl(pkt)
         lease = self.flannel.lookup(bytes(pkt[16:20]))
         if lease is None:
             self.flannel.no_lease += 1
@@ -327,7 +332,7 @@ class Node:
             outer = self._outer(self.node_ip, lease.public_ip, pkt)
             for tap in eth0.taps:
                 tap(now, outer)
-        self.actions.append(OverlayDatagram(lease.addr, pkt))
+        self.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
 
     def _flannel_unreachable(self, pkt: bytearray, now: float) -> None:
         # ICMP net unreachable from the flannel0 address, written into the TUN

@@ -41,6 +41,7 @@ class FlannelUDP:
         self.port = port
         self._by_len: dict[int, dict[int, Lease]] = {}
         self._lengths: list[int] = []
+        self._cache: dict[bytes, Lease | None] = {}
         self.ttl_drops = 0
         self.no_lease = 0
 
@@ -49,6 +50,7 @@ class FlannelUDP:
             subnet, public_ip, self.port
         )
         self._lengths = sorted(self._by_len, reverse=True)
+        self._cache.clear()
 
     def remove_lease(self, subnet: IPv4Network) -> Lease | None:
         table = self._by_len.get(subnet.prefixlen)
@@ -56,18 +58,29 @@ class FlannelUDP:
         if table is not None and not table:
             del self._by_len[subnet.prefixlen]
             self._lengths = sorted(self._by_len, reverse=True)
+        self._cache.clear()
         return lease
 
     def leases(self) -> list[Lease]:
         return [lease for t in self._by_len.values() for lease in t.values()]
 
     def lookup(self, dst: bytes) -> Lease | None:
+        """The lease covering a packed destination (cached; any lease change clears it)."""
+        try:
+            return self._cache[dst]
+        except KeyError:
+            pass
         addr = int.from_bytes(dst, "big")
+        found = None
         for plen in self._lengths:
             lease = self._by_len[plen].get(addr & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF))
             if lease is not None:
-                return lease
-        return None
+                found = lease
+                break
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        self._cache[dst] = found
+        return found
 
     @staticmethod
     def decrement_ttl(pkt: bytearray) -> bool:
