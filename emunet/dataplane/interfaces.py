@@ -11,6 +11,8 @@ it in two places (receive and transmit), which keeps the hot path flat.
 * ``tun`` (``flannel0``): L3, packets sent go to the overlay (flanneld's read).
 * ``underlay`` (node ``eth0``): L3 link to the node network; packets sent
   leave the node (an action for the adapter).
+* ``dummy`` (``kube-ipvs0``): holds addresses and nothing else; kube-proxy's
+  IPVS mode binds every ClusterIP to it, which makes them local addresses.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ VETH = "veth"
 BRIDGE = "bridge"
 TUN = "tun"
 UNDERLAY = "underlay"
+DUMMY = "dummy"
 
 L2_KINDS = frozenset({VETH, BRIDGE})
 

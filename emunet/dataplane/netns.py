@@ -249,6 +249,7 @@ class Namespace:
         """``ip addr add``: the address becomes local and its connected route appears."""
         iface.addresses.append(addr)
         self.local[addr.ip.packed] = iface
+        self.routes.version += 1  # the set of local addresses changed: flows re-decide
         if iface.kind == LOOPBACK:
             self.routes.add(
                 Route(addr.network, iface, proto="kernel", scope=SCOPE_HOST), replace=True
@@ -258,6 +259,17 @@ class Namespace:
                 Route(addr.network, iface, src=addr.ip, proto="kernel", scope=SCOPE_LINK),
                 replace=True,
             )
+
+    def remove_address(self, iface: Interface, ip: IPv4Address) -> None:
+        """``ip addr del``: the address and its connected route go."""
+        for addr in [a for a in iface.addresses if a.ip == ip]:
+            iface.addresses.remove(addr)
+            if self.local.get(ip.packed) is iface:
+                del self.local[ip.packed]
+            route = self.routes.lookup(addr.network.network_address.packed)
+            if route is not None and route.dst == addr.network and route.dev is iface:
+                self.routes.delete(addr.network)
+        self.routes.version += 1  # the set of local addresses changed: flows re-decide
 
     def add_route(
         self,

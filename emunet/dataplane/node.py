@@ -36,7 +36,7 @@ from typing import Any
 from emunet.cluster.kubeproxy import EndpointsMap, Service
 from emunet.dataplane.actions import Action, OverlayDatagram, UnderlayPacket
 from emunet.dataplane.bridge import DEFAULT_AGEING, Bridge
-from emunet.dataplane.interfaces import BRIDGE, TUN, UNDERLAY, VETH, Interface
+from emunet.dataplane.interfaces import BRIDGE, DUMMY, TUN, UNDERLAY, VETH, Interface
 from emunet.dataplane.netfilter import Netfilter, Verdict
 from emunet.dataplane.netns import Namespace, describe
 from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP
@@ -149,6 +149,7 @@ class Node:
         # netfilter in the root namespace: conntrack, kube-proxy's rules, flannel's ip-masq
         self.service_cidr = IPv4Network(service_cidr)
         self.netfilter: Netfilter | None = None
+        self.kube_ipvs0: Interface | None = None
         if netfilter:
             self.netfilter = Netfilter(
                 name,
@@ -169,6 +170,9 @@ class Node:
             )
             root.netfilter = self.netfilter
             self.bridge.nf_hook = self._br_netfilter
+            if self.netfilter.mode == "ipvs":
+                # IPVS mode binds every ClusterIP to this dummy device
+                self.kube_ipvs0 = root.add_interface("kube-ipvs0", DUMMY)
             if flow_cache:
                 root.flows = {}
 
@@ -282,6 +286,16 @@ class Node:
         if self.netfilter is None:
             raise ConfigError(f"node {self.name} runs without netfilter: no kube-proxy")
         self.netfilter.set_services(services, endpoints, now)
+        dummy = self.kube_ipvs0
+        if dummy is not None:
+            want = {s.cluster_ip for s in services} | {
+                s.load_balancer_ip for s in services if s.load_balancer_ip is not None
+            }
+            have = {a.ip for a in dummy.addresses}
+            for ip in sorted(have - want):
+                self.root.remove_address(dummy, ip)
+            for ip in sorted(want - have):
+                self.root.add_address(dummy, IPv4Interface(f"{ip}/32"), connected=False)
         self._timer_dirty = True
 
     def conntrack_listing(self, now: float) -> str:
