@@ -83,6 +83,18 @@ def parser() -> argparse.ArgumentParser:
         help="where node-network addresses really are, e.g. 172.18.0.0/16=127.0.0.0/16 "
         "(local mode: pods reach node IPs that are not their own loopback)",
     )
+    p.add_argument(
+        "--proxy-mode",
+        choices=["iptables", "ipvs"],
+        default="iptables",
+        help="kube-proxy mode of this node (iptables)",
+    )
+    p.add_argument(
+        "--ipvs-scheduler",
+        choices=["rr", "lc", "sh", "dh"],
+        default="rr",
+        help="IPVS scheduler with --proxy-mode ipvs (rr)",
+    )
     p.add_argument("--node-lease-ttl", type=int, default=10, metavar="SECONDS")
     p.add_argument("--seed", type=int, default=None, help="seed the data plane's randomness")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -130,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         network=args.network,
         node_network=args.address_map.emulated if args.address_map else args.node_network,
         address_map=args.address_map,
+        proxy_mode=args.proxy_mode,
+        ipvs_scheduler=args.ipvs_scheduler,
         node_lease_ttl=args.node_lease_ttl,
         seed=args.seed,
     )

@@ -79,6 +79,8 @@ class AgentConfig:
     network: IPv4Network = DEFAULT_NETWORK
     node_network: IPv4Network = LOCAL_NODE_NETWORK
     address_map: AddressMap | None = None
+    proxy_mode: str = "iptables"
+    ipvs_scheduler: str = "rr"
     proxy_debounce: float = 0.1
     node_lease_ttl: int = model.NODE_LEASE_TTL
     seed: int | None = None
@@ -166,6 +168,8 @@ class Agent:
             lease.subnet,
             network=lease.config.network,
             node_network=cfg.node_network,
+            proxy_mode=cfg.proxy_mode,
+            ipvs_scheduler=cfg.ipvs_scheduler,
             seed=cfg.seed,
         )
         self.runtime = NodeRuntime(self.node, loop, address_map=cfg.address_map)
