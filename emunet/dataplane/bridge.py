@@ -111,6 +111,12 @@ class Bridge:
             if hooked is None:
                 return
             frame = hooked
+        self.forward(port, dst, frame, now)
+
+    def forward(
+        self, port: Interface | None, dst: bytes, frame: bytes | bytearray, now: float
+    ) -> None:
+        """The forwarding decision for a unicast frame: FDB hit, or flood."""
         entry = self.fdb.get(dst)
         if entry is not None and now - entry.updated < self.ageing_time:
             if entry.port is port:

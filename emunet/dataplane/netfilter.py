@@ -339,9 +339,12 @@ class Netfilter:
             or e.masq
         ):
             return False
-        if e.proto == 6 and (flags & 0x07 or e.state != TcpState.ESTABLISHED):
+        # a plain ACK (PSH/URG/ECE/CWR allowed) in ESTABLISHED: anything else, a
+        # segment with no ACK included, is for the state table to judge (INVALID...)
+        if e.proto == 6 and ((flags & 0x17) != 0x10 or e.state != TcpState.ESTABLISHED):
             return False
-        self.conntrack.update(e, d, flags, now)
+        if self.conntrack.update(e, d, flags, now) != TcpVerdict.OK:
+            return False  # cannot happen for a plain ACK in ESTABLISHED; never forward it
         self._left = None
         return True
 

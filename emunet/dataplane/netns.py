@@ -373,7 +373,7 @@ class Namespace:
         nf = self.netfilter
         if nf is not None:
             if pkt[6] & 0x3F or pkt[7]:  # MF or offset: nf_defrag reassembles first
-                whole = self._reassemble(iface, pkt, now)
+                whole = self.reassemble(iface, pkt, now)
                 if whole is None:
                     return
                 pkt = whole
@@ -528,7 +528,9 @@ class Namespace:
     def forward(
         self, in_iface: Interface, pkt: bytearray, now: float, *, established: bool = False
     ) -> None:
-        """Route a packet through (``established``: conntrack already did the hooks' work)."""
+        """Route a packet through, in ``ip_forward``'s order: route, TTL, DF versus
+        the next hop's MTU, FORWARD, TTL decrement (``established``: conntrack already
+        did the hooks' work)."""
         route = self.routes.lookup(bytes(pkt[16:20]))
         if route is None:
             self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.NET_UNREACH, now)
@@ -538,35 +540,32 @@ class Namespace:
             self.icmp_send(pkt, icmp.TIME_EXCEEDED, icmp.TTL_EXCEEDED, now)
             self.drop(now, in_iface, Drop.TTL_EXCEEDED, f"ttl {pkt[8]} at {self.name}")
             return
+        dev = route.dev
+        if len(pkt) > dev.mtu and pkt[6] & 0x40:  # DF: fragmentation needed
+            self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.FRAG_NEEDED, now, mtu=dev.mtu)
+            self.drop(now, dev, Drop.FRAG_NEEDED, f"{len(pkt)} bytes > mtu {dev.mtu}")
+            return
         nf = self.netfilter
         if nf is not None and not established:
-            verdict = nf.forward(pkt, in_iface.name, route.dev.name, now)
+            verdict = nf.forward(pkt, in_iface.name, dev.name, now)
             if verdict != ACCEPT:
                 self._nf_refused(in_iface, pkt, verdict, now)
                 return
         ipv4.decrement_ttl(pkt)
         if self._tracer.enabled:
-            self.trace(now, route.dev.name, "forward", f"route {route}; ttl now {pkt[8]}")
+            self.trace(now, dev.name, "forward", f"route {route}; ttl now {pkt[8]}")
         self.ip_output(route, pkt, now, established=established)
 
     def ip_output(
         self, route: Route, pkt: bytearray, now: float, *, established: bool = False
     ) -> None:
+        """POSTROUTING on the whole packet, then fragmentation, then transmission
+        (``ip_output`` -> ``ip_finish_output``)."""
         dev = route.dev
-        if len(pkt) > dev.mtu:
-            if pkt[6] & 0x40:  # DF
-                self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.FRAG_NEEDED, now, mtu=dev.mtu)
-                self.drop(now, dev, Drop.FRAG_NEEDED, f"{len(pkt)} bytes > mtu {dev.mtu}")
-                return
-            for frag in fragment(pkt, dev.mtu):
-                self._post_route(route, frag, now)
+        if len(pkt) > dev.mtu and pkt[6] & 0x40:  # DF
+            self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.FRAG_NEEDED, now, mtu=dev.mtu)
+            self.drop(now, dev, Drop.FRAG_NEEDED, f"{len(pkt)} bytes > mtu {dev.mtu}")
             return
-        self._post_route(route, pkt, now, established)
-
-    def _post_route(
-        self, route: Route, pkt: bytearray, now: float, established: bool = False
-    ) -> None:
-        dev = route.dev
         nf = self.netfilter
         if nf is not None and not established:
             src = route.src or (dev.addresses[0].ip if dev.addresses else IPv4Address(0))
@@ -574,6 +573,14 @@ class Namespace:
             if verdict != ACCEPT:
                 self._nf_refused(dev, pkt, verdict, now)
                 return
+        if len(pkt) > dev.mtu:
+            for frag in fragment(pkt, dev.mtu):
+                self._xmit(route, frag, now)
+        else:
+            self._xmit(route, pkt, now)
+
+    def _xmit(self, route: Route, pkt: bytearray, now: float) -> None:
+        dev = route.dev
         next_hop = route.via.packed if route.via is not None else bytes(pkt[16:20])
         kind = dev.kind
         if kind == TUN:
@@ -711,7 +718,7 @@ class Namespace:
 
     def local_in(self, iface: Interface, pkt: bytearray, now: float) -> None:
         if pkt[6] & 0x3F or pkt[7]:
-            whole = self._reassemble(iface, pkt, now)
+            whole = self.reassemble(iface, pkt, now)
             if whole is None:
                 return
             pkt = whole
@@ -844,7 +851,8 @@ class Namespace:
             _U16.pack_into(reply, 2, internet_checksum(reply))
             if self._tracer.enabled:
                 self.trace(now, "", "deliver", "icmp echo request: replying")
-            self.ip_send_local(1, IPv4Address(dst), src, bytes(reply), now)
+            # the kernel's ICMP socket sends with IP_PMTUDISC_DONT: big replies fragment
+            self.ip_send_local(1, IPv4Address(dst), src, bytes(reply), now, df=False)
         elif typ == icmp.ECHO_REPLY:
             ident, seq = _PORTS.unpack_from(mv, 4)
             sock = self.ping_sockets.get(ident)
@@ -938,7 +946,7 @@ class Namespace:
                 "icmp error",
                 f"type {typ} code {code} to {IPv4Address(src)}" + (f" mtu {mtu}" if mtu else ""),
             )
-        self.ip_send_local(1, from_addr, IPv4Address(src), msg, now, ttl=64)
+        self.ip_send_local(1, from_addr, IPv4Address(src), msg, now, ttl=64, df=False)
 
     # -------------------------------------------------------- local output
 
@@ -1119,7 +1127,7 @@ class Namespace:
 
     # ------------------------------------------------------- fragmentation
 
-    def _reassemble(self, iface: Interface, pkt: bytearray, now: float) -> bytearray | None:
+    def reassemble(self, iface: Interface, pkt: bytearray, now: float) -> bytearray | None:
         key = (bytes(pkt[12:16]), bytes(pkt[16:20]), (pkt[4] << 8) | pkt[5], pkt[9])
         hlen = (pkt[0] & 0x0F) << 2
         ff = (pkt[6] << 8) | pkt[7]

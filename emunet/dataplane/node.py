@@ -38,7 +38,7 @@ from emunet.dataplane.actions import Action, OverlayDatagram, UnderlayPacket
 from emunet.dataplane.bridge import DEFAULT_AGEING, Bridge
 from emunet.dataplane.interfaces import BRIDGE, DUMMY, TUN, UNDERLAY, VETH, Interface
 from emunet.dataplane.netfilter import Netfilter, Verdict
-from emunet.dataplane.netns import Namespace, describe
+from emunet.dataplane.netns import Namespace, describe, fragment
 from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError
@@ -261,8 +261,15 @@ class Node:
         total = pkt[2] << 8 | pkt[3]
         if total < n:
             del pkt[total:]
-        old_dst = bytes(pkt[16:20])
         root, cni0 = self.root, self.cni0
+        fragmented = bool(pkt[6] & 0x3F or pkt[7])
+        if fragmented:
+            # nf_defrag: the hooks see whole packets; refragmented after POSTROUTING
+            whole = root.reassemble(port, pkt, now)
+            if whole is None:
+                return None
+            pkt = whole
+        old_dst = bytes(pkt[16:20])
         verdict = nf.prerouting(pkt, "cni0", now)
         if verdict != Verdict.ACCEPT:
             root._nf_refused(port, pkt, verdict, now)
@@ -277,7 +284,13 @@ class Node:
         if verdict != Verdict.ACCEPT:
             root._nf_refused(port, pkt, verdict, now)
             return None
-        return bytes(memoryview(frame)[:14]) + pkt
+        header = bytes(memoryview(frame)[:14])
+        if not fragmented:
+            return header + pkt
+        pieces = fragment(pkt, cni0.mtu) if len(pkt) > cni0.mtu else [pkt]
+        for piece in pieces:
+            self.bridge.forward(port, header[:6], header + piece, now)
+        return None
 
     def set_services(
         self, services: Sequence[Service], endpoints: EndpointsMap, now: float
