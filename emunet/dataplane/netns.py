@@ -59,8 +59,10 @@ ARP_RETRIES = 3
 ARP_RETRANS = 1.0
 REACHABLE_TIME = 30.0
 ARP_QUEUE_MAX = 101
-# net.ipv4.ipfrag_time
+NEIGH_GC_THRESH3 = 1024
+# net.ipv4.ipfrag_time, net.ipv4.ipfrag_high_thresh
 FRAG_TIMEOUT = 30.0
+FRAG_HIGH_THRESH = 4 * 1024 * 1024
 
 
 class NodeContext(Protocol):
@@ -217,6 +219,7 @@ class Namespace:
         self._tcp_owned: dict[tuple[IPv4Address, int, IPv4Address, int], TCPConnection] = {}
         self._frags: dict[tuple[bytes, bytes, int, int], _Reassembly] = {}
         self._addr_cache: dict[bytes, IPv4Address] = {}
+        self._frag_bytes = 0
         self._next_ifindex = 1
         self._tracer = node.tracer
         self.drops: dict[str, int] = {}
@@ -653,6 +656,9 @@ class Namespace:
             return
         new = n is None or n.state == "FAILED"
         if n is None or new:
+            if len(self.neighbours) >= NEIGH_GC_THRESH3 and not self._neigh_gc():
+                self.drop(now, dev, "neighbour table overflow", str(IPv4Address(next_hop)))
+                return
             n = Neighbour(next_hop, dev, now)
             self.neighbours[next_hop] = n
         if len(n.queue) >= ARP_QUEUE_MAX:
@@ -676,6 +682,12 @@ class Namespace:
             self.trace(now, dev.name, "arp request", f"who-has {IPv4Address(target)} tell {src_ip}")
         self.l2_xmit(dev, _ETH.pack(MAC.BROADCAST, dev.mac, ETH_P_ARP) + arp.build(req), now)
 
+    def _neigh_gc(self) -> bool:
+        """Forget FAILED and STALE entries (forced GC at gc_thresh3); True if room."""
+        for ip in [ip for ip, n in self.neighbours.items() if n.state in ("STALE", "FAILED")]:
+            del self.neighbours[ip]
+        return len(self.neighbours) < NEIGH_GC_THRESH3
+
     def _source_for(self, dev: Interface, target: bytes) -> IPv4Address:
         t = IPv4Address(target)
         for a in dev.addresses:
@@ -693,8 +705,13 @@ class Namespace:
         tip = p.target_ip.packed
         for_us = self.local.get(tip) is not None
         n = self.neighbours.get(sip)
-        if n is not None or (for_us and p.op == arp.REQUEST) or p.op == arp.REPLY:
+        # arp_accept=0: an unsolicited reply only refreshes an existing entry; a
+        # request for one of our addresses creates one for its sender
+        if n is not None or (for_us and p.op == arp.REQUEST):
             if n is None:
+                if len(self.neighbours) >= NEIGH_GC_THRESH3 and not self._neigh_gc():
+                    self.drop(now, iface, "neighbour table overflow", str(p.sender_ip))
+                    return
                 n = Neighbour(sip, iface, now)
                 self.neighbours[sip] = n
             n.mac = bytes(p.sender_mac)
@@ -1128,20 +1145,44 @@ class Namespace:
     # ------------------------------------------------------- fragmentation
 
     def reassemble(self, iface: Interface, pkt: bytearray, now: float) -> bytearray | None:
+        """Add a fragment; the whole packet once complete (``ip_defrag``).
+
+        As Linux: a fragment ending past 65535 bytes, overlapping another one
+        (RFC 5722's rule, applied to IPv4 since Linux 4.19) or contradicting
+        the known end discards the whole queue; queues hold at most
+        ``ipfrag_high_thresh`` bytes per namespace, oldest evicted first.
+        """
         key = (bytes(pkt[12:16]), bytes(pkt[16:20]), (pkt[4] << 8) | pkt[5], pkt[9])
         hlen = (pkt[0] & 0x0F) << 2
         ff = (pkt[6] << 8) | pkt[7]
         offset = (ff & ipv4.FRAG_MASK) * 8
         more = bool(ff & ipv4.FLAG_MF)
+        data = bytes(pkt[hlen:])
+        end = offset + len(data)
         r = self._frags.get(key)
+        if end + hlen > 0xFFFF or (more and len(data) % 8):
+            self._frag_discard(key, r, iface, now, "fragment beyond 65535 bytes or misaligned")
+            return None
         if r is None:
+            while self._frags and self._frag_bytes + len(data) > FRAG_HIGH_THRESH:
+                old = next(iter(self._frags))
+                self._frag_discard(old, self._frags[old], iface, now, "ipfrag_high_thresh")
             r = self._frags[key] = _Reassembly(now)
             self.node.timer_changed()
-        r.frags[offset] = bytes(pkt[hlen:])
+        for off, seen in r.frags.items():
+            if off < end and offset < off + len(seen) and (off, seen) != (offset, data):
+                self._frag_discard(key, r, iface, now, "overlapping fragments")
+                return None
+        if (not more and r.total >= 0 and r.total != end) or (0 <= r.total < end):
+            self._frag_discard(key, r, iface, now, "fragments disagree on the end")
+            return None
+        if offset not in r.frags:
+            self._frag_bytes += len(data)
+        r.frags[offset] = data
         if offset == 0:
             r.first = pkt
         if not more:
-            r.total = offset + len(pkt) - hlen
+            r.total = end
         if r.total < 0 or r.first is None:
             return None
         pos = 0
@@ -1152,6 +1193,7 @@ class Namespace:
         if pos < r.total:
             return None
         del self._frags[key]
+        self._frag_bytes -= sum(len(d) for d in r.frags.values())
         body = bytearray(r.total)
         for off, data in r.frags.items():
             body[off : off + len(data)] = data[: max(0, r.total - off)]
@@ -1169,10 +1211,25 @@ class Namespace:
             )
         return whole
 
+    def _frag_discard(
+        self,
+        key: tuple[bytes, bytes, int, int],
+        r: _Reassembly | None,
+        iface: Interface,
+        now: float,
+        why: str,
+    ) -> None:
+        if r is not None and self._frags.pop(key, None) is r:
+            self._frag_bytes -= sum(len(d) for d in r.frags.values())
+        self.drop(now, iface, Drop.MALFORMED, why)
+
     def expire_fragments(self, now: float) -> None:
         for key in [k for k, r in self._frags.items() if now - r.started >= FRAG_TIMEOUT]:
             r = self._frags.pop(key)
-            if r.first is not None:
+            self._frag_bytes -= sum(len(d) for d in r.frags.values())
+            # time exceeded only when this host was the destination (a router that
+            # defragments for conntrack stays silent: frag_expire_skip_icmp)
+            if r.first is not None and bytes(r.first[16:20]) in self.local:
                 self.icmp_send(r.first, icmp.TIME_EXCEEDED, icmp.FRAG_REASSEMBLY_EXCEEDED, now)
             self.drop(now, None, Drop.REASSEMBLY_TIMEOUT, f"id {key[2]}")
 
@@ -1196,6 +1253,7 @@ class Namespace:
         self._bound.clear()
         self.neighbours.clear()
         self._frags.clear()
+        self._frag_bytes = 0
 
     # ----------------------------------------------------------------- timers
 

@@ -404,6 +404,16 @@ class Node:
                 now, self.flannel0, Drop.MALFORMED, f"overlay payload of {len(pkt)} bytes"
             )
             return
+        if len(pkt) > self.flannel0.mtu:
+            # flanneld reads into a buffer of flannel0's MTU: the rest is cut off and
+            # the kernel drops what it writes into the TUN
+            self.root.drop(
+                now,
+                self.flannel0,
+                Drop.MALFORMED,
+                f"overlay datagram of {len(pkt)} bytes > flannel0 mtu {self.flannel0.mtu}",
+            )
+            return
         if self.tracer.enabled:
             self.root.trace(
                 now,

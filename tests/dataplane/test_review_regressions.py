@@ -79,3 +79,59 @@ def test_tcp_segment_without_ack_is_invalid_with_or_without_flow_cache(flow_cach
     node.inject("root", a.veth, frame, fab.now)
     assert node.flannel0.tx_packets == sent
     assert node.root.drops == {"conntrack: invalid state": 1}
+
+
+def _fragment(pod_ip: IPv4Address, src: str, ident: int, offset: int, size: int, more: bool):  # type: ignore[no-untyped-def]
+    pkt = bytearray(
+        ipv4.build_fast(
+            IPv4Address(src).packed, pod_ip.packed, 17, bytes(size), df=False, ident=ident
+        )
+    )
+    struct.pack_into("!H", pkt, 6, (0x2000 if more else 0) | (offset // 8))
+    pkt[10:12] = b"\0\0"
+    struct.pack_into("!H", pkt, 10, internet_checksum(memoryview(pkt)[:20]))
+    return pkt
+
+
+def test_reassembly_rejects_oversized_and_overlapping_fragments() -> None:
+    fab = Fabric(nodes=1, seed=1)  # strict: an exception here would fail the test
+    pod = fab.add_pod("node1", "a")
+    ns = pod.netns
+    node = fab.node("node1")
+    cases = [
+        [(0, 1400, True), (65000, 1000, False)],  # ends past 65535
+        [(0, 800, True), (400, 800, False)],  # overlap
+        [(0, 800, True), (2400, 8, False), (1600, 8, False)],  # two different ends
+    ]
+    for ident, frags in enumerate(cases):
+        for off, size, more in frags:
+            ns.reassemble(
+                pod.eth0, _fragment(pod.ip, "10.244.9.9", ident, off, size, more), fab.now
+            )
+    assert ns._frags == {} and ns._frag_bytes == 0
+    assert node.drops()["malformed"] == 3
+
+
+def test_reassembly_memory_is_bounded() -> None:
+    fab = Fabric(nodes=1, seed=1)
+    pod = fab.add_pod("node1", "a")
+    ns = pod.netns
+    for ident in range(6000):  # first fragments only: 6000 x 1400 bytes = 8.4 MB
+        ns.reassemble(pod.eth0, _fragment(pod.ip, "10.244.9.9", ident, 0, 1400, True), fab.now)
+    assert ns._frag_bytes <= 4 * 1024 * 1024 and len(ns._frags) < 6000
+
+
+def test_unsolicited_arp_replies_create_no_neighbours() -> None:
+    from emunet.packets import arp
+    from emunet.packets.mac import MAC
+
+    fab = Fabric(nodes=1, seed=1)
+    node = fab.node("node1")
+    assert node.cni0.mac is not None
+    before = dict(node.root.neighbours)
+    for i in range(500):
+        sender = IPv4Address("10.244.1.0") + 100 + i
+        reply = arp.ARPPacket(arp.REPLY, MAC.local(i), sender, node.cni0.mac, node.gateway_ip)
+        frame = struct.pack("!6s6sH", node.cni0.mac, MAC.local(i), 0x0806) + arp.build(reply)
+        node.root.rx_frame(node.cni0, frame, fab.now)
+    assert node.root.neighbours == before
