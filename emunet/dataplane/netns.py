@@ -59,6 +59,7 @@ ARP_RETRIES = 3
 ARP_RETRANS = 1.0
 REACHABLE_TIME = 30.0
 ARP_QUEUE_MAX = 101
+DELAY_FIRST_PROBE_TIME = 5.0
 NEIGH_GC_THRESH3 = 1024
 # net.ipv4.ipfrag_time, net.ipv4.ipfrag_high_thresh
 FRAG_TIMEOUT = 30.0
@@ -117,9 +118,15 @@ ACCEPT, NF_DROP, NF_REJECT = 0, 1, 2
 
 
 class Neighbour:
-    """An ARP cache entry (``ip neigh``): INCOMPLETE, REACHABLE, STALE or FAILED."""
+    """An ARP cache entry (``ip neigh``), with Linux's NUD states.
 
-    __slots__ = ("dev", "ip", "mac", "probes", "queue", "state", "updated")
+    INCOMPLETE (broadcast requests) -> REACHABLE (confirmed by ARP) -> STALE after
+    ``base_reachable_time``; using a STALE entry moves it to DELAY, which becomes
+    PROBE (unicast requests to the cached MAC) unless confirmed in time, and FAILED
+    (forgotten) after ``ucast_solicit`` unanswered probes.
+    """
+
+    __slots__ = ("dev", "ip", "mac", "probe_at", "probes", "queue", "state", "updated")
 
     def __init__(self, ip: bytes, dev: Interface, now: float) -> None:
         self.ip = ip
@@ -128,10 +135,12 @@ class Neighbour:
         self.state = "INCOMPLETE"
         self.updated = now
         self.probes = 0
+        self.probe_at = 0.0  # DELAY/PROBE: when the next unicast probe is due
         self.queue: deque[bytearray] = deque()
 
 
 FLOW_CACHE_MAX = 65536
+_USABLE = frozenset({"REACHABLE", "STALE", "DELAY", "PROBE"})  # states with a MAC to use
 
 
 class _Flow:
@@ -446,7 +455,7 @@ class Namespace:
         if dev.kind != BRIDGE or dev.bridge is None:
             return None
         n = self.neighbours.get(route.via.packed if route.via else bytes(pkt[16:20]))
-        if n is None or n.mac is None or n.state not in ("REACHABLE", "STALE"):
+        if n is None or n.mac is None or n.state not in _USABLE:
             return None
         entry = dev.bridge.fdb.get(n.mac)
         if entry is None or entry.port.peer is None:
@@ -477,7 +486,7 @@ class Namespace:
         return (
             self.neighbours.get(n.ip) is n
             and n.mac == flow.mac
-            and n.state in ("REACHABLE", "STALE")
+            and n.state in _USABLE
             and dev.bridge.fdb.get(flow.mac) is entry
             and entry.port is port
             and now - entry.updated < dev.bridge.ageing_time
@@ -496,8 +505,7 @@ class Namespace:
             self.node.tun_xmit(dev, pkt, now)  # flanneld: its own TTL, lease, sendto
             return
         n = flow.neigh
-        if n.state == "REACHABLE" and now - n.updated > REACHABLE_TIME:
-            n.state = "STALE"
+        self._neigh_used(n, now)
         frame = flow.header + pkt
         dev.tx_bytes += 14
         port = flow.port
@@ -649,8 +657,7 @@ class Namespace:
     def neigh_output(self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float) -> None:
         n = self.neighbours.get(next_hop)
         if n is not None and n.mac is not None and n.state != "FAILED":
-            if n.state == "REACHABLE" and now - n.updated > REACHABLE_TIME:
-                n.state = "STALE"
+            self._neigh_used(n, now)
             assert dev.mac is not None
             self.l2_xmit(dev, _ETH.pack(n.mac, dev.mac, ETH_P_IP) + pkt, now)
             return
@@ -671,20 +678,45 @@ class Namespace:
             self._arp_request(dev, next_hop, now)
             self.node.timer_changed()
 
-    def _arp_request(self, dev: Interface, target: bytes, now: float) -> None:
+    def _neigh_used(self, n: Neighbour, now: float) -> None:
+        """A packet is sent with this entry's MAC (``neigh_event_send``)."""
+        state = n.state
+        if state == "REACHABLE":
+            if now - n.updated <= REACHABLE_TIME:
+                return
+            state = n.state = "STALE"
+        if state == "STALE":
+            n.state = "DELAY"
+            n.probe_at = now + DELAY_FIRST_PROBE_TIME
+            self.node.timer_changed()
+
+    def _arp_request(
+        self, dev: Interface, target: bytes, now: float, unicast: bytes | None = None
+    ) -> None:
         n = self.neighbours[target]
         n.probes += 1
-        n.updated = now
+        if unicast is None:
+            n.updated = now
         src_ip = self._source_for(dev, target)
         assert dev.mac is not None
-        req = arp.ARPPacket(arp.REQUEST, dev.mac, src_ip, MAC.ZERO, IPv4Address(target))
+        req = arp.ARPPacket(
+            arp.REQUEST,
+            dev.mac,
+            src_ip,
+            MAC(unicast) if unicast else MAC.ZERO,
+            IPv4Address(target),
+        )
         if self._tracer.enabled:
-            self.trace(now, dev.name, "arp request", f"who-has {IPv4Address(target)} tell {src_ip}")
-        self.l2_xmit(dev, _ETH.pack(MAC.BROADCAST, dev.mac, ETH_P_ARP) + arp.build(req), now)
+            how = f" (unicast probe to {MAC(unicast)})" if unicast else ""
+            self.trace(
+                now, dev.name, "arp request", f"who-has {IPv4Address(target)} tell {src_ip}{how}"
+            )
+        dst = unicast or MAC.BROADCAST
+        self.l2_xmit(dev, _ETH.pack(dst, dev.mac, ETH_P_ARP) + arp.build(req), now)
 
     def _neigh_gc(self) -> bool:
         """Forget FAILED and STALE entries (forced GC at gc_thresh3); True if room."""
-        for ip in [ip for ip, n in self.neighbours.items() if n.state in ("STALE", "FAILED")]:
+        for ip in [ip for ip, n in self.neighbours.items() if n.state in ("STALE", "DELAY")]:
             del self.neighbours[ip]
         return len(self.neighbours) < NEIGH_GC_THRESH3
 
@@ -1262,6 +1294,8 @@ class Namespace:
         for n in self.neighbours.values():
             if n.state == "INCOMPLETE":
                 times.append(n.updated + ARP_RETRANS)
+            elif n.state in ("DELAY", "PROBE"):
+                times.append(n.probe_at)
         for r in self._frags.values():
             times.append(r.started + FRAG_TIMEOUT)
         for conn in self.tcp_conns.values():
@@ -1282,6 +1316,16 @@ class Namespace:
                         self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.HOST_UNREACH, now)
                 else:
                     self._arp_request(n.dev, n.ip, now)
+            elif n.state in ("DELAY", "PROBE") and now >= n.probe_at:
+                if n.state == "PROBE" and n.probes >= ARP_RETRIES:
+                    del self.neighbours[n.ip]  # FAILED: the next packet resolves anew
+                    self.drop(now, n.dev, Drop.ARP_TIMEOUT, f"{IPv4Address(n.ip)} (probe)")
+                    continue
+                if n.state == "DELAY":
+                    n.state = "PROBE"
+                    n.probes = 0
+                n.probe_at = now + ARP_RETRANS
+                self._arp_request(n.dev, n.ip, now, unicast=n.mac)
         if self._frags:
             self.expire_fragments(now)
         for conn in list(self.tcp_conns.values()):

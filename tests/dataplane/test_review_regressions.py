@@ -135,3 +135,26 @@ def test_unsolicited_arp_replies_create_no_neighbours() -> None:
         frame = struct.pack("!6s6sH", node.cni0.mac, MAC.local(i), 0x0806) + arp.build(reply)
         node.root.rx_frame(node.cni0, frame, fab.now)
     assert node.root.neighbours == before
+
+
+def test_pod_recreated_with_same_ip_is_reached_again_after_probes() -> None:
+    fab = Fabric(nodes=2, seed=2)
+    a = fab.add_pod("node1", "a")
+    fab.add_pod("node2", "b")
+    ip = fab.pod("b").ip
+    cl = a.netns.udp_socket()
+    cl.sendto(b"one", (ip, 4000), fab.now)
+    fab.run(1.0)
+    fab.node("node2").remove_pod("b")
+    b2 = fab.add_pod("node2", "b2", ip=ip)  # same IP, new MAC
+    srv = b2.netns.udp_socket()
+    srv.bind(port=4000)
+    got = []
+    for _ in range(40):  # node2's cni0 entry for the IP is stale: DELAY, PROBE, FAILED, ARP
+        cl.sendto(b"two", (ip, 4000), fab.now)
+        fab.run(0.5)
+        while (m := srv.recvfrom()) is not None:
+            got.append((m[0], fab.now))
+    assert got and got[0][1] < 12.0  # within delay (5 s) + 3 probes + a new resolution
+    lines = fab.node("node2").root.neigh_show(fab.now)
+    assert any(line.startswith(f"{ip} dev cni0 lladdr {b2.mac}") for line in lines), lines
