@@ -439,6 +439,7 @@ class Agent:
                 ip=ip,
                 containers=[c.name for c in pod.containers] or ["app"],
                 labels=dict(pod.labels),
+                now=rt.now(),
             )
         except ConfigError as exc:
             log.error("pod %s/%s cannot be created: %s", pod.namespace, pod.name, exc)

@@ -128,7 +128,7 @@ class Fabric:
             raise ConfigError(f"no node {name!r}") from None
 
     def add_pod(self, node: str, name: str, **options: Any) -> Pod:
-        pod = self.node(node).add_pod(name, **options)
+        pod = self.node(node).add_pod(name, now=self.now, **options)
         self._touch(self.node(node))
         return pod
 

@@ -42,7 +42,8 @@ from emunet.dataplane.netns import Namespace, describe, fragment
 from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError
-from emunet.packets import icmp, ipv4, udp
+from emunet.packets import arp, ethernet, icmp, ipv4, udp
+from emunet.packets.ethernet import ETH_P_ARP
 from emunet.packets.mac import MAC
 
 # NamedTuple's generated __new__ is Python code; the tuple type's own is not
@@ -484,6 +485,7 @@ class Node:
         ip: IPv4Address | str | None = None,
         containers: Iterable[str] = ("app",),
         labels: dict[str, str] | None = None,
+        now: float = 0.0,
     ) -> Pod:
         """CNI ADD: a namespace, a veth pair into cni0, an IP from the node's subnet."""
         if name in self.pods:
@@ -512,6 +514,12 @@ class Node:
         pod = Pod(name, namespace, ns, addr, mac, veth_name, tuple(containers), dict(labels or {}))
         self.pods[name] = pod
         self._ip_owner[addr] = name
+        # the CNI bridge plugin announces the new address with a gratuitous ARP: a
+        # stale entry for a recycled IP (another pod's MAC) is corrected at once
+        garp = arp.ARPPacket(arp.REQUEST, mac, addr, MAC.ZERO, addr)
+        frame = ethernet.frame(MAC.BROADCAST, mac, ETH_P_ARP, arp.build(garp))
+        self.enqueue(ns.l2_xmit, eth0, frame, now)
+        self.process()
         return pod
 
     def remove_pod(self, name: str) -> None:
