@@ -322,14 +322,7 @@ class Node:
     # ------------------------------------------------------------- overlay
 
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None:
-        """flanneld read a packet from flannel0 (``tun_to_udp``)."""
-        if pkt[8] <= 1:  # flannel's decrement_ttl: zero means discard, without ICMP
-            self.flannel.ttl_drops += 1
-            self.root.drop(
-                now, dev, Drop.FLANNEL_TTL_ZERO, describe(pkt) if self.tracer.enabled else ""
-            )
-            return
-        decrement_ttl(pkt)
+        """flanneld read a packet from flannel0 (``tun_to_udp``): route, then TTL."""
         lease = self.flannel.lookup(bytes(pkt[16:20]))
         if lease is None:
             self.flannel.no_lease += 1
@@ -337,6 +330,13 @@ class Node:
             self._flannel_unreachable(pkt, now)
             self.root.drop(now, dev, Drop.FLANNEL_NO_LEASE, str(IPv4Address(bytes(pkt[16:20]))))
             return
+        if pkt[8] <= 1:  # flannel's decrement_ttl: zero means discard, without ICMP
+            self.flannel.ttl_drops += 1
+            self.root.drop(
+                now, dev, Drop.FLANNEL_TTL_ZERO, describe(pkt) if self.tracer.enabled else ""
+            )
+            return
+        decrement_ttl(pkt)
         if self.tracer.enabled:
             self.root.trace(
                 now,
@@ -363,17 +363,13 @@ class Node:
         self.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
 
     def _flannel_unreachable(self, pkt: bytearray, now: float) -> None:
-        # ICMP net unreachable from the flannel0 address, written into the TUN
-        hlen = (pkt[0] & 0x0F) << 2
-        if pkt[6] & 0x1F or pkt[7]:
-            return
-        if pkt[9] == ipv4.PROTO_ICMP and len(pkt) > hlen and pkt[hlen] in icmp.ERROR_TYPES:
+        """flanneld's ``send_net_unreachable``: never about any ICMP packet (not only
+        errors) nor a non-first fragment; TTL 8, id 0, no DF; from flannel0's address."""
+        if pkt[6] & 0x1F or pkt[7] or pkt[9] == ipv4.PROTO_ICMP:
             return
         msg = icmp.error(icmp.DEST_UNREACH, icmp.NET_UNREACH, pkt)
         src = self.subnet.network_address.packed
-        reply = ipv4.build_fast(
-            src, bytes(pkt[12:16]), ipv4.PROTO_ICMP, msg, df=False, ident=self.next_ident()
-        )
+        reply = ipv4.build_fast(src, bytes(pkt[12:16]), ipv4.PROTO_ICMP, msg, ttl=8, df=False)
         self.enqueue(self.root.rx_packet, self.flannel0, reply, now)
 
     @staticmethod
