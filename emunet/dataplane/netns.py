@@ -228,6 +228,7 @@ class Namespace:
         self._tcp_owned: dict[tuple[IPv4Address, int, IPv4Address, int], TCPConnection] = {}
         self._frags: dict[tuple[bytes, bytes, int, int], _Reassembly] = {}
         self._addr_cache: dict[bytes, IPv4Address] = {}
+        self._broadcasts: set[bytes] = set()  # directed broadcasts of our subnets
         self._frag_bytes = 0
         self._next_ifindex = 1
         self._tracer = node.tracer
@@ -261,6 +262,8 @@ class Namespace:
         """``ip addr add``: the address becomes local and its connected route appears."""
         iface.addresses.append(addr)
         self.local[addr.ip.packed] = iface
+        if addr.network.prefixlen < 31:
+            self._broadcasts.add(addr.network.broadcast_address.packed)
         self.routes.version += 1  # the set of local addresses changed: flows re-decide
         if iface.kind == LOOPBACK:
             self.routes.add(
@@ -278,6 +281,7 @@ class Namespace:
             iface.addresses.remove(addr)
             if self.local.get(ip.packed) is iface:
                 del self.local[ip.packed]
+            self._broadcasts.discard(addr.network.broadcast_address.packed)
             route = self.routes.lookup(addr.network.network_address.packed)
             if route is not None and route.dst == addr.network and route.dev is iface:
                 self.routes.delete(addr.network)
@@ -389,7 +393,11 @@ class Namespace:
                 if whole is None:
                     return
                 pkt = whole
-            elif not self._tracer.enabled and self.flows is not None and self._flow_path(pkt, now):
+            elif (
+                not self._tracer.enabled
+                and self.flows is not None
+                and self._flow_path(iface, pkt, now)
+            ):
                 return
             verdict = nf.prerouting(pkt, iface.name, now)
             if verdict != ACCEPT:
@@ -408,7 +416,7 @@ class Namespace:
     # limits, a changed route, neighbour or FDB entry, a FIN/RST/SYN, an
     # expired or NATed conntrack entry) sends the packet down the full path.
 
-    def _flow_path(self, pkt: bytearray, now: float) -> bool:
+    def _flow_path(self, iface: Interface, pkt: bytearray, now: float) -> bool:
         """True when the packet was forwarded by the flow cache or the fast hooks."""
         proto = pkt[9]
         if (proto != 6 and proto != 17) or pkt[0] != 0x45:  # IHL 5: the common case only
@@ -441,7 +449,7 @@ class Namespace:
             flows[key] = flow
             self._flow_run(flow, pkt, now)
         else:
-            self.forward(self.interfaces["cni0"], pkt, now, established=True)
+            self.forward(iface, pkt, now, established=True)
         return True
 
     def _flow_new(self, ct: Any, direction: int, pkt: bytearray) -> _Flow | None:
@@ -517,7 +525,7 @@ class Namespace:
     def route_input(self, iface: Interface, pkt: bytearray, now: float) -> None:
         """After PREROUTING: deliver locally or forward (``ip_route_input``)."""
         dst = bytes(pkt[16:20])
-        if dst in self.local or dst == BROADCAST_IP:
+        if dst in self.local or dst == BROADCAST_IP or dst in self._broadcasts:
             self.local_in(iface, pkt, now)
             return
         if not self.ip_forward:
@@ -655,6 +663,10 @@ class Namespace:
     # ------------------------------------------------------------ neighbours
 
     def neigh_output(self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float) -> None:
+        if next_hop in self._broadcasts or next_hop == BROADCAST_IP:
+            assert dev.mac is not None
+            self.l2_xmit(dev, _ETH.pack(MAC.BROADCAST, dev.mac, ETH_P_IP) + pkt, now)
+            return
         n = self.neighbours.get(next_hop)
         if n is not None and n.mac is not None and n.state != "FAILED":
             self._neigh_used(n, now)
@@ -807,8 +819,7 @@ class Namespace:
         dst = bytes(pkt[16:20])
         sock = self.udp_sockets.get((dst, dport)) or self.udp_sockets.get((ANY.packed, dport))
         if sock is None:
-            if dst != BROADCAST_IP:
-                self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.PORT_UNREACH, now)
+            self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.PORT_UNREACH, now)
             self.drop(now, iface, Drop.PORT_UNREACHABLE, f"udp port {dport}")
             return
         src = self.address(bytes(pkt[12:16]))
@@ -979,8 +990,11 @@ class Namespace:
         if offending[6] & 0x1F or offending[7]:
             return  # never for a non-first fragment
         src = bytes(offending[12:16])
-        if src == b"\x00\x00\x00\x00" or src[0] >= 224 or bytes(offending[16:20]) == BROADCAST_IP:
+        odst = bytes(offending[16:20])
+        if src == b"\x00\x00\x00\x00" or src[0] >= 224 or src in self._broadcasts:
             return
+        if odst[0] >= 224 or odst == BROADCAST_IP or odst in self._broadcasts:
+            return  # RFC 1812 4.3.2.7: never about multicast or broadcast datagrams
         if offending[9] == ipv4.PROTO_ICMP:
             hlen = (offending[0] & 0x0F) << 2
             if len(offending) > hlen and offending[hlen] in icmp.ERROR_TYPES:

@@ -263,6 +263,8 @@ class Node:
         if total < n:
             del pkt[total:]
         root, cni0 = self.root, self.cni0
+        if not self.tracer.enabled and nf.fast_forward(pkt, now) is not None:
+            return frame  # established, un-NATed: the hooks would change nothing
         fragmented = bool(pkt[6] & 0x3F or pkt[7])
         if fragmented:
             # nf_defrag: the hooks see whole packets; refragmented after POSTROUTING

@@ -178,3 +178,18 @@ def test_stale_neighbour_is_probed_and_forgotten() -> None:
     probes = [h for h in fab.tracer.hops if h.event == "arp request" and "unicast" in h.detail]
     assert len(probes) == 3
     assert str(b.ip) not in " ".join(a.netns.neigh_show(fab.now))
+
+
+def test_subnet_broadcast_reaches_the_segment_and_draws_no_icmp_error() -> None:
+    fab = Fabric(nodes=1, seed=4)
+    a = fab.add_pod("node1", "a")
+    b = fab.add_pod("node1", "b")
+    listener = b.netns.udp_socket()
+    listener.bind(port=9)
+    cl = a.netns.udp_socket()
+    cl.sendto(b"hello all", ("10.244.1.255", 9), fab.now)
+    cl.sendto(b"nobody", ("10.244.1.255", 10), fab.now)  # no socket on port 10 anywhere
+    fab.run(1.0)
+    msg = listener.recvfrom()
+    assert msg is not None and msg == (b"hello all", (a.ip, cl.local[1] if cl.local else 0))
+    assert not cl.errors  # RFC 1812 4.3.2.7: no ICMP error about a broadcast datagram
