@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml emunet emunet/packets emunet/dataplane emunet/cluster n
 	@touch $(STAMP)
 
 up: setup
-	$(BIN)/emunet up
+	$(BIN)/emunet up --local
 
 down: setup
 	$(BIN)/emunet down

@@ -259,7 +259,14 @@ def _nodes_table(nodes: Sequence[NodeInfo], wide: bool = False) -> None:
 @app.command()
 @handled
 def up(
-    local: Annotated[bool, typer.Option("--local", help="run the fabric on this machine")] = False,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local/--no-local",
+            help="run the fabric as processes on this machine (the default; the only mode "
+            "until the Docker Compose mode exists)",
+        ),
+    ] = True,
     nodes: Annotated[int, typer.Option("--nodes", min=1, help="number of nodes")] = 3,
     agent_arg: Annotated[
         list[str] | None,
@@ -269,7 +276,7 @@ def up(
 ) -> None:
     """Start etcd and N node agents, wait until every node is Ready."""
     if not local:
-        _fail("only local mode is available: emunet up --local [--nodes N]")
+        _fail("only local mode is available yet: emunet up [--local] [--nodes N]")
     fabric = LocalFabric(_state_dir(), agent_args=agent_arg or (), ready_timeout=timeout)
 
     def progress(text: str) -> None:
