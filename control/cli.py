@@ -763,6 +763,7 @@ def run_cmd(
     namespace: NamespaceOpt = model.DEFAULT_NAMESPACE,
 ) -> None:
     """Create a Deployment running APP and its pods."""
+    _check_app(app_name)
     dep = _deployment(name, app_name, replicas, namespace, node, port)
     dep.validate()
 
@@ -1005,9 +1006,11 @@ def apply(
         text = sys.stdin.read()
     else:
         try:
-            text = Path(filename).read_text()
+            text = Path(filename).read_text(encoding="utf-8")
         except OSError as exc:
             _fail(f"{filename}: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            _fail(f"{filename}: not UTF-8 text (a Kubernetes YAML manifest is expected)")
     try:
         manifest = parse_manifests(text, namespace)
     except ConfigError as exc:
@@ -1208,7 +1211,8 @@ def capture(
             client = await _node_client(reg, node)
         written = 0
         result: Any = None
-        with open(write, "wb") as out:
+        partial = write.with_name(write.name + ".part")
+        with open(partial, "wb") as out:
             async with client as c:
                 frames = c.stream("capture", idle_timeout=timeout + 10.0, **args)
                 frame: Frame
@@ -1220,13 +1224,31 @@ def capture(
                             written += len(chunk)
                     elif frame.kind == "result":
                         result = frame.data
+        partial.replace(write)  # an existing capture is only replaced by a complete one
         return written, result
 
-    written, result = run(go())
+    try:
+        written, result = run(go())
+    finally:
+        write.with_name(write.name + ".part").unlink(missing_ok=True)
     packets = result.get("packets", "?") if isinstance(result, dict) else "?"
     dropped = result.get("dropped", 0) if isinstance(result, dict) else 0
     extra = f", {dropped} dropped" if dropped else ""
     typer.echo(f"{packets} packets captured ({written} bytes{extra}) to {write}")
+
+
+def _check_app(name: str) -> None:
+    """Refuse an app the agents cannot know (a module:Class is checked by the agent)."""
+    from importlib.metadata import entry_points
+
+    from emunet.nodes.apps import BUILTIN_APPS, ENTRY_POINT_GROUP
+
+    if name in BUILTIN_APPS or ":" in name:
+        return
+    if any(ep.name == name for ep in entry_points(group=ENTRY_POINT_GROUP)):
+        return
+    known = ", ".join(sorted(BUILTIN_APPS))
+    raise ConfigError(f"--app: unknown app {name!r}: use one of {known} or module:Class")
 
 
 # -- entry point -------------------------------------------------------------------
@@ -1259,6 +1281,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         typer.echo(f"error: {_friendly(exc)}", err=True)
         sys.exit(1)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader (head) left: quiet, like coreutils
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -170,6 +170,9 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 def _check_free(host: str, port: int, kind: int, what: str) -> None:
     with socket.socket(socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:
+            # as the agent binds: a TIME_WAIT left by the last fabric is no conflict
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

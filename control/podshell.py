@@ -1,7 +1,7 @@
 """``pod-shell``: run commands inside a pod's network namespace.
 
 ``pod-shell POD -- CMD ARGS...`` runs one command and exits with its status
-(stdin, when it is not a terminal, is sent to the command: ``echo hi | pod-shell
+(with ``-i``, standard input is sent to the command: ``echo hi | pod-shell -i
 web-1 -- nc -u 10.244.2.3 7``). Without a command it is an interactive shell:
 prompt ``root@POD:/# ``, readline history in ``<state dir>/pod-shell_history``,
 tab completion of command names, ``exit`` or Ctrl-D to leave.
@@ -167,9 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pod-shell",
         description="Run commands inside an emunet pod (ip, ping, curl, nc, traceroute, ...).",
-        usage="pod-shell [-n NAMESPACE] [--etcd HOST:PORT] POD [-- CMD ARGS...]",
+        usage="pod-shell [-i] [-n NAMESPACE] [--etcd HOST:PORT] POD [-- CMD ARGS...]",
     )
     p.add_argument("pod", help="pod name")
+    p.add_argument("-i", "--stdin", action="store_true", help="pass standard input to the command")
     p.add_argument("-n", "--namespace", default=model.DEFAULT_NAMESPACE)
     p.add_argument("--etcd", default=None, help="etcd endpoint (default: $EMUNET_ETCD or local)")
     p.add_argument("--state-dir", type=Path, default=None, help="local fabric state directory")
@@ -192,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         endpoint = resolve_etcd(args.etcd, state_dir)
         target = asyncio.run(find_pod(endpoint, args.namespace, args.pod))
         if command:
-            stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+            # like kubectl exec: standard input only with -i
+            stdin = sys.stdin.buffer.read() if args.stdin and sys.stdin is not None else b""
             sys.exit(asyncio.run(run_exec(target, command, stdin)))
         history = Path(state_dir) / "pod-shell_history"
         sys.exit(interactive(target, history))

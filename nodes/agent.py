@@ -93,6 +93,7 @@ class _LocalPod:
     netns: str
     pod: model.Pod
     contexts: list[AppContext] = field(default_factory=list)
+    failure: str = ""  # why an app failed: status.message
 
 
 def netns_name(namespace: str, name: str) -> str:
@@ -385,7 +386,7 @@ class Agent:
         failed = [c for c in local.contexts if c.stats.get("failed")]
         if failed:
             return local.pod.with_status(
-                model.PodPhase.FAILED, ip, self.config.node_ip, "an app failed to start"
+                model.PodPhase.FAILED, ip, self.config.node_ip, local.failure or "an app failed"
             )
         return local.pod.with_status(model.PodPhase.RUNNING, ip, self.config.node_ip)
 
@@ -465,6 +466,7 @@ class Agent:
                 app = load_app(c.app)
             except ConfigError as exc:
                 ctx.stats["failed"] = 1
+                local.failure = f"container {c.name}: {exc}"
                 self.counters["app_failures"] += 1
                 log.error("pod %s: container %s: %s", name, c.name, exc)
                 continue
@@ -479,12 +481,13 @@ class Agent:
             await app.run(ctx)
         except asyncio.CancelledError:
             raise
-        except (OSError, EmunetError) as exc:
+        except Exception as exc:  # an app's bug fails its pod, never the agent
             ctx.stats["failed"] = 1
             self.counters["app_failures"] += 1
-            log.error("pod %s: container %s exited: %s", ctx.pod, container, exc)
+            log.error("pod %s: container %s exited: %r", ctx.pod, container, exc)
             for key, lp in self.local.items():
                 if lp.netns == ctx.pod:
+                    lp.failure = f"container {container} exited: {exc!r}"
                     self._status_dirty.add(key)
 
     async def _remove_local(self, key: str, why: str) -> None:

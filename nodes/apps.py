@@ -302,7 +302,7 @@ def load_app(spec: str) -> Any:
         module, _, attr = spec.partition(":")
         try:
             cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # whatever a user's module raises while importing
             raise ConfigError(f"app {spec!r}: cannot load it ({exc})") from None
     if cls is None:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -318,7 +318,10 @@ def load_app(spec: str) -> Any:
             f"unknown app {spec!r}: use one of {known}, module:Class, "
             f"or an {ENTRY_POINT_GROUP!r} entry point"
         )
-    app = cls() if isinstance(cls, type) else cls
+    try:
+        app = cls() if isinstance(cls, type) else cls
+    except Exception as exc:
+        raise ConfigError(f"app {spec!r}: cannot create it ({exc})") from None
     if not callable(getattr(app, "run", None)):
         raise ConfigError(f"app {spec!r}: {cls!r} has no run(ctx) method")
     return app

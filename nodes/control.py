@@ -50,6 +50,8 @@ VERSION = 1
 MAX_FRAME = 1 << 20
 STREAM_BUFFER = 4 << 20
 MAX_CONNECTIONS = 256
+IDLE_TIMEOUT = 300.0  # seconds a connection may sit between requests
+BODY_TIMEOUT = 10.0  # seconds to deliver a frame's body once its length was sent
 _LEN = struct.Struct("!I")
 DUMPS = ("routes", "neigh", "fdb", "conntrack", "iptables", "counters", "leases", "pods", "addr")
 
@@ -239,6 +241,8 @@ class ControlServer:
         task = asyncio.current_task()
         if len(self._active) >= MAX_CONNECTIONS:
             self.stats.refused_connections += 1
+            with contextlib.suppress(Exception):
+                writer.write(pack(_error(None, "busy", f"{MAX_CONNECTIONS} connections open")))
             writer.close()
             return
         if task is not None:
@@ -248,8 +252,9 @@ class ControlServer:
         try:
             while True:
                 try:
-                    head = await reader.readexactly(4)
-                except (asyncio.IncompleteReadError, ConnectionError):
+                    # an idle client may keep its connection for a while, not forever
+                    head = await asyncio.wait_for(reader.readexactly(4), IDLE_TIMEOUT)
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                     return
                 (length,) = _LEN.unpack(head)
                 if length > MAX_FRAME:
@@ -259,8 +264,9 @@ class ControlServer:
                     )
                     return
                 try:
-                    body = await reader.readexactly(length)
-                except (asyncio.IncompleteReadError, ConnectionError):
+                    body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT)
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                    self.stats.error("bad_request")
                     return
                 await self._request(conn, body)
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -54,8 +54,10 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 def short_detail(exc: BaseException) -> str:
     """One line saying why an etcd call failed (gRPC messages are long)."""
     text = str(exc) or type(exc).__name__
-    if "Connection refused" in text or "failed to connect" in text:
+    if "Connection refused" in text:
         return "connection refused"
+    if "failed to connect" in text:
+        return "no answer"
     if "Socket closed" in text or "Stream removed" in text:
         return "connection lost"
     if "Deadline Exceeded" in text or isinstance(exc, TimeoutError):

@@ -218,6 +218,11 @@ async def cmd_ping(sh: Shell, argv: list[str]) -> int:
             raise UsageError(f"invalid argument: '{ttl}': out of range: 1 <= value <= 255")
         if size > 65507:
             raise UsageError(f"invalid argument: '{size}': out of range: 0 <= value <= 65507")
+        if not 1 <= count <= 100_000:
+            raise UsageError(f"invalid argument: '{count}': out of range: 1 <= value <= 100000")
+        if interval < 0.002:
+            # ping's flood floor: the agent's loop must keep serving the other pods
+            raise UsageError(f"cannot flood; minimal interval allowed is 2ms, got {interval}")
     except UsageError as exc:
         sh.eprint(f"ping: {exc}")
         return 2
@@ -265,6 +270,7 @@ async def cmd_ping(sh: Shell, argv: list[str]) -> int:
                 if loop_end is not None:
                     left = min(left, loop_end - time.monotonic())
                 if left <= 0:
+                    await asyncio.sleep(0)  # never hold the node's loop for a whole run
                     break
                 ev = await ep.receive(left)
                 if ev is None:

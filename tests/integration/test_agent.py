@@ -382,8 +382,14 @@ async def test_etcd_outage_traffic_keeps_flowing(cluster: Cluster) -> None:
     # changes made once etcd is back reach every agent
     await cluster.pod("late", 2)
     late = await cluster.running("late", timeout=20)
-    code, out = await cluster.exec(0, "client", "curl", "-s", "-m", "5", "http://late/")
+    code, out = await cluster.exec(0, "client", "curl", "-s", "-m", "5", f"http://{late.pod_ip}/")
     assert code == 0 and f"IP: {late.pod_ip}" in out
+
+    async def resolves() -> bool:  # node1's watch reconnects with backoff, then catches up
+        code, _ = await cluster.exec(0, "client", "curl", "-s", "-m", "2", "http://late/")
+        return code == 0
+
+    await wait_for(resolves, 15, "node1 to learn the pod created after the outage", 0.5)
     with contextlib.suppress(ControlError):
         await cluster.control(0, "status")
     assert os.path.exists(cluster.state_dir(0) / "subnet.env")
@@ -402,3 +408,21 @@ async def test_revoked_lease_stops_the_agent_with_a_message(cluster: Cluster) ->
     log = cluster.log(1)
     assert f"emunet-node node2: Lease has been revoked: {own}" in log
     assert "Traceback" not in log
+
+
+async def test_a_broken_app_fails_its_pod_not_the_agent(cluster: Cluster) -> None:
+    await cluster.pod("broken", 0, app="emunet.nodes.apps:AppContext")  # no zero-arg constructor
+    failed: list[model.Pod] = []
+
+    async def is_failed() -> bool:
+        p = await cluster.reg.get_pod("default", "broken")
+        if p is not None and p.phase == model.PodPhase.FAILED:
+            failed.append(p)
+            return True
+        return False
+
+    await wait_for(is_failed, 15, "the pod to be Failed")
+    assert "cannot create it" in (failed[0].message or "")
+    assert (await cluster.control(0, "status"))["name"] == cluster.name(0)  # still serving
+    await cluster.pod("fine", 0, app="echo")
+    await cluster.running("fine")
