@@ -314,9 +314,7 @@ def status(output: OutputOpt = None) -> None:
     if not info["processes"]:
         typer.echo(f"no local fabric in {info['stateDir']}")
         return
-    state = (
-        "up" if info["up"] else "degraded (some processes are gone; `emunet up --local` cleans up)"
-    )
+    state = "up" if info["up"] else "degraded (some processes are gone; `emunet up` restarts them)"
     typer.echo(f"fabric {state}; etcd at {info['etcd']}; state in {info['stateDir']}")
     _print_table(
         ["NAME", "PID", "STATE", "NODE-IP", "LOG"],

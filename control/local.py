@@ -352,8 +352,12 @@ class LocalFabric:
                     f"a local fabric is already up from {self.state_dir} ({agents} nodes, etcd "
                     f"at {state.etcd_endpoint}); `emunet down` stops it"
                 )
-            say("cleaning up a stale fabric (some of its processes are gone)")
-            self.down()
+            dead = [p.name for p in state.processes if not alive.get(p.name)]
+            say(
+                f"restarting {', '.join(dead)} with their recorded command lines (the cluster's "
+                "state is kept; `emunet down` starts over)"
+            )
+            return await self._restart(state, alive, say)
         for i in range(1, nodes + 1):
             real = str(bind_ip(i))
             _check_free(real, self.control_port, socket.SOCK_STREAM, "control API")
@@ -392,6 +396,23 @@ class LocalFabric:
         except BaseException:
             self.down()
             raise
+
+    async def _restart(
+        self, state: LocalState, alive: dict[str, bool], say: Callable[[str], None]
+    ) -> list[NodeInfo]:
+        """Respawn the recorded processes that are gone: etcd keeps its data directory
+        and each agent its state directory, so pods, Services and subnets survive."""
+        for record in state.processes:  # etcd first: the agents need it
+            if alive.get(record.name):
+                continue
+            if not record.argv:
+                raise EmunetError(f"{record.name} has no recorded command: `emunet down` first")
+            record.pid = _spawn(record.argv, Path(record.log))
+            self._save(state)
+            if record.name == "etcd":
+                await self._wait_etcd(record, state.etcd_endpoint)
+        names = [p.name for p in state.processes if p.name != "etcd"]
+        return await self._wait_ready(state, names, say)
 
     async def _wait_etcd(self, etcd: ProcessRecord, endpoint: str) -> None:
         deadline = time.monotonic() + 15.0

@@ -114,21 +114,25 @@ def test_up_down_three_nodes(state: Path) -> None:
     assert emunet(state, "down").stdout.startswith("no local fabric")
 
 
-def test_stale_state_is_cleaned(state: Path) -> None:
+def test_up_restarts_what_died_and_keeps_the_cluster(state: Path) -> None:
     up = emunet(state, "up", "--local", "--nodes", "1")
     assert up.returncode == 0, up.stderr
+    assert emunet(state, "run", "web", "--app", "http").returncode == 0
     recorded = LocalFabric(state).load()
     assert recorded is not None
     agent = recorded.processes[1]
     os.kill(agent.pid, signal.SIGKILL)
     status = emunet(state, "status")
     assert "degraded" in status.stdout and "gone" in status.stdout
-    again = emunet(state, "up", "--local", "--nodes", "1")
+    again = emunet(state, "up")  # local mode is the default
     assert again.returncode == 0, again.stderr
-    assert "cleaning up a stale fabric" in again.stderr
-    assert not pid_alive(recorded.processes[0].pid, recorded.processes[0].marker)  # old etcd
-    fresh = LocalFabric(state).load()
-    assert fresh is not None and fresh.etcd_endpoint != recorded.etcd_endpoint
+    assert "restarting node1" in again.stderr
+    now = LocalFabric(state).load()
+    assert now is not None and now.etcd_endpoint == recorded.etcd_endpoint  # same etcd
+    assert pid_alive(recorded.processes[0].pid, recorded.processes[0].marker)
+    assert now.processes[1].pid != agent.pid and pid_alive(now.processes[1].pid, agent.marker)
+    pods = json.loads(emunet(state, "get", "pods", "-o", "json").stdout)["items"]
+    assert [p["metadata"]["labels"]["app"] for p in pods] == ["web"]  # the cluster survived
 
 
 def test_readme_local_mode_output_matches() -> None:
