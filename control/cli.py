@@ -1130,10 +1130,14 @@ async def _trace(pod_name: str, dest: str, proto: Proto, namespace: str, duratio
         try:
             async with ControlClient(h, p, timeout=duration + 5.0) as c:
                 result = await c.call("trace", proto=proto.value, duration=duration + 0.5)
-        except EmunetError:
-            return []
-        hops = result.get("hops", []) if isinstance(result, dict) else []
-        return list(hops)
+        except EmunetError as exc:  # say so: a silent gap would mislead
+            return [[node.name, "", "", "hops unavailable", str(exc), 0.0]]
+        hops = list(result.get("hops", [])) if isinstance(result, dict) else []
+        omitted = result.get("omitted", 0) if isinstance(result, dict) else 0
+        if omitted:
+            last = hops[-1][5] if hops and len(hops[-1]) > 5 else 0.0
+            hops.append([node.name, "", "", "hops omitted", f"{omitted} more hops", last])
+        return hops
 
     async def probe(node: NodeInfo) -> dict[str, Any]:
         h, p = node.control_address

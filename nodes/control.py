@@ -50,6 +50,7 @@ VERSION = 1
 MAX_FRAME = 1 << 20
 STREAM_BUFFER = 4 << 20
 MAX_CONNECTIONS = 256
+MAX_TRACE_HOPS = 2500  # about 600 KiB of hops: a trace reply fits in one frame
 IDLE_TIMEOUT = 300.0  # seconds a connection may sit between requests
 BODY_TIMEOUT = 10.0  # seconds to deliver a frame's body once its length was sent
 _LEN = struct.Struct("!I")
@@ -498,9 +499,14 @@ class ControlServer:
                 tracer.enabled = False
             # the 6th element is the hop's time on the node's clock (CLOCK_MONOTONIC,
             # shared by every process of the machine): clients merge nodes by it
-            hops = [[h.node, h.netns, h.iface, h.event, h.detail, h.time] for h in tracer.hops]
+            hops = [
+                [h.node, h.netns, h.iface, h.event, h.detail, h.time]
+                for h in tracer.hops[:MAX_TRACE_HOPS]
+            ]
+            omitted = len(tracer.hops) - len(hops)
             tracer.clear()
-        return {"hops": hops, "result": result}
+        # a busy node records other traffic too: keep the reply under MAX_FRAME
+        return {"hops": hops, "result": result, "omitted": omitted}
 
     async def _resolve(self, host: str) -> IPv4Address:
         try:
