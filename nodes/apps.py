@@ -234,7 +234,7 @@ class HttpApp(App):
         else:
             ip, port = writer.peername()
             text = [
-                f"Hostname: {ctx.pod}",
+                f"Hostname: {ctx.pod.rpartition('/')[2]}",
                 "IP: 127.0.0.1",
                 f"IP: {ctx.ip}",
                 f"RemoteAddr: {ip}:{port}",

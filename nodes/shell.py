@@ -176,7 +176,7 @@ async def cmd_hostname(sh: Shell, argv: list[str]) -> int:
     if len(argv) > 1 and argv[1] in ("-i", "-I"):
         sh.print(str(sh.runtime.node.pods[sh.pod].ip))
     else:
-        sh.print(sh.pod)
+        sh.print(sh.pod.rpartition("/")[2])  # "ns/name" is the node's key; the pod is "name"
     return 0
 
 

@@ -114,6 +114,12 @@ class RouteTable:
             yield from sorted(self._by_len[plen].values(), key=lambda r: r.dst)
 
     def dump(self) -> list[str]:
-        """Lines as ``ip route show`` prints them (default first, then by prefix)."""
-        routes = sorted(self, key=lambda r: (r.dst.prefixlen != 0, r.dst))
+        """Lines as ``ip route show`` prints them (default first, then by prefix).
+
+        Host-scope routes (``127.0.0.0/8 dev lo``) live in Linux's local table,
+        which ``ip route show`` does not list.
+        """
+        routes = sorted(
+            (r for r in self if r.scope != SCOPE_HOST), key=lambda r: (r.dst.prefixlen != 0, r.dst)
+        )
         return [str(r) for r in routes]
