@@ -264,7 +264,7 @@ class Namespace:
         self.local[addr.ip.packed] = iface
         if addr.network.prefixlen < 31:
             self._broadcasts.add(addr.network.broadcast_address.packed)
-        self.routes.version += 1  # the set of local addresses changed: flows re-decide
+        self.routes.touch()  # the set of local addresses changed: flows re-decide
         if iface.kind == LOOPBACK:
             self.routes.add(
                 Route(addr.network, iface, proto="kernel", scope=SCOPE_HOST), replace=True
@@ -285,7 +285,7 @@ class Namespace:
             route = self.routes.lookup(addr.network.network_address.packed)
             if route is not None and route.dst == addr.network and route.dev is iface:
                 self.routes.delete(addr.network)
-        self.routes.version += 1  # the set of local addresses changed: flows re-decide
+        self.routes.touch()  # the set of local addresses changed: flows re-decide
 
     def add_route(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
+from emunet.dataplane.lpm import PrefixMap
 from emunet.packets import ipv4
 
 DEFAULT_PORT = 8285
@@ -39,48 +40,22 @@ class FlannelUDP:
     def __init__(self, own_subnet: IPv4Network, port: int = DEFAULT_PORT) -> None:
         self.own_subnet = own_subnet
         self.port = port
-        self._by_len: dict[int, dict[int, Lease]] = {}
-        self._lengths: list[int] = []
-        self._cache: dict[bytes, Lease | None] = {}
+        self._leases: PrefixMap[Lease] = PrefixMap()
         self.ttl_drops = 0
         self.no_lease = 0
 
     def set_lease(self, subnet: IPv4Network, public_ip: IPv4Address) -> None:
-        self._by_len.setdefault(subnet.prefixlen, {})[int(subnet.network_address)] = Lease(
-            subnet, public_ip, self.port
-        )
-        self._lengths = sorted(self._by_len, reverse=True)
-        self._cache.clear()
+        self._leases.set(subnet, Lease(subnet, public_ip, self.port))
 
     def remove_lease(self, subnet: IPv4Network) -> Lease | None:
-        table = self._by_len.get(subnet.prefixlen)
-        lease = table.pop(int(subnet.network_address), None) if table else None
-        if table is not None and not table:
-            del self._by_len[subnet.prefixlen]
-            self._lengths = sorted(self._by_len, reverse=True)
-        self._cache.clear()
-        return lease
+        return self._leases.remove(subnet)
 
     def leases(self) -> list[Lease]:
-        return [lease for t in self._by_len.values() for lease in t.values()]
+        return [lease for group in self._leases.by_length() for lease in group]
 
     def lookup(self, dst: bytes) -> Lease | None:
-        """The lease covering a packed destination (cached; any lease change clears it)."""
-        try:
-            return self._cache[dst]
-        except KeyError:
-            pass
-        addr = int.from_bytes(dst, "big")
-        found = None
-        for plen in self._lengths:
-            lease = self._by_len[plen].get(addr & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF))
-            if lease is not None:
-                found = lease
-                break
-        if len(self._cache) >= 4096:
-            self._cache.clear()
-        self._cache[dst] = found
-        return found
+        """The lease covering a packed destination (flanneld's ``find_route``)."""
+        return self._leases.lookup(dst)
 
     @staticmethod
     def decrement_ttl(pkt: bytearray) -> bool:

@@ -1,17 +1,14 @@
-"""A per-namespace IPv4 route table with longest-prefix match.
-
-Routes are held in one dict per prefix length; a lookup walks the lengths that
-are in use, longest first, so it costs at most 33 dict probes and usually a
-handful. A small cache keyed by the packed destination makes the steady state
-one dict hit; any change to the table clears it.
-"""
+"""A per-namespace IPv4 route table: routes as ``ip route`` shows them, found by
+longest-prefix match (:class:`~emunet.dataplane.lpm.PrefixMap`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
+from emunet.dataplane.lpm import PrefixMap
 from emunet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -20,8 +17,6 @@ if TYPE_CHECKING:
 SCOPE_LINK = "link"
 SCOPE_GLOBAL = "global"
 SCOPE_HOST = "host"
-
-_CACHE_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,38 +49,32 @@ class Route:
 
 
 class RouteTable:
+    """A namespace's routes (``ip route``): longest-prefix match with a cache."""
+
     def __init__(self) -> None:
-        self._by_len: dict[int, dict[int, Route]] = {}
-        self._lengths: list[int] = []
-        self._cache: dict[bytes, Route | None] = {}
-        self.version = 0  # bumped on every change: flow caches check it
+        self._map: PrefixMap[Route] = PrefixMap()
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change: flow caches check it."""
+        return self._map.version
+
+    def touch(self) -> None:
+        """Local addresses changed: decisions taken with the routes are stale."""
+        self._map.touch()
 
     def add(self, route: Route, *, replace: bool = False) -> None:
         if route.via is not None and route.via in route.dst and route.dst.prefixlen == 32:
             raise ConfigError(f"route {route}: gateway inside its own /32")
-        table = self._by_len.setdefault(route.dst.prefixlen, {})
-        key = int(route.dst.network_address)
-        old = table.get(key)
+        old = self._map.get(route.dst)
         if old is not None and not replace and old.metric <= route.metric:
             if old == route:
                 return
             raise ConfigError(f"RTNETLINK answers: File exists ({route.dst})")
-        table[key] = route
-        self._lengths = sorted(self._by_len, reverse=True)
-        self._cache.clear()
-        self.version += 1
+        self._map.set(route.dst, route)
 
     def delete(self, dst: IPv4Network) -> Route | None:
-        table = self._by_len.get(dst.prefixlen)
-        if table is None:
-            return None
-        route = table.pop(int(dst.network_address), None)
-        if not table:
-            del self._by_len[dst.prefixlen]
-            self._lengths = sorted(self._by_len, reverse=True)
-        self._cache.clear()
-        self.version += 1
-        return route
+        return self._map.remove(dst)
 
     def delete_dev(self, dev: Interface) -> None:
         for route in [r for r in self if r.dev is dev]:
@@ -93,25 +82,11 @@ class RouteTable:
 
     def lookup(self, dst: bytes) -> Route | None:
         """Longest-prefix match for a packed IPv4 destination (4 bytes)."""
-        try:
-            return self._cache[dst]
-        except KeyError:
-            pass
-        addr = int.from_bytes(dst, "big")
-        found = None
-        for plen in self._lengths:
-            route = self._by_len[plen].get(addr & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF))
-            if route is not None:
-                found = route
-                break
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[bytes(dst)] = found
-        return found
+        return self._map.lookup(dst)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        for plen in self._lengths:
-            yield from sorted(self._by_len[plen].values(), key=lambda r: r.dst)
+    def __iter__(self) -> Iterator[Route]:
+        for group in self._map.by_length():
+            yield from sorted(group, key=lambda r: r.dst)
 
     def dump(self) -> list[str]:
         """Lines as ``ip route show`` prints them (default first, then by prefix).
