@@ -226,6 +226,11 @@ async def test_three_nodes_ready_with_flannel_leases(cluster: Cluster) -> None:
         env = (cluster.state_dir(i) / "subnet.env").read_text()
         assert "FLANNEL_NETWORK=10.244.0.0/16\n" in env
         assert f"FLANNEL_SUBNET={IPv4Network(node.pod_cidr).network_address + 1}/24" in env
+
+        async def peers_known(i: int = i) -> bool:  # the lease watch delivers peers soon after
+            return int((await cluster.control(i, "status"))["leases"]) == 2
+
+        await wait_for(peers_known, 10, f"{cluster.name(i)} to know both peers' leases")
         status = await cluster.control(i, "status")
         assert status["name"] == cluster.name(i) and status["leases"] == 2
         assert status["subnet"] == str(node.pod_cidr)
