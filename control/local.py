@@ -195,6 +195,9 @@ def _spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = Non
                 start_new_session=True,
                 close_fds=True,
                 env=env,
+                # not the caller's directory: in a source checkout its emunet/ folder
+                # would shadow the installed package (which has emunet.nodes)
+                cwd=log_path.parent,
             )
         except OSError as exc:
             raise EmunetError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None

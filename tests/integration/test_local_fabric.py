@@ -250,3 +250,25 @@ def test_user_paths_nodeport_and_pod_recreation(state: Path) -> None:
         )
     webs = new
     wait_until(lambda: all_backends("http://web/"), 30, "the Service to use the new pod")
+
+
+def test_up_from_the_source_checkout_as_make_up_runs_it(tmp_path: Path) -> None:
+    """`make up` runs `emunet up --local` in the repository root, whose emunet/ folder
+    has no nodes subpackage: the agents must not import from the caller's directory."""
+    repo = Path(__file__).parents[2]
+    env = {**os.environ, "EMUNET_STATE": str(tmp_path / "state")}
+    env.pop("EMUNET_ETCD", None)
+    cli = [str(Path(sys.executable).parent / "emunet")]  # the console script make up runs
+    try:
+        up = subprocess.run(
+            [*cli, "up", "--nodes", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=repo,
+            timeout=120,
+        )
+        assert up.returncode == 0, up.stderr
+        assert "node1   Ready" in up.stdout
+    finally:
+        LocalFabric(tmp_path / "state").down()
