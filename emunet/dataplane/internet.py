@@ -179,9 +179,6 @@ class Host:
     def tcp_iss(self) -> int:
         return self.rng.randrange(1 << 32)
 
-    def timer_changed(self) -> None:
-        pass
-
     # ------------------------------------------------------------- setup
 
     def attach(self, iface: str, addr: IPv4Interface, segment: str) -> Interface:

@@ -86,8 +86,6 @@ class NodeContext(Protocol):
 
     def tcp_iss(self) -> int: ...
 
-    def timer_changed(self) -> None: ...
-
 
 class NetfilterHooks(Protocol):
     """The hook points a namespace calls (implemented by the netfilter engine)."""
@@ -161,13 +159,12 @@ class _Flow:
 
 
 class _Reassembly:
-    __slots__ = ("first", "frags", "header", "started", "total")
+    __slots__ = ("first", "frags", "started", "total")
 
     def __init__(self, now: float) -> None:
         self.started = now
         self.frags: dict[int, bytes] = {}
         self.total = -1
-        self.header: bytes | None = None
         self.first: bytearray | None = None
 
 
@@ -688,7 +685,6 @@ class Namespace:
             self.trace(now, dev.name, "neigh queued", f"waiting for ARP of {IPv4Address(next_hop)}")
         if new:
             self._arp_request(dev, next_hop, now)
-            self.node.timer_changed()
 
     def _neigh_used(self, n: Neighbour, now: float) -> None:
         """A packet is sent with this entry's MAC (``neigh_event_send``)."""
@@ -700,7 +696,6 @@ class Namespace:
         if state == "STALE":
             n.state = "DELAY"
             n.probe_at = now + DELAY_FIRST_PROBE_TIME
-            self.node.timer_changed()
 
     def _arp_request(
         self, dev: Interface, target: bytes, now: float, unicast: bytes | None = None
@@ -877,7 +872,6 @@ class Namespace:
             if self.tcp_conns.get(key) is conn:
                 del self.tcp_conns[key]
                 self._release_tcp_port(conn)
-        self.node.timer_changed()
 
     def _release_tcp_port(self, conn: TCPConnection) -> None:
         if self._tcp_owned.pop(conn.key, None) is not None:
@@ -1214,7 +1208,6 @@ class Namespace:
                 old = next(iter(self._frags))
                 self._frag_discard(old, self._frags[old], iface, now, "ipfrag_high_thresh")
             r = self._frags[key] = _Reassembly(now)
-            self.node.timer_changed()
         for off, seen in r.frags.items():
             if off < end and offset < off + len(seen) and (off, seen) != (offset, data):
                 self._frag_discard(key, r, iface, now, "overlapping fragments")

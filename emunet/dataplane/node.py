@@ -48,7 +48,6 @@ from emunet.packets.mac import MAC
 
 # NamedTuple's generated __new__ is Python code; the tuple type's own is not
 _new_tuple = tuple.__new__
-decrement_ttl = ipv4.decrement_ttl
 
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
 DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
@@ -113,8 +112,6 @@ class Node:
         self._running = False
         self._ident = self.rng.randrange(0x10000)
         self._mac_seq = 0
-        self._timer_dirty = True
-        self._timer: float | None = None
 
         self.root = Namespace(self, "root", ip_forward=True)
         root = self.root
@@ -196,9 +193,6 @@ class Node:
 
     def tcp_iss(self) -> int:
         return self.rng.randrange(1 << 32)
-
-    def timer_changed(self) -> None:
-        self._timer_dirty = True
 
     def enqueue(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` after what is already queued (at the next :meth:`process`)."""
@@ -312,7 +306,6 @@ class Node:
                 self.root.remove_address(dummy, ip)
             for ip in sorted(want - have):
                 self.root.add_address(dummy, IPv4Interface(f"{ip}/32"), connected=False)
-        self._timer_dirty = True
 
     def conntrack_listing(self, now: float) -> str:
         """``conntrack -L`` output."""
@@ -332,13 +325,12 @@ class Node:
             self._flannel_unreachable(pkt, now)
             self.root.drop(now, dev, Drop.FLANNEL_NO_LEASE, str(IPv4Address(bytes(pkt[16:20]))))
             return
-        if pkt[8] <= 1:  # flannel's decrement_ttl: zero means discard, without ICMP
+        if not FlannelUDP.decrement_ttl(pkt):  # zero means discard, without ICMP
             self.flannel.ttl_drops += 1
             self.root.drop(
                 now, dev, Drop.FLANNEL_TTL_ZERO, describe(pkt) if self.tracer.enabled else ""
             )
             return
-        decrement_ttl(pkt)
         if self.tracer.enabled:
             self.root.trace(
                 now,
@@ -531,7 +523,6 @@ class Node:
         self._ip_owner.pop(pod.ip, None)
         pod.eth0.up = False
         pod.netns.close_all()
-        self._timer_dirty = True
 
     def _allocate_ip(self) -> IPv4Address:
         for host in self.subnet.hosts():
