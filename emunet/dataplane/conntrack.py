@@ -154,6 +154,11 @@ TCP_TRANSITIONS: tuple[tuple[tuple[int, ...], ...], ...] = (
 _FLAG_FIN, _FLAG_SYN, _FLAG_RST, _FLAG_ACK = 0x01, 0x02, 0x04, 0x10
 
 
+_ESTABLISHED = int(TcpState.ESTABLISHED)
+# refresh_established relies on it: a plain ACK keeps ESTABLISHED either way
+# (tests/dataplane/test_conntrack.py checks the table says so)
+
+
 def tcp_flag_class(flags: int) -> int:
     """Linux ``get_conntrack_index``."""
     if flags & _FLAG_RST:
@@ -429,6 +434,33 @@ class ConntrackTable:
                 self.set_assured(e)
             e.expires = now + to.generic
         return TcpVerdict.OK
+
+    def refresh_established(self, e: ConntrackEntry, flags: int, now: float) -> bool:
+        """:meth:`update` for a packet of a live UDP flow that has seen its reply,
+        or a plain ACK (PSH/URG/ECE/CWR allowed) of an ESTABLISHED TCP one; False,
+        having changed nothing, for anything else (the state table judges it).
+
+        The same outcome as :meth:`update` (checked at import: an ACK keeps
+        ESTABLISHED in both directions), without its general case analysis:
+        this runs for every packet of every cached flow.
+        """
+        if not e.live or e.expires <= now or not e.status & _SEEN_REPLY:
+            return False
+        proto = e.proto
+        if proto == 17:
+            if now > e.created + 2.0:
+                e.expires = now + self.timeouts.udp_stream
+                if not e.status & _ASSURED:
+                    self.set_assured(e)
+            else:
+                e.expires = now + self.timeouts.udp
+            return True
+        if proto != 6 or (flags & 0x17) != 0x10 or e.state != _ESTABLISHED:
+            return False
+        e.expires = now + self.timeouts.tcp[_ESTABLISHED]
+        if not e.status & _ASSURED:
+            self.set_assured(e)
+        return True
 
     # --- timers -------------------------------------------------------------
 

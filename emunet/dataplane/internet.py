@@ -166,6 +166,9 @@ class Host:
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None:
         raise ConfigError(f"host {self.name} has no TUN device")  # pragma: no cover
 
+    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float) -> bool:
+        raise ConfigError(f"host {self.name} has no TUN device")  # pragma: no cover
+
     def underlay_xmit(self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float) -> None:
         self.actions.append(HostPacket(dev.name, IPv4Address(next_hop), pkt))
 

@@ -107,6 +107,7 @@ _II = struct.Struct("!II")
 _HH = struct.Struct("!HH")
 
 _SEEN_REPLY, _SRC_NAT, _DST_NAT = int(Status.SEEN_REPLY), int(Status.SRC_NAT), int(Status.DST_NAT)
+_NAT_BITS = _SRC_NAT | _DST_NAT
 _ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
 _ICMP_QUERIES = frozenset({8, 13, 15, 17})  # may open a connection
 _ICMP_REPLIES = frozenset({0, 14, 16, 18})
@@ -329,22 +330,12 @@ class Netfilter:
     def refresh(self, e: ConntrackEntry, d: int, flags: int, now: float) -> bool:
         """The hooks' work for one more packet of an established, un-NATed flow.
 
-        False, having changed nothing, when the packet needs the full hooks.
+        False, having changed nothing, when the packet needs the full hooks:
+        no rule matches a packet that is not NEW and a connection without a NAT
+        binding is not rewritten, so conntrack's update is all there is to do.
         """
-        if (
-            not e.live
-            or e.expires <= now
-            or not e.status & _SEEN_REPLY
-            or e.status & (_SRC_NAT | _DST_NAT)
-            or e.masq
-        ):
+        if e.status & _NAT_BITS or e.masq or not self.conntrack.refresh_established(e, flags, now):
             return False
-        # a plain ACK (PSH/URG/ECE/CWR allowed) in ESTABLISHED: anything else, a
-        # segment with no ACK included, is for the state table to judge (INVALID...)
-        if e.proto == 6 and ((flags & 0x17) != 0x10 or e.state != TcpState.ESTABLISHED):
-            return False
-        if self.conntrack.update(e, d, flags, now) != TcpVerdict.OK:
-            return False  # cannot happen for a plain ACK in ESTABLISHED; never forward it
         self._left = None
         return True
 

@@ -41,6 +41,7 @@ class FlannelUDP:
         self.own_subnet = own_subnet
         self.port = port
         self._leases: PrefixMap[Lease] = PrefixMap()
+        self.table = self._leases  # read-only use: flows cache a lease per its version
         self.ttl_drops = 0
         self.no_lease = 0
 

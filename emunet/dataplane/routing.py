@@ -53,6 +53,7 @@ class RouteTable:
 
     def __init__(self) -> None:
         self._map: PrefixMap[Route] = PrefixMap()
+        self.prefixes = self._map  # read-only use: flow caches compare its version
 
     @property
     def version(self) -> int:

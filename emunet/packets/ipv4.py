@@ -37,6 +37,7 @@ FLAG_MF = 0x2000
 FRAG_MASK = 0x1FFF
 
 _U16 = struct.Struct("!H")
+_TTL_CSUM = struct.Struct("!HH")  # the TTL/protocol word and the header checksum
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,16 +198,13 @@ def decrement_ttl(buf: bytearray | memoryview, offset: int = 0) -> int:
     can never produce one's-complement +0, so the result always equals a full
     recomputation (the eqn. 2 pitfall of RFC 1624 section 3 does not arise).
     """
-    ttl = buf[offset + 8]
-    if ttl == 0:
+    word: int
+    word, csum = _TTL_CSUM.unpack_from(buf, offset + 8)  # (TTL << 8 | protocol, checksum)
+    if word < 0x100:
         return 0
-    buf[offset + 8] = ttl - 1
-    c = offset + 10
-    total = ((buf[c] << 8 | buf[c + 1]) ^ 0xFFFF) + 0xFEFF
-    total = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
-    buf[c] = total >> 8
-    buf[c + 1] = total & 0xFF
-    return ttl - 1
+    total = (csum ^ 0xFFFF) + 0xFEFF
+    _TTL_CSUM.pack_into(buf, offset + 8, word - 0x100, ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF)
+    return (word >> 8) - 1
 
 
 def decrement_ttl_generic(buf: bytearray | memoryview, offset: int = 0) -> int:

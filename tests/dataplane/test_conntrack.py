@@ -9,11 +9,13 @@ import pytest
 from emunet.dataplane.conntrack import (
     ORIGINAL,
     REPLY,
+    TCP_TRANSITIONS,
     ConntrackTable,
     Status,
     TcpState,
     TcpVerdict,
     format_entry,
+    tcp_flag_class,
 )
 
 C, S = int(IPv4Address("10.244.1.2")), int(IPv4Address("10.244.2.3"))
@@ -156,3 +158,52 @@ def test_flush() -> None:
     assert table.flush(lambda e: e.tuples[0][3] == 1) == 1
     assert len(table) == 1
     assert table.lookup((6, C, S, 1, 80), 0.0) is None
+
+
+def test_ack_keeps_established_in_both_directions() -> None:
+    """refresh_established skips the state table on this fact of the table."""
+    est = TcpState.ESTABLISHED
+    assert TCP_TRANSITIONS[ORIGINAL][tcp_flag_class(ACK)][est] == est
+    assert TCP_TRANSITIONS[REPLY][tcp_flag_class(ACK)][est] == est
+
+
+@pytest.mark.parametrize("proto", [6, 17])
+@pytest.mark.parametrize("flags", [ACK, ACK | 0x08, ACK | FIN, SYN, RST | ACK, 0])
+@pytest.mark.parametrize("replied", [True, False])
+@pytest.mark.parametrize("at", [0.5, 2.5, 200.0])
+def test_refresh_established_is_update_for_what_it_takes(
+    proto: int, flags: int, replied: bool, at: float
+) -> None:
+    """The fast refresh either declines, changing nothing, or does what update does."""
+
+    def entry() -> tuple[ConntrackTable, object]:
+        table = ConntrackTable()
+        if proto == 6:
+            e = open_tcp(table)
+            if replied:
+                table.update(e, REPLY, SYN | ACK, 0.1)
+                table.update(e, ORIGINAL, ACK, 0.2)
+        else:
+            e = table.allocate((17, C, S, 5000, 53), 0.0)
+            assert e is not None and table.start(e, 0, 0.0)
+            table.confirm(e)
+            if replied:
+                table.update(e, REPLY, 0, 0.1)
+        return table, e
+
+    fast_table, fast = entry()
+    slow_table, slow = entry()
+
+    def state(e: object) -> tuple[object, ...]:
+        return (e.state, e.expires, e.status, e.live)  # type: ignore[attr-defined]
+
+    before = state(fast)
+    if fast_table.refresh_established(fast, flags, at):  # type: ignore[arg-type]
+        assert slow_table.update(slow, ORIGINAL, flags, at) == TcpVerdict.OK  # type: ignore[arg-type]
+        assert state(fast) == state(slow)
+        unassured = fast in fast_table._unassured, slow in slow_table._unassured  # type: ignore[attr-defined]
+        assert unassured[0] == unassured[1]
+    else:
+        assert state(fast) == before
+        taken = replied and at < 30.0 and (proto == 17 or flags in (ACK, ACK | 0x08))
+        assert not taken, "a packet the fast refresh should take was declined"

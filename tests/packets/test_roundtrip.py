@@ -636,6 +636,21 @@ def test_decrement_ttl_equals_rebuild_with_ttl_minus_one(
     assert bytes(mv) == want
 
 
+@FAST
+@given(st.binary(min_size=19, max_size=19), st.integers(0, 3), st.booleans())
+def test_header_ok_equals_rfc1071_for_ihl5(rest: bytes, at: int, fix: bool) -> None:
+    """header_ok's 64/64/32-bit remainder test is the one's-complement check."""
+    hdr = bytearray(b"\x45" + rest)
+    if fix:  # half of the cases: a header whose checksum is right
+        hdr[10:12] = b"\x00\x00"
+        hdr[10:12] = checksum.internet_checksum(bytes(hdr)).to_bytes(2, "big")
+    want = reference_ones_sum(bytes(hdr)) == 0xFFFF
+    assert checksum.header_ok(bytes(at) + hdr, at) == want
+    assert checksum.header_ok(memoryview(bytearray(hdr))) == want
+    if fix:
+        assert want
+
+
 def test_decrement_ttl_stops_at_zero() -> None:
     pkt = bytearray(ipv4.build(ipv4.IPv4Header(A, B, 17, ttl=0)))
     before = bytes(pkt)
