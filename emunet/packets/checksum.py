@@ -71,6 +71,8 @@ def header_ok(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
     if hlen != 20:
         return internet_checksum(memoryview(buf)[offset : offset + hlen]) == 0
     a: int
+    b: int
+    c: int
     a, b, c = _HEADER20_WIDE.unpack_from(buf, offset)
     return (a + b + c) % 0xFFFF == 0
 
