@@ -10,6 +10,7 @@ multicast too).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -72,7 +73,11 @@ class Bridge:
         if port in self.ports:
             self.ports.remove(port)
         for mac in [m for m, e in self.fdb.items() if e.port is port]:
-            del self.fdb[mac]
+            self.forget(mac)
+
+    def forget(self, mac: bytes) -> None:
+        """Remove an entry; it ends infinitely old, so a flow holding it sees it is gone."""
+        self.fdb.pop(mac).updated = -math.inf
 
     def input(self, port: Interface | None, frame: bytes | bytearray, now: float) -> None:
         """A frame entering the bridge from ``port`` (``None``: from the bridge device)."""
@@ -139,7 +144,7 @@ class Bridge:
         """Remove entries idle for longer than the ageing time; returns how many."""
         old = [m for m, e in self.fdb.items() if now - e.updated >= self.ageing_time]
         for m in old:
-            del self.fdb[m]
+            self.forget(m)
         return len(old)
 
     def next_expiry(self) -> float | None:

@@ -166,7 +166,7 @@ class Host:
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None:
         raise ConfigError(f"host {self.name} has no TUN device")  # pragma: no cover
 
-    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float) -> bool:
+    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float, pending: int) -> bool:
         raise ConfigError(f"host {self.name} has no TUN device")  # pragma: no cover
 
     def underlay_xmit(self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float) -> None:

@@ -50,6 +50,18 @@ _FLOW_KEY = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports)
 _DST = struct.Struct("!16x4s")
 _HEADER20_WIDE = struct.Struct("!QQI")  # see checksum.header_ok
 _TTL_CSUM = struct.Struct("!HH")  # see ipv4.decrement_ttl
+# k TTL decrements at once: the TTL/protocol word drops by 0x100 * k, so RFC 1624's
+# ~m + m' is 0xFFFF - 0x100 * k; one's-complement addition is associative, so the
+# bytes are those of k single steps (tests/dataplane/test_flow_cache.py)
+TTL_STEPS = tuple((0x100 * k, 0xFFFF - 0x100 * k) for k in range(4))
+
+
+def ttl_sub(pkt: bytearray, k: int) -> None:
+    """``k`` times ``ipv4.decrement_ttl`` (the TTL is at least ``k``), as one update."""
+    step, const = TTL_STEPS[k]
+    word, csum = _TTL_CSUM.unpack_from(pkt, 8)
+    csum = (csum ^ 0xFFFF) + const
+    _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
 _UDP_HDR = struct.Struct("!HHHH")
 
 BROADCAST_IP = b"\xff\xff\xff\xff"
@@ -80,7 +92,7 @@ class NodeContext(Protocol):
 
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None: ...
 
-    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float) -> bool: ...
+    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float, pending: int) -> bool: ...
 
     def underlay_xmit(
         self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float
@@ -292,7 +304,7 @@ class Namespace:
         for a in iface.addresses:
             self.local.pop(a.ip.packed, None)
         for ip in [ip for ip, n in self.neighbours.items() if n.dev is iface]:
-            del self.neighbours[ip]
+            self._forget_neighbour(ip)
 
     def add_address(self, iface: Interface, addr: IPv4Interface, *, connected: bool = True) -> None:
         """``ip addr add``: the address becomes local and its connected route appears."""
@@ -407,7 +419,19 @@ class Namespace:
             self.trace(now, iface.name, "rx", describe(pkt))
         self.ip_rcv(iface, pkt, now)
 
-    def ip_rcv(self, iface: Interface, pkt: bytearray, now: float) -> None:
+    def rx_decapsulated(self, iface: Interface, pkt: bytearray, now: float) -> None:
+        """:meth:`rx_packet` for a packet flanneld writes into flannel0 before its
+        TTL decrement, which is left to :meth:`ip_rcv` (nothing traces or taps
+        flannel0, the TTL is above 1): the flow cache applies it together with
+        FORWARD's, the full path first thing after the header checks (which the
+        TTL does not change), so both give the bytes of the two steps."""
+        iface.rx_packets += 1
+        iface.rx_bytes += len(pkt)
+        self.ip_rcv(iface, pkt, now, 1)
+
+    def ip_rcv(self, iface: Interface, pkt: bytearray, now: float, pending: int = 0) -> None:
+        """``ip_rcv``: header checks, then PREROUTING (or the flow cache), then the
+        routing decision. ``pending``: see :meth:`rx_decapsulated`."""
         n = len(pkt)
         if n < 20:
             self.drop(now, iface, Drop.MALFORMED, f"ipv4: {n} bytes")
@@ -434,6 +458,9 @@ class Namespace:
         nf = self.netfilter
         if nf is not None:
             if a & 0x3FFF:  # MF or offset: nf_defrag reassembles first
+                if pending:
+                    ttl_sub(pkt, pending)
+                    pending = 0
                 whole = self.reassemble(iface, pkt, now)
                 if whole is None:
                     return
@@ -442,9 +469,12 @@ class Namespace:
                 vihl == 0x45
                 and self.flows is not None
                 and not self._tracer.enabled
-                and self._flow_path(iface, pkt, now)
+                and self._flow_path(iface, pkt, now, pending)
             ):
                 return
+        if pending:
+            ttl_sub(pkt, pending)
+        if nf is not None:
             verdict = nf.prerouting(pkt, iface.name, now)
             if verdict != ACCEPT:
                 self._nf_refused(iface, pkt, verdict, now)
@@ -462,9 +492,12 @@ class Namespace:
     # limits, a changed route, neighbour or FDB entry, a FIN/RST/SYN, an
     # expired or NATed conntrack entry) sends the packet down the full path.
 
-    def _flow_path(self, iface: Interface, pkt: bytearray, now: float) -> bool:
-        """True when the packet was forwarded by the flow cache or the fast hooks.
+    def _flow_path(self, iface: Interface, pkt: bytearray, now: float, pending: int) -> bool:
+        """True when the packet was forwarded by the flow cache or the fast hooks;
+        False, having changed nothing, when it takes the full path.
 
+        ``pending``: TTL decrements still owed by an earlier hop (flanneld's, see
+        :meth:`rx_decapsulated`), applied with FORWARD's as one RFC 1624 update.
         One function on purpose: every packet of an established flow runs it,
         and each call saved is a measurable share of the whole path.
         """
@@ -490,7 +523,7 @@ class Namespace:
             dev = flow.dev
             if not (
                 flow.rmap.version == flow.version
-                and pkt[8] > flow.ttl_min
+                and pkt[8] > flow.ttl_min + pending
                 and size <= dev.mtu
                 and dev.up
                 and not dev.taps
@@ -508,12 +541,14 @@ class Namespace:
                 return False
             flow = self._flow_new(ct, nf.fast_dir, dst)
             if flow is None or not (
-                pkt[8] > flow.ttl_min
+                pkt[8] > flow.ttl_min + pending
                 and size <= flow.dev.mtu
                 and flow.dev.up
                 and not flow.dev.taps
                 and (flow.neigh is None or self._flow_l2_ok(flow, now))
             ):
+                if pending:
+                    ttl_sub(pkt, pending)
                 self.forward(iface, pkt, now, established=True)
                 return True
             if len(flows) >= FLOW_CACHE_MAX:
@@ -521,12 +556,13 @@ class Namespace:
             flows[key] = flow
             dev = flow.dev
         n = flow.neigh
-        if n is None and self.node.tun_flow_xmit(flow, pkt, now):
-            return True  # flannel0 and flanneld: both TTL decrements, lease, sendto
-        # FORWARD's TTL decrement (ipv4.decrement_ttl inlined: the TTL is above 1)
+        if n is None and self.node.tun_flow_xmit(flow, pkt, now, pending):
+            return True  # flannel0 and flanneld: the TTL decrements, lease, sendto
+        # FORWARD's TTL decrement and those pending, as one update (ttl_sub inlined)
+        step, const = TTL_STEPS[1 + pending]
         word, csum = _TTL_CSUM.unpack_from(pkt, 8)
-        csum = (csum ^ 0xFFFF) + 0xFEFF
-        _TTL_CSUM.pack_into(pkt, 8, word - 0x100, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
+        csum = (csum ^ 0xFFFF) + const
+        _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
         dev.tx_packets += 1
         if n is None:
             dev.tx_bytes += size
@@ -572,7 +608,12 @@ class Namespace:
 
     def _flow_l2_ok(self, flow: _Flow, now: float) -> bool:
         """The neighbour and the FDB entry a cni0 flow replays are still the ones
-        the full path would use (and the ports on the way are up, untapped)."""
+        the full path would use (and the ports on the way are up, untapped).
+
+        A removed neighbour ends FAILED (:meth:`_forget_neighbour`) and a removed
+        FDB entry ends infinitely old (:meth:`Bridge.forget`), so the objects the
+        flow holds tell, without looking them up again.
+        """
         n = flow.neigh
         entry = flow.fdb
         port = flow.port
@@ -583,10 +624,8 @@ class Namespace:
         return (
             n.mac == flow.mac
             and n.state in _USABLE
-            and self.neighbours.get(n.ip) is n
             and entry.port is port
             and now - entry.updated < bridge.ageing_time
-            and bridge.fdb.get(flow.mac) is entry
             and port.up
             and not port.taps
             and peer.up
@@ -817,8 +856,12 @@ class Namespace:
     def _neigh_gc(self) -> bool:
         """Forget FAILED and STALE entries (forced GC at gc_thresh3); True if room."""
         for ip in [ip for ip, n in self.neighbours.items() if n.state in ("STALE", "DELAY")]:
-            del self.neighbours[ip]
+            self._forget_neighbour(ip)
         return len(self.neighbours) < NEIGH_GC_THRESH3
+
+    def _forget_neighbour(self, ip: bytes) -> None:
+        """Remove an entry; it ends FAILED, so a flow that cached it sees it is gone."""
+        self.neighbours.pop(ip).state = "FAILED"
 
     def _source_for(self, dev: Interface, target: bytes) -> IPv4Address:
         t = IPv4Address(target)
@@ -1383,7 +1426,8 @@ class Namespace:
         self.tcp_listeners.clear()
         self._tcp_owned.clear()
         self._bound.clear()
-        self.neighbours.clear()
+        for ip in list(self.neighbours):
+            self._forget_neighbour(ip)
         self._frags.clear()
         self._frag_bytes = 0
 
@@ -1408,9 +1452,8 @@ class Namespace:
         for n in list(self.neighbours.values()):
             if n.state == "INCOMPLETE" and now >= n.updated + ARP_RETRANS:
                 if n.probes >= ARP_RETRIES:
-                    n.state = "FAILED"
                     queued, n.queue = list(n.queue), deque()
-                    del self.neighbours[n.ip]
+                    self._forget_neighbour(n.ip)
                     self.drop(now, n.dev, Drop.ARP_TIMEOUT, str(IPv4Address(n.ip)))
                     for pkt in queued:
                         self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.HOST_UNREACH, now)
@@ -1418,7 +1461,7 @@ class Namespace:
                     self._arp_request(n.dev, n.ip, now)
             elif n.state in ("DELAY", "PROBE") and now >= n.probe_at:
                 if n.state == "PROBE" and n.probes >= ARP_RETRIES:
-                    del self.neighbours[n.ip]  # FAILED: the next packet resolves anew
+                    self._forget_neighbour(n.ip)  # FAILED: the next packet resolves anew
                     self.drop(now, n.dev, Drop.ARP_TIMEOUT, f"{IPv4Address(n.ip)} (probe)")
                     continue
                 if n.state == "DELAY":

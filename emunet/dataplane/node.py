@@ -39,7 +39,7 @@ from emunet.dataplane.actions import Action, OverlayDatagram, UnderlayPacket
 from emunet.dataplane.bridge import DEFAULT_AGEING, Bridge
 from emunet.dataplane.interfaces import BRIDGE, DUMMY, TUN, UNDERLAY, VETH, Interface
 from emunet.dataplane.netfilter import Netfilter, Verdict
-from emunet.dataplane.netns import Namespace, describe, fragment
+from emunet.dataplane.netns import TTL_STEPS, Namespace, describe, fragment, ttl_sub
 from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError
@@ -386,15 +386,16 @@ class Node:
                 tap(now, outer)
         self.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
 
-    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float) -> bool:
+    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float, pending: int) -> bool:
         """flannel0's transmit and flanneld's ``tun_to_udp`` for a packet of a cached
-        flow (not traced), handed over *before* FORWARD's TTL decrement, its TTL
-        above 2; False, having changed nothing, when :meth:`tun_xmit` must judge it.
+        flow (not traced), handed over *before* FORWARD's TTL decrement (and
+        ``pending`` earlier ones), its TTL above ``2 + pending``; False, having
+        changed nothing, when :meth:`tun_xmit` must judge it.
 
-        The lease is looked up once per version of flanneld's table. The two TTL
-        decrements (FORWARD's, flanneld's) are one RFC 1624 update by 2: one's-
-        complement addition is associative, so the bytes are those of two steps
-        (``tests/packets`` checks every checksum).
+        The lease is looked up once per version of flanneld's table. The TTL
+        decrements (FORWARD's, flanneld's, those pending) are one RFC 1624 update
+        (:func:`netns.ttl_sub`; ``tests/dataplane/test_flow_cache.py`` checks
+        every checksum).
         """
         leases = self._leases
         if flow.lver != leases.version:
@@ -404,9 +405,10 @@ class Node:
         eth0 = self.eth0
         if lease is None or eth0.taps:
             return False
+        step, const = TTL_STEPS[2 + pending]
         word, csum = _TTL_CSUM.unpack_from(pkt, 8)
-        csum = (csum ^ 0xFFFF) + 0xFDFF  # ~m + m' for m' = m - 0x200
-        _TTL_CSUM.pack_into(pkt, 8, word - 0x200, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
+        csum = (csum ^ 0xFFFF) + const
+        _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
         size = len(pkt)
         dev = flow.dev
         dev.tx_packets += 1
@@ -474,7 +476,7 @@ class Node:
                 f"{self.flannel.port} len {len(pkt)} (flannel udp)",
             )
             self.root.trace(now, "flannel0", "decapsulate", f"udp from {src[0]}:{src[1]}")
-        # flannel's decrement_ttl (ipv4.decrement_ttl inlined): discard at zero
+        # flannel's decrement_ttl: discard at zero
         word, csum = _TTL_CSUM.unpack_from(pkt, 8)
         if word < 0x200:
             self.flannel.ttl_drops += 1
@@ -485,9 +487,13 @@ class Node:
                 describe(pkt) if self.tracer.enabled else "",
             )
             return
-        csum = (csum ^ 0xFFFF) + 0xFEFF
-        _TTL_CSUM.pack_into(pkt, 8, word - 0x100, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
-        self.run(self.root.rx_packet, self.flannel0, pkt, now)
+        root = self.root
+        if root.flows is not None and not self.tracer.enabled and not self.flannel0.taps:
+            # the decrement is left to the root's receive, to be done with FORWARD's
+            self.run(root.rx_decapsulated, self.flannel0, pkt, now)
+            return
+        ttl_sub(pkt, 1)
+        self.run(root.rx_packet, self.flannel0, pkt, now)
 
     def underlay_received(self, packet: bytes | bytearray, now: float) -> None:
         """An IPv4 packet arrived on eth0 from the node network (not the overlay)."""

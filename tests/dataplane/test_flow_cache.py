@@ -86,45 +86,65 @@ def test_flow_cache_changes_nothing_observable() -> None:
         assert fast[key] == slow[key], key
 
 
-def test_cached_egress_bytes_equal_the_full_paths_for_every_checksum() -> None:
-    """flannel0 flows apply FORWARD's and flanneld's TTL decrements as one RFC 1624
-    update by 2: the datagram must be byte for byte what two single steps give,
-    whatever the checksum (65536 IP ids cover every value)."""
-    from emunet.dataplane.actions import OverlayDatagram
+def one_pod_node() -> tuple[Any, Any, Any]:
     from emunet.dataplane.node import Node
-    from emunet.packets import ethernet, ipv4, udp
 
     node = Node("node1", "172.18.0.2", "10.244.1.0/24", gateway="172.18.0.1", seed=1)
     node.set_lease("10.244.2.0/24", "172.18.0.3")
     pod = node.add_pod("p")
     sock = pod.netns.udp_socket()
     sock.bind(port=5000)
-    remote = IPv4Address("10.244.2.7")
-    assert node.cni0.mac is not None
+    return node, pod, sock
 
-    def frame(ident: int) -> bytes:
-        seg = udp.build_fast(5000, 6000, b"x" * 8, pod.ip.packed, remote.packed)
-        pkt = ipv4.build(ipv4.IPv4Header(pod.ip, remote, 17, ttl=64, identification=ident), seg)
-        return ethernet.frame(node.cni0.mac, pod.mac, 0x0800, pkt)  # type: ignore[arg-type]
 
-    def egress(ident: int) -> OverlayDatagram:
-        pod.netns.l2_xmit(pod.eth0, frame(ident), 1.0)
-        (action,) = node.take_actions()
-        assert isinstance(action, OverlayDatagram)
-        return action
+REMOTE = IPv4Address("10.244.2.7")
 
-    egress(0)
-    rseg = udp.build_fast(6000, 5000, b"r", remote.packed, pod.ip.packed)
-    node.overlay_received(
-        ("172.18.0.3", 8285), ipv4.build_fast(remote.packed, pod.ip.packed, 17, rseg, ttl=62), 1.0
-    )
-    node.take_actions()
-    assert sock.recvfrom() is not None  # the reply: conntrack saw both ways
-    assert node.root.flows is not None
+
+def egress_frame(node: Any, pod: Any, ident: int) -> bytes:
+    from emunet.packets import ethernet, ipv4, udp
+
+    seg = udp.build_fast(5000, 6000, b"x" * 8, pod.ip.packed, REMOTE.packed)
+    pkt = ipv4.build(ipv4.IPv4Header(pod.ip, REMOTE, 17, ttl=64, identification=ident), seg)
+    return ethernet.frame(node.cni0.mac, pod.mac, 0x0800, pkt)
+
+
+def ingress_packet(pod: Any, ident: int) -> bytes:
+    from emunet.packets import ipv4, udp
+
+    seg = udp.build_fast(6000, 5000, b"r", REMOTE.packed, pod.ip.packed)
+    return ipv4.build(ipv4.IPv4Header(REMOTE, pod.ip, 17, ttl=62, identification=ident), seg)
+
+
+def test_cached_flows_give_the_full_paths_bytes_for_every_checksum() -> None:
+    """A cached flow applies several TTL decrements as one RFC 1624 update (egress:
+    FORWARD's and flanneld's; ingress: flanneld's and FORWARD's): the packets must
+    be byte for byte what single steps give, whatever the checksum (65536 IP ids
+    cover every value), both ways."""
+    from emunet.dataplane.actions import OverlayDatagram
+    from emunet.packets import ipv4
+
+    node, pod, sock = one_pod_node()
+    got: list[bytes] = []
+    rx = pod.netns.rx_frame
+
+    def pod_rx(iface: Any, frame: bytes, now: float) -> None:
+        got.append(bytes(frame))
+        rx(iface, frame, now)
+
+    pod.netns.rx_frame = pod_rx
     for ident in range(0x10000):
-        sent = egress(ident)
-        want = bytearray(frame(ident)[14:])
+        pod.netns.l2_xmit(pod.eth0, egress_frame(node, pod, ident), 1.0)
+        (sent,) = node.take_actions()
+        assert isinstance(sent, OverlayDatagram)
+        want = bytearray(egress_frame(node, pod, ident)[14:])
         ipv4.decrement_ttl(want)  # FORWARD
         ipv4.decrement_ttl(want)  # flanneld
         assert sent.payload == want, ident
-    assert len(node.root.flows) == 1 and not node.drops()
+        node.overlay_received(("172.18.0.3", 8285), ingress_packet(pod, ident), 1.0)
+        node.take_actions()
+        want = bytearray(ingress_packet(pod, ident))
+        ipv4.decrement_ttl(want)  # flanneld
+        ipv4.decrement_ttl(want)  # FORWARD
+        assert got.pop()[14:] == want, ident
+        assert sock.recvfrom() is not None
+    assert node.root.flows is not None and len(node.root.flows) == 2 and not node.drops()
