@@ -62,6 +62,8 @@ def ttl_sub(pkt: bytearray, k: int) -> None:
     word, csum = _TTL_CSUM.unpack_from(pkt, 8)
     csum = (csum ^ 0xFFFF) + const
     _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
+
+
 _UDP_HDR = struct.Struct("!HHHH")
 
 BROADCAST_IP = b"\xff\xff\xff\xff"

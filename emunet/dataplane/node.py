@@ -476,9 +476,7 @@ class Node:
                 f"{self.flannel.port} len {len(pkt)} (flannel udp)",
             )
             self.root.trace(now, "flannel0", "decapsulate", f"udp from {src[0]}:{src[1]}")
-        # flannel's decrement_ttl: discard at zero
-        word, csum = _TTL_CSUM.unpack_from(pkt, 8)
-        if word < 0x200:
+        if pkt[8] <= 1:  # flannel's decrement_ttl would reach zero: discard
             self.flannel.ttl_drops += 1
             self.root.drop(
                 now,
