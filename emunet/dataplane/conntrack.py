@@ -114,6 +114,7 @@ _SEEN_REPLY, _ASSURED, _CONFIRMED = (
     int(Status.CONFIRMED),
 )
 _SRC_NAT, _DST_NAT = int(Status.SRC_NAT), int(Status.DST_NAT)
+_FAST_STATUS = _SEEN_REPLY | _SRC_NAT | _DST_NAT
 
 # --- the TCP state machine (Linux nf_conntrack_proto_tcp.c, tcp_conntracks) ---
 # Flag classes, in Linux's order of precedence: RST, SYN(+ACK), FIN, ACK, none.
@@ -436,15 +437,21 @@ class ConntrackTable:
         return TcpVerdict.OK
 
     def refresh_established(self, e: ConntrackEntry, flags: int, now: float) -> bool:
-        """:meth:`update` for a packet of a live UDP flow that has seen its reply,
-        or a plain ACK (PSH/URG/ECE/CWR allowed) of an ESTABLISHED TCP one; False,
-        having changed nothing, for anything else (the state table judges it).
+        """:meth:`update` for a packet of a live, un-NATed UDP flow that has seen its
+        reply, or a plain ACK (PSH/URG/ECE/CWR allowed) of such an ESTABLISHED TCP
+        one; False, having changed nothing, for anything else (the state table
+        judges it, the NAT rewrites it).
 
         The same outcome as :meth:`update` (checked at import: an ACK keeps
         ESTABLISHED in both directions), without its general case analysis:
         this runs for every packet of every cached flow.
         """
-        if not e.live or e.expires <= now or not e.status & _SEEN_REPLY:
+        if (
+            not e.live
+            or e.expires <= now
+            or e.status & _FAST_STATUS != _SEEN_REPLY  # replied, not NATed
+            or e.masq
+        ):
             return False
         proto = e.proto
         if proto == 17:

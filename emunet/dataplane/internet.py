@@ -136,6 +136,7 @@ class Host:
         self.actions: list[HostPacket] = []
         self.segments: dict[str, str] = {}  # interface -> segment
         self._queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self.queue = self._queue
         self._running = False
         self._ident = self.rng.randrange(0x10000)
         self.netns = Namespace(self, "root", ip_forward=ip_forward)
@@ -342,6 +343,7 @@ class GatewayNAT:
         self.conntrack = ConntrackTable(conntrack_max, DEFAULT_TIMEOUTS)
         self.last_reject: tuple[int, int] | None = None
         self.last_drop: Any = None
+        self.left: Any = None  # NetfilterHooks: unused here (no flow cache on a gateway)
         self.vips: dict[tuple[int, int, int], LoadBalancerTarget] = {}
         self._inet = int(inside.network_address)
         self._imask = int(inside.netmask)

@@ -198,7 +198,9 @@ class Netfilter:
         self._inner = -1  # offset of the quoted packet of a RELATED ICMP error
         self._src = 0
         self._sport = 0
-        self._left: bytearray | None = None  # the last packet out of postrouting
+        # the last packet out of POSTROUTING: if it loops back to a local address it
+        # keeps its conntrack entry; any other packet entering the hooks forgets it
+        self.left: bytearray | None = None
         self.fast_dir = ORIGINAL  # direction of the last fast_forward hit
         self._left_ct: ConntrackEntry | None = None
 
@@ -332,11 +334,14 @@ class Netfilter:
 
         False, having changed nothing, when the packet needs the full hooks:
         no rule matches a packet that is not NEW and a connection without a NAT
-        binding is not rewritten, so conntrack's update is all there is to do.
+        binding is not rewritten, so conntrack's update is all there is to do
+        (:meth:`ConntrackTable.refresh_established`), and forgetting :attr:`left`
+        as any packet entering the hooks does. A flow cache may do these two
+        itself.
         """
-        if e.status & _NAT_BITS or e.masq or not self.conntrack.refresh_established(e, flags, now):
+        if not self.conntrack.refresh_established(e, flags, now):
             return False
-        self._left = None
+        self.left = None
         return True
 
     def input(self, pkt: bytearray, in_iface: str, now: float) -> Verdict:
@@ -382,13 +387,13 @@ class Netfilter:
     # --- internals: entering the stack --------------------------------------
 
     def _enter(self, pkt: bytearray, iface: str, now: float) -> Verdict:
-        if pkt is self._left and self._left_ct is not None and self._left_ct.live:
+        if pkt is self.left and self._left_ct is not None and self._left_ct.live:
             # looped back to a local address: the packet keeps its conntrack
             self._skb, self._ct, self._inner = pkt, self._left_ct, -1
-            self._left = None
+            self.left = None
             self._state = CtState.ESTABLISHED
             return Verdict.ACCEPT
-        self._left = None
+        self.left = None
         ct = self._ct
         if ct is not None and not ct.live:
             self.conntrack.discard(ct)  # the previous packet never left
@@ -765,7 +770,7 @@ class Netfilter:
                 self._trace_manip(now, iface, what, e.tuples[d], other)
         self._skb = None
         if out is not None:
-            self._left, self._left_ct = pkt, e
+            self.left, self._left_ct = pkt, e
         return Verdict.ACCEPT
 
     def _nat_postrouting(

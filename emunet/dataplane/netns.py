@@ -21,6 +21,7 @@ place (TTL, NAT). Malformed input is counted and dropped with a reason.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +51,7 @@ _FLOW_KEY = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports)
 _DST = struct.Struct("!16x4s")
 _HEADER20_WIDE = struct.Struct("!QQI")  # see checksum.header_ok
 _TTL_CSUM = struct.Struct("!HH")  # see ipv4.decrement_ttl
+_FORGOTTEN = -math.inf  # the time of a removed FDB entry (Bridge.forget)
 # k TTL decrements at once: the TTL/protocol word drops by 0x100 * k, so RFC 1624's
 # ~m + m' is 0xFFFF - 0x100 * k; one's-complement addition is associative, so the
 # bytes are those of k single steps (tests/dataplane/test_flow_cache.py)
@@ -92,6 +94,9 @@ class NodeContext(Protocol):
 
     def enqueue(self, fn: Callable[..., None], *args: Any) -> None: ...
 
+    # the queue itself: ``queue.append((fn, args))`` is ``enqueue(fn, *args)``
+    queue: deque[tuple[Callable[..., None], tuple[Any, ...]]]
+
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None: ...
 
     def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float, pending: int) -> bool: ...
@@ -112,6 +117,8 @@ class NetfilterHooks(Protocol):
 
     last_reject: tuple[int, int] | None
     last_drop: Any
+    left: Any
+    conntrack: Any
 
     def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
 
@@ -183,6 +190,7 @@ class _Flow:
         "neigh",
         "peer",
         "port",
+        "refresh",
         "rmap",
         "route",
         "ttl_min",
@@ -209,6 +217,11 @@ class _Flow:
         self.header = b""
         self.lease: Any = None
         self.lver = -1
+        self.refresh: Callable[[Any, int, float], bool] = _never
+
+
+def _never(*_: Any) -> bool:
+    return False
 
 
 class _Reassembly:
@@ -279,9 +292,12 @@ class Namespace:
         self._frags: dict[tuple[bytes, bytes, int, int], _Reassembly] = {}
         self._addr_cache: dict[bytes, IPv4Address] = {}
         self._broadcasts: set[bytes] = set()  # directed broadcasts of our subnets
+        # Ethernet headers of frames bridged up to this namespace: their FDB entry
+        self._up_headers: dict[bytes, FdbEntry] = {}
         self._frag_bytes = 0
         self._next_ifindex = 1
         self._tracer = node.tracer
+        self._queue_append = node.queue.append
         self.drops: dict[str, int] = {}
         lo = self.add_interface("lo", LOOPBACK, mtu=65536)
         self.add_address(lo, IPv4Interface("127.0.0.1/8"))
@@ -530,10 +546,12 @@ class Namespace:
                 and dev.up
                 and not dev.taps
                 and (flow.neigh is None or self._flow_l2_ok(flow, now))
-                and nf.refresh(flow.ct, flow.dir, flags, now)
+                and flow.refresh(flow.ct, flags, now)  # netfilter's refresh, in two
             ):
                 del flows[key]
                 flow = None
+            else:
+                nf.left = None
         if flow is None:
             dst = _DST.unpack_from(pkt)[0]
             if dst in self.local:
@@ -580,7 +598,7 @@ class Namespace:
         assert port is not None and peer is not None
         port.tx_packets += 1
         port.tx_bytes += size
-        self.node.enqueue(peer.netns.rx_frame, peer, frame, now)
+        self._queue_append((peer.netns.rx_frame, (peer, frame, now)))  # enqueue
         return True
 
     def _flow_new(self, ct: Any, direction: int, dst: bytes) -> _Flow | None:
@@ -590,6 +608,8 @@ class Namespace:
         dev = route.dev
         rmap = self.routes.prefixes
         flow = _Flow(ct, direction, route, rmap, dst)
+        assert self.netfilter is not None
+        flow.refresh = self.netfilter.conntrack.refresh_established
         if dev.kind == TUN:
             flow.ttl_min = 2  # flanneld decrements again and discards at zero
             return flow
@@ -747,10 +767,10 @@ class Namespace:
             if peer is None or not dev.up or not peer.up:
                 self.drop(now, dev, Drop.LINK_DOWN, dev.name)
                 return
-            if peer.master is not None:
-                self.node.enqueue(peer.netns.bridge_port_rx, peer, frame, now)
+            if peer.master is not None:  # enqueue, without the call
+                self._queue_append((peer.netns.bridge_port_rx, (peer, frame, now)))
             else:
-                self.node.enqueue(peer.netns.rx_frame, peer, frame, now)
+                self._queue_append((peer.netns.rx_frame, (peer, frame, now)))
         elif dev.kind == BRIDGE:
             assert dev.bridge is not None
             dev.bridge.input(None, frame, now)
@@ -770,20 +790,22 @@ class Namespace:
         bridge = dev.bridge
         if self._tracer.enabled:
             self.trace(now, port.name, "rx", f"bridge port of {dev.name}")
-        elif (
-            self.flows is not None
-            and not dev.taps
-            and type(frame) is bytes
-            and frame[12:14] == b"\x08\x00"
-            and frame[:6] == dev.mac
-        ):
+        elif self.flows is not None and not dev.taps and type(frame) is bytes:
             # The common case of a pod's packet for the root namespace (a route via
             # the gateway), in short: an IPv4 frame to the bridge device's own MAC
             # from a source the bridge has learned on this very port. What
             # Bridge.input (refresh the entry, hand the frame up) and rx_frame
-            # (count, strip the header) would do with it.
-            entry = bridge.fdb.get(frame[6:12])
-            if entry is not None and entry.port is port:
+            # (count, strip the header) would do with it. Such headers are kept
+            # with their FDB entry, alive (not forgotten) and still on this port.
+            header = frame[:14]
+            entry = self._up_headers.get(header)
+            if entry is None and header[12:] == b"\x08\x00" and header[:6] == dev.mac:
+                entry = bridge.fdb.get(header[6:12])
+                if entry is not None:
+                    if len(self._up_headers) >= 4096:
+                        self._up_headers.clear()
+                    self._up_headers[header] = entry
+            if entry is not None and entry.port is port and entry.updated != _FORGOTTEN:
                 entry.updated = now
                 dev.rx_packets += 1
                 dev.rx_bytes += len(frame)

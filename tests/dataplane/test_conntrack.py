@@ -207,3 +207,21 @@ def test_refresh_established_is_update_for_what_it_takes(
         assert state(fast) == before
         taken = replied and at < 30.0 and (proto == 17 or flags in (ACK, ACK | 0x08))
         assert not taken, "a packet the fast refresh should take was declined"
+
+
+@pytest.mark.parametrize("nat", ["src", "dst", "masq"])
+def test_refresh_established_declines_natted_flows(nat: str) -> None:
+    """A NATed connection is rewritten by the hooks: never refreshed past them."""
+    table = ConntrackTable()
+    e = table.allocate((17, C, S, 5000, 53), 0.0)
+    assert e is not None and table.start(e, 0, 0.0)
+    table.confirm(e)
+    table.update(e, REPLY, 0, 0.1)
+    assert table.refresh_established(e, 0, 0.2)
+    if nat == "masq":
+        e.masq = True
+    else:
+        e.status |= Status.SRC_NAT if nat == "src" else Status.DST_NAT
+    before = (e.expires, e.status)
+    assert not table.refresh_established(e, 0, 5.0)
+    assert (e.expires, e.status) == before
