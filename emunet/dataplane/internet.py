@@ -73,6 +73,7 @@ from emunet.dataplane.conntrack import (
     TcpVerdict,
 )
 from emunet.dataplane.interfaces import UNDERLAY, Interface
+from emunet.dataplane.lpm import PrefixMap
 from emunet.dataplane.netns import ACCEPT, NF_DROP, Namespace
 from emunet.dataplane.tcp import TCPConnection, TCPListener
 from emunet.dataplane.trace import Drop, Tracer
@@ -167,7 +168,7 @@ class Host:
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None:
         raise ConfigError(f"host {self.name} has no TUN device")  # pragma: no cover
 
-    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float, pending: int) -> bool:
+    def tun_flow_target(self) -> tuple[PrefixMap[Any], Interface | None]:
         raise ConfigError(f"host {self.name} has no TUN device")  # pragma: no cover
 
     def underlay_xmit(self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float) -> None:

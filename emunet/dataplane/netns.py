@@ -28,8 +28,10 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any, Protocol
 
+from emunet.dataplane.actions import OverlayDatagram
 from emunet.dataplane.interfaces import BRIDGE, LOOPBACK, TUN, UNDERLAY, VETH, Interface
 from emunet.dataplane.lpm import PrefixMap
+from emunet.dataplane.overlay import OVERHEAD as OVERLAY_OVERHEAD
 from emunet.dataplane.routing import SCOPE_HOST, SCOPE_LINK, Route, RouteTable
 from emunet.dataplane.sockets import ANY, PingSocket, SocketErrorEvent, UDPSocket, errno_for
 from emunet.dataplane.trace import Drop, Tracer
@@ -51,6 +53,7 @@ _FLOW_KEY = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports)
 _DST = struct.Struct("!16x4s")
 _HEADER20_WIDE = struct.Struct("!QQI")  # see checksum.header_ok
 _TTL_CSUM = struct.Struct("!HH")  # see ipv4.decrement_ttl
+_new_tuple = tuple.__new__
 _FORGOTTEN = -math.inf  # the time of a removed FDB entry (Bridge.forget)
 # k TTL decrements at once: the TTL/protocol word drops by 0x100 * k, so RFC 1624's
 # ~m + m' is 0xFFFF - 0x100 * k; one's-complement addition is associative, so the
@@ -99,7 +102,11 @@ class NodeContext(Protocol):
 
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None: ...
 
-    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float, pending: int) -> bool: ...
+    actions: list[Any]
+
+    def tun_flow_target(self) -> tuple[PrefixMap[Any], Interface | None]:
+        """flanneld's lease table and the interface its datagrams leave by."""
+        ...
 
     def underlay_xmit(
         self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float
@@ -185,9 +192,11 @@ class _Flow:
         "fdb",
         "header",
         "lease",
+        "lmap",
         "lver",
         "mac",
         "neigh",
+        "out",
         "peer",
         "port",
         "refresh",
@@ -216,7 +225,9 @@ class _Flow:
         self.bridge: Bridge | None = None
         self.header = b""
         self.lease: Any = None
+        self.lmap: PrefixMap[Any] = rmap
         self.lver = -1
+        self.out: Interface | None = None
         self.refresh: Callable[[Any, int, float], bool] = _never
 
 
@@ -576,8 +587,27 @@ class Namespace:
             flows[key] = flow
             dev = flow.dev
         n = flow.neigh
-        if n is None and self.node.tun_flow_xmit(flow, pkt, now, pending):
-            return True  # flannel0 and flanneld: the TTL decrements, lease, sendto
+        if n is None:
+            # flannel0 and flanneld's tun_to_udp, replayed: the lease (looked up once
+            # per version of flanneld's table), the TTL decrements (FORWARD's,
+            # flanneld's, those pending) as one update, the node's eth0, the send
+            leases = flow.lmap
+            if flow.lver != leases.version:
+                flow.lease = leases.lookup(flow.dst)
+                flow.lver = leases.version
+            lease = flow.lease
+            eth0 = flow.out
+            if lease is not None and eth0 is not None and not eth0.taps:
+                step, const = TTL_STEPS[2 + pending]
+                word, csum = _TTL_CSUM.unpack_from(pkt, 8)
+                csum = (csum ^ 0xFFFF) + const
+                _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
+                dev.tx_packets += 1
+                dev.tx_bytes += size
+                eth0.tx_packets += 1
+                eth0.tx_bytes += size + OVERLAY_OVERHEAD
+                self.node.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
+                return True
         # FORWARD's TTL decrement and those pending, as one update (ttl_sub inlined)
         step, const = TTL_STEPS[1 + pending]
         word, csum = _TTL_CSUM.unpack_from(pkt, 8)
@@ -612,6 +642,7 @@ class Namespace:
         flow.refresh = self.netfilter.conntrack.refresh_established
         if dev.kind == TUN:
             flow.ttl_min = 2  # flanneld decrements again and discards at zero
+            flow.lmap, flow.out = self.node.tun_flow_target()
             return flow
         if dev.kind != BRIDGE or dev.bridge is None:
             return None
@@ -809,7 +840,9 @@ class Namespace:
                 entry.updated = now
                 dev.rx_packets += 1
                 dev.rx_bytes += len(frame)
-                self.ip_rcv(dev, bytearray(frame[14:]), now)
+                pkt = bytearray(frame)
+                del pkt[:14]  # one copy: a bytearray drops its head in place
+                self.ip_rcv(dev, pkt, now)
                 return
         bridge.input(port, frame, now)
 

@@ -38,9 +38,10 @@ from emunet.cluster.kubeproxy import EndpointsMap, Service
 from emunet.dataplane.actions import Action, OverlayDatagram, UnderlayPacket
 from emunet.dataplane.bridge import DEFAULT_AGEING, Bridge
 from emunet.dataplane.interfaces import BRIDGE, DUMMY, TUN, UNDERLAY, VETH, Interface
+from emunet.dataplane.lpm import PrefixMap
 from emunet.dataplane.netfilter import Netfilter, Verdict
-from emunet.dataplane.netns import TTL_STEPS, Namespace, describe, fragment, ttl_sub
-from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP
+from emunet.dataplane.netns import Namespace, describe, fragment, ttl_sub
+from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP, Lease
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError
 from emunet.packets import arp, ethernet, icmp, ipv4, udp
@@ -142,7 +143,6 @@ class Node:
         root.add_address(self.cni0, IPv4Interface(f"{self.gateway_ip}/{self.subnet.prefixlen}"))
         # flannel0: TUN with the subnet's network address as /32, the Network routed to it
         self.flannel = FlannelUDP(self.subnet, flannel_port)
-        self._leases = self.flannel.table  # flanneld's lease table (flows cache lookups)
         self.flannel0 = root.add_interface("flannel0", TUN, mtu=underlay_mtu - OVERHEAD)
         root.add_address(self.flannel0, IPv4Interface(f"{self.subnet.network_address}/32"))
         root.add_route(self.network, self.flannel0)
@@ -397,37 +397,10 @@ class Node:
                 tap(now, outer)
         self.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
 
-    def tun_flow_xmit(self, flow: Any, pkt: bytearray, now: float, pending: int) -> bool:
-        """flannel0's transmit and flanneld's ``tun_to_udp`` for a packet of a cached
-        flow (not traced), handed over *before* FORWARD's TTL decrement (and
-        ``pending`` earlier ones), its TTL above ``2 + pending``; False, having
-        changed nothing, when :meth:`tun_xmit` must judge it.
-
-        The lease is looked up once per version of flanneld's table. The TTL
-        decrements (FORWARD's, flanneld's, those pending) are one RFC 1624 update
-        (:func:`netns.ttl_sub`; ``tests/dataplane/test_flow_cache.py`` checks
-        every checksum).
-        """
-        leases = self._leases
-        if flow.lver != leases.version:
-            flow.lease = leases.lookup(flow.dst)
-            flow.lver = leases.version
-        lease = flow.lease
-        eth0 = self.eth0
-        if lease is None or eth0.taps:
-            return False
-        step, const = TTL_STEPS[2 + pending]
-        word, csum = _TTL_CSUM.unpack_from(pkt, 8)
-        csum = (csum ^ 0xFFFF) + const
-        _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
-        size = len(pkt)
-        dev = flow.dev
-        dev.tx_packets += 1
-        dev.tx_bytes += size
-        eth0.tx_packets += 1
-        eth0.tx_bytes += size + OVERHEAD
-        self.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
-        return True
+    def tun_flow_target(self) -> tuple[PrefixMap[Lease], Interface]:
+        """For the flow cache's replay of :meth:`tun_xmit`: flanneld's lease table
+        (a flow keeps its lease per version of it) and eth0."""
+        return self.flannel.table, self.eth0
 
     def _flannel_unreachable(self, pkt: bytearray, now: float) -> None:
         """flanneld's ``send_net_unreachable``: never about any ICMP packet (not only
