@@ -2,12 +2,14 @@
 
 Two paths of an established UDP flow, 64 B and 1400 B payloads:
 
-* egress: pod eth0 -> veth -> cni0 (to its own MAC) -> root ip_rcv ->
-  conntrack/PREROUTING -> route 10.244.0.0/16 dev flannel0 -> FORWARD, TTL ->
-  POSTROUTING -> flanneld's tun_to_udp (TTL, lease lookup) -> OverlayDatagram;
+* egress: pod eth0 -> veth (the node's queue) -> cni0 (to its own MAC: FDB
+  refresh) -> root ip_rcv (header checks) -> flow cache (conntrack refresh, route
+  10.244.0.0/16 dev flannel0, FORWARD's TTL) -> flanneld's tun_to_udp (lease,
+  TTL) -> eth0 counters -> OverlayDatagram;
 * ingress (the reverse): overlay datagram -> udp_to_tun (TTL) -> flannel0 ->
-  root ip_rcv -> conntrack -> route 10.244.1.0/24 dev cni0 -> FORWARD -> ARP
-  cache -> cni0 -> FDB -> veth -> the pod's eth0 receives the frame;
+  root ip_rcv -> flow cache (conntrack, route 10.244.1.0/24 dev cni0, FORWARD's
+  TTL, neighbour, FDB entry) -> veth (the node's queue) -> the pod's eth0
+  receives the frame;
 * ingress+socket, for reference: the same, then the pod's own IP stack (header
   and UDP checksums) up to its socket queue.
 
