@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from emunet.dataplane.trace import Tracer
 
 DEFAULT_AGEING = 300.0
+FORGOTTEN = -math.inf  # the update time of a removed entry: older than any ageing
 
 NfHook = Callable[["Interface", bytes | bytearray, float], bytes | bytearray | None]
 
@@ -61,7 +62,6 @@ class Bridge:
         self._local = local
         self._trace = trace
         self._tracer = tracer
-        self.flooded = 0
         # br_netfilter: IPv4 frames bridged between two ports cross the root
         # namespace's netfilter hooks; the hook returns the (rewritten) frame or None
         self.nf_hook: NfHook | None = None
@@ -77,7 +77,7 @@ class Bridge:
 
     def forget(self, mac: bytes) -> None:
         """Remove an entry; it ends infinitely old, so a flow holding it sees it is gone."""
-        self.fdb.pop(mac).updated = -math.inf
+        self.fdb.pop(mac).updated = FORGOTTEN
 
     def input(self, port: Interface | None, frame: bytes | bytearray, now: float) -> None:
         """A frame entering the bridge from ``port`` (``None``: from the bridge device)."""
@@ -130,7 +130,6 @@ class Bridge:
                 self._trace(now, "fdb hit", f"{MAC(dst)} on {entry.port.name}", "")
             self._deliver(entry.port, frame, now)
             return
-        self.flooded += 1
         if self._tracer.enabled:
             self._trace(now, "fdb miss", f"{MAC(dst)} unknown: flood", "")
         self._flood(port, frame, now)

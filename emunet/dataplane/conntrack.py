@@ -106,6 +106,8 @@ class Timeouts:
 
 
 DEFAULT_TIMEOUTS = Timeouts()
+# a replied UDP connection older than this is a stream (udp_stream timeout, ASSURED)
+UDP_STREAM_AFTER = 2.0
 
 # plain ints of the Status bits for the per-packet path (IntFlag arithmetic is slow)
 _SEEN_REPLY, _ASSURED, _CONFIRMED = (
@@ -156,6 +158,9 @@ _FLAG_FIN, _FLAG_SYN, _FLAG_RST, _FLAG_ACK = 0x01, 0x02, 0x04, 0x10
 
 
 _ESTABLISHED = int(TcpState.ESTABLISHED)
+# the flags that decide a segment's class: with PSH/URG/ECE/CWR masked off, a
+# plain ACK is exactly _FLAG_ACK
+_ACK_CLASS_MASK = _FLAG_FIN | _FLAG_SYN | _FLAG_RST | _FLAG_ACK
 # refresh_established relies on it: a plain ACK keeps ESTABLISHED either way
 # (tests/dataplane/test_conntrack.py checks the table says so)
 
@@ -421,7 +426,7 @@ class ConntrackTable:
             e.expires = now + to.tcp[new]
         elif proto == 17:
             if e.status & _SEEN_REPLY:
-                if now > e.created + 2.0:
+                if now > e.created + UDP_STREAM_AFTER:
                     e.expires = now + to.udp_stream
                     self.set_assured(e)
                 else:
@@ -442,9 +447,9 @@ class ConntrackTable:
         one; False, having changed nothing, for anything else (the state table
         judges it, the NAT rewrites it).
 
-        The same outcome as :meth:`update` (checked at import: an ACK keeps
-        ESTABLISHED in both directions), without its general case analysis:
-        this runs for every packet of every cached flow.
+        The same outcome as :meth:`update` (an ACK keeps ESTABLISHED in both
+        directions), without its general case analysis: this runs for every
+        packet of every cached flow.
         """
         if (
             not e.live
@@ -453,16 +458,16 @@ class ConntrackTable:
             or e.masq
         ):
             return False
-        proto = e.proto
+        proto = e.tuples[0][0]  # e.proto, without the property's call
         if proto == 17:
-            if now > e.created + 2.0:
+            if now > e.created + UDP_STREAM_AFTER:
                 e.expires = now + self.timeouts.udp_stream
                 if not e.status & _ASSURED:
                     self.set_assured(e)
             else:
                 e.expires = now + self.timeouts.udp
             return True
-        if proto != 6 or (flags & 0x17) != 0x10 or e.state != _ESTABLISHED:
+        if proto != 6 or (flags & _ACK_CLASS_MASK) != _FLAG_ACK or e.state != _ESTABLISHED:
             return False
         e.expires = now + self.timeouts.tcp[_ESTABLISHED]
         if not e.status & _ASSURED:

@@ -212,22 +212,19 @@ class Fabric:
                 self._carry(node, IPv4Address(action.dst[0]), action, overlay=True)
             elif type(action) is UnderlayPacket:
                 self._carry(node, action.next_hop, action, overlay=False)
-        t = node.get_timer()
-        if t is not None and (
-            self._timer_at.get(node.name) is None or t < self._timer_at[node.name]
-        ):
-            self._timer_at[node.name] = t
-            self.schedule(max(t, self.now), self._fire_timer, node)
+        self._arm(node)
 
     def _touch_host(self, host: Host) -> None:
         for action in host.take_actions():
             self._carry_host(host, action)
-        t = host.get_timer()
-        if t is not None and (
-            self._timer_at.get(host.name) is None or t < self._timer_at[host.name]
-        ):
-            self._timer_at[host.name] = t
-            self.schedule(max(t, self.now), self._fire_timer, host)
+        self._arm(host)
+
+    def _arm(self, who: Node | Host) -> None:
+        """(Re)arm the timer of a node or host when it is due sooner than armed."""
+        t = who.get_timer()
+        if t is not None and (self._timer_at.get(who.name) is None or t < self._timer_at[who.name]):
+            self._timer_at[who.name] = t
+            self.schedule(max(t, self.now), self._fire_timer, who)
 
     def _carry_host(self, host: Host, action: HostPacket) -> None:
         """A host's packet: to the owner of the next hop on the interface's segment."""

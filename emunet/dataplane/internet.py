@@ -136,8 +136,7 @@ class Host:
         self.now = 0.0
         self.actions: list[HostPacket] = []
         self.segments: dict[str, str] = {}  # interface -> segment
-        self._queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
-        self.queue = self._queue
+        self.queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._running = False
         self._ident = self.rng.randrange(0x10000)
         self.netns = Namespace(self, "root", ip_forward=ip_forward)
@@ -145,22 +144,22 @@ class Host:
     # ------------------------------------------------------- NodeContext
 
     def enqueue(self, fn: Callable[..., None], *args: Any) -> None:
-        self._queue.append((fn, args))
+        self.queue.append((fn, args))
 
     def hop(self, fn: Callable[..., None], *args: Any) -> None:
         """The next step of one packet: at once while processing, queued otherwise."""
         if self._running:
             fn(*args)
         else:
-            self._queue.append((fn, args))
+            self.queue.append((fn, args))
 
     def process(self) -> None:
         if self._running:
             return
         self._running = True
         try:
-            while self._queue:
-                fn, args = self._queue.popleft()
+            while self.queue:
+                fn, args = self.queue.popleft()
                 fn(*args)
         finally:
             self._running = False
@@ -374,13 +373,8 @@ class GatewayNAT:
     def forward(self, pkt: bytearray, in_iface: str, out_iface: str, now: float) -> int:
         return ACCEPT
 
-    fast_dir = 0
-
     def fast_forward(self, pkt: bytearray, now: float) -> None:
         return None  # every packet takes the full hooks (the gateway is not a hot path)
-
-    def refresh(self, e: object, d: int, flags: int, now: float) -> bool:
-        return False
 
     def input(self, pkt: bytearray, in_iface: str, now: float) -> int:
         return self._leave(pkt, None, now)

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import struct
 
-from emunet.packets.checksum import internet_checksum
+from emunet.packets.checksum import incremental_update, internet_checksum
+from emunet.packets.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
 
 # ICMP query types whose identifier is tracked like a port (RFC 792).
 ICMP_QUERY_TYPES = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
@@ -43,13 +41,6 @@ def _csum_add32(csum: int, old: int, new: int) -> int:
         + ((new >> 16) & 0xFFFF)
         + (new & 0xFFFF)
     )
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _csum_add16(csum: int, old: int, new: int) -> int:
-    total = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -83,7 +74,7 @@ def manip(pkt: bytearray, off: int, end: int, is_src: bool, addr: int, port: int
         if old_addr != addr:
             c = _csum_add32(c, old_addr, addr)
         if old_port != port:
-            c = _csum_add16(c, old_port, port)
+            c = incremental_update(c, old_port, port)
         if proto == PROTO_UDP and c == 0:
             c = 0xFFFF
         _U16.pack_into(pkt, coff, c)
@@ -92,7 +83,7 @@ def manip(pkt: bytearray, off: int, end: int, is_src: bool, addr: int, port: int
         if old_id != port:
             _U16.pack_into(pkt, l4 + 4, port)
             (c,) = _U16.unpack_from(pkt, l4 + 2)
-            _U16.pack_into(pkt, l4 + 2, _csum_add16(c, old_id, port))
+            _U16.pack_into(pkt, l4 + 2, incremental_update(c, old_id, port))
 
 
 def manip_addr(pkt: bytearray, off: int, is_src: bool, addr: int) -> None:

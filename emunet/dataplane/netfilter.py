@@ -107,7 +107,6 @@ _II = struct.Struct("!II")
 _HH = struct.Struct("!HH")
 
 _SEEN_REPLY, _SRC_NAT, _DST_NAT = int(Status.SEEN_REPLY), int(Status.SRC_NAT), int(Status.DST_NAT)
-_NAT_BITS = _SRC_NAT | _DST_NAT
 _ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
 _ICMP_QUERIES = frozenset({8, 13, 15, 17})  # may open a connection
 _ICMP_REPLIES = frozenset({0, 14, 16, 18})
@@ -201,7 +200,6 @@ class Netfilter:
         # the last packet out of POSTROUTING: if it loops back to a local address it
         # keeps its conntrack entry; any other packet entering the hooks forgets it
         self.left: bytearray | None = None
-        self.fast_dir = ORIGINAL  # direction of the last fast_forward hit
         self._left_ct: ConntrackEntry | None = None
 
     # --- configuration ------------------------------------------------------
@@ -301,16 +299,18 @@ class Netfilter:
             return v
         return self._filter_external(pkt, in_iface, now)
 
-    def fast_forward(self, pkt: bytearray, now: float) -> ConntrackEntry | None:
+    def fast_forward(self, pkt: bytearray, now: float) -> tuple[ConntrackEntry, int] | None:
         """PREROUTING + FORWARD + POSTROUTING of an ESTABLISHED, un-NATed TCP/UDP packet.
 
         For such a packet the hooks do exactly this: one conntrack lookup and
         one state update (no rule matches a packet that is not NEW, and a
-        connection without a NAT binding is not rewritten). Returns the entry
-        (its direction in :attr:`fast_dir`), or None, having changed nothing,
-        when the packet needs the full hooks: not tracked yet, NEW (no reply
-        seen), NATed or marked, or a TCP segment whose flags could move the
-        state (SYN, FIN, RST).
+        connection without a NAT binding is not rewritten): conntrack's
+        :meth:`ConntrackTable.refresh_established`, and forgetting :attr:`left`
+        as any packet entering the hooks does (a flow cache may do these two
+        itself). Returns the entry and the packet's direction, or None, having
+        changed nothing, when the packet needs the full hooks: not tracked yet,
+        NEW (no reply seen), NATed or marked, or a TCP segment whose flags could
+        move the state (SYN, FIN, RST).
         """
         proto = pkt[9]
         if proto != 6 and proto != 17:
@@ -323,26 +323,10 @@ class Netfilter:
         hit = self.conntrack.lookup((proto, src, dst, sport, dport), now)
         if hit is None:
             return None
-        e, d = hit
-        if not self.refresh(e, d, pkt[ihl + 13] if proto == 6 else 0, now):
+        if not self.conntrack.refresh_established(hit[0], pkt[ihl + 13] if proto == 6 else 0, now):
             return None
-        self.fast_dir = d
-        return e
-
-    def refresh(self, e: ConntrackEntry, d: int, flags: int, now: float) -> bool:
-        """The hooks' work for one more packet of an established, un-NATed flow.
-
-        False, having changed nothing, when the packet needs the full hooks:
-        no rule matches a packet that is not NEW and a connection without a NAT
-        binding is not rewritten, so conntrack's update is all there is to do
-        (:meth:`ConntrackTable.refresh_established`), and forgetting :attr:`left`
-        as any packet entering the hooks does. A flow cache may do these two
-        itself.
-        """
-        if not self.conntrack.refresh_established(e, flags, now):
-            return False
         self.left = None
-        return True
+        return hit
 
     def input(self, pkt: bytearray, in_iface: str, now: float) -> Verdict:
         if pkt is not self._skb:

@@ -21,7 +21,6 @@ place (TTL, NAT). Malformed input is counted and dropped with a reason.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -29,46 +28,32 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any, Protocol
 
 from emunet.dataplane.actions import OverlayDatagram
+from emunet.dataplane.bridge import FORGOTTEN
 from emunet.dataplane.interfaces import BRIDGE, LOOPBACK, TUN, UNDERLAY, VETH, Interface
 from emunet.dataplane.lpm import PrefixMap
 from emunet.dataplane.overlay import OVERHEAD as OVERLAY_OVERHEAD
 from emunet.dataplane.routing import SCOPE_HOST, SCOPE_LINK, Route, RouteTable
 from emunet.dataplane.sockets import ANY, PingSocket, SocketErrorEvent, UDPSocket, errno_for
+from emunet.dataplane.tcp import TCPConnection, TCPListener, rst_for
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError, MalformedFrame, SocketError
-from emunet.packets import arp, icmp, ipv4, tcp
-from emunet.packets.checksum import header_ok, internet_checksum, pseudo_header_sum
+from emunet.packets import arp, icmp, ipv4, tcp, udp
+from emunet.packets.checksum import HEADER20_WIDE, header_ok, internet_checksum, pseudo_header_sum
 from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
 from emunet.packets.mac import MAC
 
 if TYPE_CHECKING:
     from emunet.dataplane.bridge import Bridge, FdbEntry
-    from emunet.dataplane.tcp import TCPConnection, TCPListener
 
 _ETH = struct.Struct("!6s6sH")
 _U16 = struct.Struct("!H")
-_IP_FIXED = struct.Struct("!BBHHHBBH4s4s")
 _PORTS = struct.Struct("!HH")
 _FLOW_KEY = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports)
 _DST = struct.Struct("!16x4s")
-_HEADER20_WIDE = struct.Struct("!QQI")  # see checksum.header_ok
-_TTL_CSUM = struct.Struct("!HH")  # see ipv4.decrement_ttl
+_HEADER20_WIDE = HEADER20_WIDE
+_TTL_CSUM = ipv4.TTL_CSUM
+_TTL_STEPS = ipv4.TTL_STEPS
 _new_tuple = tuple.__new__
-_FORGOTTEN = -math.inf  # the time of a removed FDB entry (Bridge.forget)
-# k TTL decrements at once: the TTL/protocol word drops by 0x100 * k, so RFC 1624's
-# ~m + m' is 0xFFFF - 0x100 * k; one's-complement addition is associative, so the
-# bytes are those of k single steps (tests/dataplane/test_flow_cache.py)
-TTL_STEPS = tuple((0x100 * k, 0xFFFF - 0x100 * k) for k in range(4))
-
-
-def ttl_sub(pkt: bytearray, k: int) -> None:
-    """``k`` times ``ipv4.decrement_ttl`` (the TTL is at least ``k``), as one update."""
-    step, const = TTL_STEPS[k]
-    word, csum = _TTL_CSUM.unpack_from(pkt, 8)
-    csum = (csum ^ 0xFFFF) + const
-    _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
-
-
 _UDP_HDR = struct.Struct("!HHHH")
 
 BROADCAST_IP = b"\xff\xff\xff\xff"
@@ -129,11 +114,7 @@ class NetfilterHooks(Protocol):
 
     def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
 
-    fast_dir: int
-
     def fast_forward(self, pkt: bytearray, now: float) -> Any: ...
-
-    def refresh(self, e: Any, d: int, flags: int, now: float) -> bool: ...
 
     def input(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
 
@@ -179,15 +160,15 @@ class _Flow:
     """A cached forwarding decision for one direction of a connection.
 
     ``ttl_min``: a packet needs a TTL above it (flannel0: flanneld decrements
-    again); ``lease``/``lver``: flanneld's lease for the destination and the
-    version of its table when it was looked up (filled by the node).
+    again). flannel0 flows: ``lmap`` and ``out`` are flanneld's lease table and
+    eth0 (``NodeContext.tun_flow_target``), ``lease``/``lver`` the lease for the
+    destination and the table's version when it was looked up.
     """
 
     __slots__ = (
         "bridge",
         "ct",
         "dev",
-        "dir",
         "dst",
         "fdb",
         "header",
@@ -201,18 +182,21 @@ class _Flow:
         "port",
         "refresh",
         "rmap",
-        "route",
         "ttl_min",
         "version",
     )
 
     def __init__(
-        self, ct: Any, direction: int, route: Route, rmap: PrefixMap[Route], dst: bytes
+        self,
+        ct: Any,
+        refresh: Callable[[Any, int, float], bool],
+        dev: Interface,
+        rmap: PrefixMap[Route],
+        dst: bytes,
     ) -> None:
         self.ct = ct
-        self.dir = direction
-        self.route = route
-        self.dev = route.dev
+        self.refresh = refresh  # conntrack's refresh_established
+        self.dev = dev
         self.rmap = rmap
         self.version = rmap.version
         self.dst = dst
@@ -225,14 +209,12 @@ class _Flow:
         self.bridge: Bridge | None = None
         self.header = b""
         self.lease: Any = None
-        self.lmap: PrefixMap[Any] = rmap
+        self.lmap: PrefixMap[Any] = _NO_LEASES
         self.lver = -1
         self.out: Interface | None = None
-        self.refresh: Callable[[Any, int, float], bool] = _never
 
 
-def _never(*_: Any) -> bool:
-    return False
+_NO_LEASES: PrefixMap[Any] = PrefixMap()  # a flow's lease table until it has flanneld's
 
 
 class _Reassembly:
@@ -488,7 +470,7 @@ class Namespace:
         if nf is not None:
             if a & 0x3FFF:  # MF or offset: nf_defrag reassembles first
                 if pending:
-                    ttl_sub(pkt, pending)
+                    ipv4.decrement_ttl_by(pkt, pending)
                     pending = 0
                 whole = self.reassemble(iface, pkt, now)
                 if whole is None:
@@ -502,7 +484,7 @@ class Namespace:
             ):
                 return
         if pending:
-            ttl_sub(pkt, pending)
+            ipv4.decrement_ttl_by(pkt, pending)
         if nf is not None:
             verdict = nf.prerouting(pkt, iface.name, now)
             if verdict != ACCEPT:
@@ -557,7 +539,7 @@ class Namespace:
                 and dev.up
                 and not dev.taps
                 and (flow.neigh is None or self._flow_l2_ok(flow, now))
-                and flow.refresh(flow.ct, flags, now)  # netfilter's refresh, in two
+                and flow.refresh(flow.ct, flags, now)  # fast_forward's work, in two
             ):
                 del flows[key]
                 flow = None
@@ -567,10 +549,10 @@ class Namespace:
             dst = _DST.unpack_from(pkt)[0]
             if dst in self.local:
                 return False
-            ct = nf.fast_forward(pkt, now)
-            if ct is None:
+            hit = nf.fast_forward(pkt, now)
+            if hit is None:
                 return False
-            flow = self._flow_new(ct, nf.fast_dir, dst)
+            flow = self._flow_new(hit[0], dst)
             if flow is None or not (
                 pkt[8] > flow.ttl_min + pending
                 and size <= flow.dev.mtu
@@ -579,7 +561,7 @@ class Namespace:
                 and (flow.neigh is None or self._flow_l2_ok(flow, now))
             ):
                 if pending:
-                    ttl_sub(pkt, pending)
+                    ipv4.decrement_ttl_by(pkt, pending)
                 self.forward(iface, pkt, now, established=True)
                 return True
             if len(flows) >= FLOW_CACHE_MAX:
@@ -587,36 +569,36 @@ class Namespace:
             flows[key] = flow
             dev = flow.dev
         n = flow.neigh
+        lease = None
+        decrements = 1 + pending  # FORWARD's and those pending
         if n is None:
-            # flannel0 and flanneld's tun_to_udp, replayed: the lease (looked up once
-            # per version of flanneld's table), the TTL decrements (FORWARD's,
-            # flanneld's, those pending) as one update, the node's eth0, the send
+            # flannel0 and flanneld's tun_to_udp are replayed too when the lease
+            # (looked up once per version of flanneld's table) and eth0 allow it:
+            # flanneld's decrement joins the others
             leases = flow.lmap
             if flow.lver != leases.version:
                 flow.lease = leases.lookup(flow.dst)
                 flow.lver = leases.version
-            lease = flow.lease
             eth0 = flow.out
-            if lease is not None and eth0 is not None and not eth0.taps:
-                step, const = TTL_STEPS[2 + pending]
-                word, csum = _TTL_CSUM.unpack_from(pkt, 8)
-                csum = (csum ^ 0xFFFF) + const
-                _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
-                dev.tx_packets += 1
-                dev.tx_bytes += size
-                eth0.tx_packets += 1
-                eth0.tx_bytes += size + OVERLAY_OVERHEAD
-                self.node.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
-                return True
-        # FORWARD's TTL decrement and those pending, as one update (ttl_sub inlined)
-        step, const = TTL_STEPS[1 + pending]
+            if eth0 is not None and not eth0.taps:
+                lease = flow.lease
+                if lease is not None:
+                    decrements += 1
+        # the TTL decrements as one update (ipv4.decrement_ttl_by, inlined)
+        step, const = _TTL_STEPS[decrements]
         word, csum = _TTL_CSUM.unpack_from(pkt, 8)
         csum = (csum ^ 0xFFFF) + const
         _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
         dev.tx_packets += 1
         if n is None:
             dev.tx_bytes += size
-            self.node.tun_xmit(dev, pkt, now)
+            if lease is None:
+                self.node.tun_xmit(dev, pkt, now)  # flanneld judges it
+                return True
+            assert eth0 is not None
+            eth0.tx_packets += 1
+            eth0.tx_bytes += size + OVERLAY_OVERHEAD
+            self.node.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
             return True
         if n.state != "REACHABLE" or now - n.updated > REACHABLE_TIME:
             self._neigh_used(n, now)
@@ -631,15 +613,15 @@ class Namespace:
         self._queue_append((peer.netns.rx_frame, (peer, frame, now)))  # enqueue
         return True
 
-    def _flow_new(self, ct: Any, direction: int, dst: bytes) -> _Flow | None:
+    def _flow_new(self, ct: Any, dst: bytes) -> _Flow | None:
         route = self.routes.lookup(dst)
         if route is None:
             return None
         dev = route.dev
-        rmap = self.routes.prefixes
-        flow = _Flow(ct, direction, route, rmap, dst)
         assert self.netfilter is not None
-        flow.refresh = self.netfilter.conntrack.refresh_established
+        flow = _Flow(
+            ct, self.netfilter.conntrack.refresh_established, dev, self.routes.prefixes, dst
+        )
         if dev.kind == TUN:
             flow.ttl_min = 2  # flanneld decrements again and discards at zero
             flow.lmap, flow.out = self.node.tun_flow_target()
@@ -836,7 +818,7 @@ class Namespace:
                     if len(self._up_headers) >= 4096:
                         self._up_headers.clear()
                     self._up_headers[header] = entry
-            if entry is not None and entry.port is port and entry.updated != _FORGOTTEN:
+            if entry is not None and entry.port is port and entry.updated != FORGOTTEN:
                 entry.updated = now
                 dev.rx_packets += 1
                 dev.rx_bytes += len(frame)
@@ -853,19 +835,17 @@ class Namespace:
             assert dev.mac is not None
             self.l2_xmit(dev, _ETH.pack(MAC.BROADCAST, dev.mac, ETH_P_IP) + pkt, now)
             return
-        n = self.neighbours.get(next_hop)
-        if n is not None and n.mac is not None and n.state != "FAILED":
+        n = self.neighbours.get(next_hop)  # never FAILED: those are forgotten
+        if n is not None and n.mac is not None:
             self._neigh_used(n, now)
             assert dev.mac is not None
             self.l2_xmit(dev, _ETH.pack(n.mac, dev.mac, ETH_P_IP) + pkt, now)
             return
-        new = n is None or n.state == "FAILED"
-        if n is None or new:
-            if len(self.neighbours) >= NEIGH_GC_THRESH3 and not self._neigh_gc():
-                self.drop(now, dev, "neighbour table overflow", str(IPv4Address(next_hop)))
+        new = n is None
+        if n is None:
+            n = self._neigh_new(next_hop, dev, now)
+            if n is None:
                 return
-            n = Neighbour(next_hop, dev, now)
-            self.neighbours[next_hop] = n
         if len(n.queue) >= ARP_QUEUE_MAX:
             self.drop(now, dev, Drop.ARP_QUEUE_FULL, str(IPv4Address(next_hop)))
             return
@@ -911,10 +891,18 @@ class Namespace:
         self.l2_xmit(dev, _ETH.pack(dst, dev.mac, ETH_P_ARP) + arp.build(req), now)
 
     def _neigh_gc(self) -> bool:
-        """Forget FAILED and STALE entries (forced GC at gc_thresh3); True if room."""
+        """Forget STALE and DELAY entries (forced GC at gc_thresh3); True if room."""
         for ip in [ip for ip, n in self.neighbours.items() if n.state in ("STALE", "DELAY")]:
             self._forget_neighbour(ip)
         return len(self.neighbours) < NEIGH_GC_THRESH3
+
+    def _neigh_new(self, ip: bytes, dev: Interface, now: float) -> Neighbour | None:
+        """A new INCOMPLETE entry, or None (dropped) when the table is full even after GC."""
+        if len(self.neighbours) >= NEIGH_GC_THRESH3 and not self._neigh_gc():
+            self.drop(now, dev, "neighbour table overflow", str(IPv4Address(ip)))
+            return None
+        n = self.neighbours[ip] = Neighbour(ip, dev, now)
+        return n
 
     def _forget_neighbour(self, ip: bytes) -> None:
         """Remove an entry; it ends FAILED, so a flow that cached it sees it is gone."""
@@ -941,11 +929,9 @@ class Namespace:
         # request for one of our addresses creates one for its sender
         if n is not None or (for_us and p.op == arp.REQUEST):
             if n is None:
-                if len(self.neighbours) >= NEIGH_GC_THRESH3 and not self._neigh_gc():
-                    self.drop(now, iface, "neighbour table overflow", str(p.sender_ip))
+                n = self._neigh_new(sip, iface, now)
+                if n is None:
                     return
-                n = Neighbour(sip, iface, now)
-                self.neighbours[sip] = n
             n.mac = bytes(p.sender_mac)
             n.state = "REACHABLE"
             n.updated = now
@@ -1049,7 +1035,6 @@ class Namespace:
                     self.trace(now, "", "deliver", f"tcp listener :{hdr.dport} [SYN]")
                 self.tcp_flush(new, now)
             return
-        from emunet.dataplane.tcp import rst_for
 
         rst = rst_for(hdr, len(payload), IPv4Address(dst), IPv4Address(src))
         self.drop(now, iface, Drop.TCP_NO_LISTENER, f"tcp port {hdr.dport}")
@@ -1333,7 +1318,6 @@ class Namespace:
                 if route is None:
                     raise SocketError("ENETUNREACH", f"no route to {dst} in {self.name}")
                 src = route.src or self._source_for(route.dev, (route.via or dst).packed)
-        from emunet.packets import udp
 
         seg = udp.build_fast(lport, dport, data, src.packed, dst.packed)
         if self._tracer.enabled:
@@ -1343,7 +1327,6 @@ class Namespace:
     def tcp_listen(
         self, port: int, addr: IPv4Address | str = ANY, backlog: int = 128
     ) -> TCPListener:
-        from emunet.dataplane.tcp import TCPListener
 
         a = IPv4Address(addr)
         self.bind_port(6, a, port, None)
@@ -1352,7 +1335,6 @@ class Namespace:
         return listener
 
     def tcp_connect(self, dst: IPv4Address | str, dport: int, now: float) -> TCPConnection:
-        from emunet.dataplane.tcp import TCPConnection
 
         d = IPv4Address(dst)
         if d.packed in self.local or d.is_loopback:

@@ -27,7 +27,6 @@ dropped with reason ``internal error``, so one bad packet never stops a node.
 from __future__ import annotations
 
 import random
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from emunet.dataplane.bridge import DEFAULT_AGEING, Bridge
 from emunet.dataplane.interfaces import BRIDGE, DUMMY, TUN, UNDERLAY, VETH, Interface
 from emunet.dataplane.lpm import PrefixMap
 from emunet.dataplane.netfilter import Netfilter, Verdict
-from emunet.dataplane.netns import Namespace, describe, fragment, ttl_sub
+from emunet.dataplane.netns import Namespace, describe, fragment
 from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP, Lease
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError
@@ -50,7 +49,6 @@ from emunet.packets.mac import MAC
 
 # NamedTuple's generated __new__ is Python code; the tuple type's own is not
 _new_tuple = tuple.__new__
-_TTL_CSUM = struct.Struct("!HH")  # see ipv4.decrement_ttl
 
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
 DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
@@ -111,8 +109,7 @@ class Node:
         self.rng = random.Random(seed)
         self.actions: list[Action] = []
         self.internal_errors = 0
-        self._queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
-        self.queue = self._queue
+        self.queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._running = False
         self._ident = self.rng.randrange(0x10000)
         self._mac_seq = 0
@@ -200,7 +197,7 @@ class Node:
 
     def enqueue(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` after what is already queued (at the next :meth:`process`)."""
-        self._queue.append((fn, args))
+        self.queue.append((fn, args))
 
     def process(self) -> None:
         """Run the node's queue to completion.
@@ -212,7 +209,7 @@ class Node:
         if self._running:
             return
         self._running = True
-        queue = self._queue
+        queue = self.queue
         strict = self.strict
         try:
             while queue:  # as _drain, inlined: every packet comes this way
@@ -230,8 +227,8 @@ class Node:
     def run(self, fn: Callable[..., None], *args: Any) -> None:
         """``enqueue(fn, *args)`` then :meth:`process`, without the queue's round
         trip when it is idle and empty (the same order, one step less)."""
-        if self._running or self._queue:
-            self._queue.append((fn, args))
+        if self._running or self.queue:
+            self.queue.append((fn, args))
             self.process()
             return
         self._running = True
@@ -248,7 +245,7 @@ class Node:
             self._running = False
 
     def _drain(self) -> None:
-        queue = self._queue
+        queue = self.queue
         strict = self.strict
         while queue:
             step, a = queue.popleft()
@@ -474,7 +471,7 @@ class Node:
             # the decrement is left to the root's receive, to be done with FORWARD's
             self.run(root.rx_decapsulated, self.flannel0, pkt, now)
             return
-        ttl_sub(pkt, 1)
+        ipv4.decrement_ttl(pkt)
         self.run(root.rx_packet, self.flannel0, pkt, now)
 
     def underlay_received(self, packet: bytes | bytearray, now: float) -> None:
@@ -511,10 +508,6 @@ class Node:
 
     def remove_lease(self, subnet: IPv4Network | str) -> None:
         self.flannel.remove_lease(IPv4Network(subnet))
-
-    def set_leases(self, leases: Iterable[tuple[IPv4Network | str, IPv4Address | str]]) -> None:
-        for subnet, ip in leases:
-            self.set_lease(subnet, ip)
 
     # ------------------------------------------------------------------ pods
 

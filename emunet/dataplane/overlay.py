@@ -40,23 +40,23 @@ class FlannelUDP:
     def __init__(self, own_subnet: IPv4Network, port: int = DEFAULT_PORT) -> None:
         self.own_subnet = own_subnet
         self.port = port
-        self._leases: PrefixMap[Lease] = PrefixMap()
-        self.table = self._leases  # read-only use: flows cache a lease per its version
+        # read-only outside: flows cache a lease per version of it
+        self.table: PrefixMap[Lease] = PrefixMap()
         self.ttl_drops = 0
         self.no_lease = 0
 
     def set_lease(self, subnet: IPv4Network, public_ip: IPv4Address) -> None:
-        self._leases.set(subnet, Lease(subnet, public_ip, self.port))
+        self.table.set(subnet, Lease(subnet, public_ip, self.port))
 
     def remove_lease(self, subnet: IPv4Network) -> Lease | None:
-        return self._leases.remove(subnet)
+        return self.table.remove(subnet)
 
     def leases(self) -> list[Lease]:
-        return [lease for group in self._leases.by_length() for lease in group]
+        return [lease for group in self.table.by_length() for lease in group]
 
     def lookup(self, dst: bytes) -> Lease | None:
         """The lease covering a packed destination (flanneld's ``find_route``)."""
-        return self._leases.lookup(dst)
+        return self.table.lookup(dst)
 
     @staticmethod
     def decrement_ttl(pkt: bytearray) -> bool:

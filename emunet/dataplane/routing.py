@@ -52,30 +52,25 @@ class RouteTable:
     """A namespace's routes (``ip route``): longest-prefix match with a cache."""
 
     def __init__(self) -> None:
-        self._map: PrefixMap[Route] = PrefixMap()
-        self.prefixes = self._map  # read-only use: flow caches compare its version
-
-    @property
-    def version(self) -> int:
-        """Bumped on every change: flow caches check it."""
-        return self._map.version
+        # its version is bumped on every change: flow caches compare it
+        self.prefixes: PrefixMap[Route] = PrefixMap()
 
     def touch(self) -> None:
         """Local addresses changed: decisions taken with the routes are stale."""
-        self._map.touch()
+        self.prefixes.touch()
 
     def add(self, route: Route, *, replace: bool = False) -> None:
         if route.via is not None and route.via in route.dst and route.dst.prefixlen == 32:
             raise ConfigError(f"route {route}: gateway inside its own /32")
-        old = self._map.get(route.dst)
+        old = self.prefixes.get(route.dst)
         if old is not None and not replace and old.metric <= route.metric:
             if old == route:
                 return
             raise ConfigError(f"RTNETLINK answers: File exists ({route.dst})")
-        self._map.set(route.dst, route)
+        self.prefixes.set(route.dst, route)
 
     def delete(self, dst: IPv4Network) -> Route | None:
-        return self._map.remove(dst)
+        return self.prefixes.remove(dst)
 
     def delete_dev(self, dev: Interface) -> None:
         for route in [r for r in self if r.dev is dev]:
@@ -83,10 +78,10 @@ class RouteTable:
 
     def lookup(self, dst: bytes) -> Route | None:
         """Longest-prefix match for a packed IPv4 destination (4 bytes)."""
-        return self._map.lookup(dst)
+        return self.prefixes.lookup(dst)
 
     def __iter__(self) -> Iterator[Route]:
-        for group in self._map.by_length():
+        for group in self.prefixes.by_length():
             yield from sorted(group, key=lambda r: r.dst)
 
     def dump(self) -> list[str]:

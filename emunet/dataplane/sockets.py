@@ -36,8 +36,7 @@ _ERRNO = {
 
 
 def errno_for(typ: int, code: int) -> str:
-    if typ == icmp.TIME_EXCEEDED:
-        return "EHOSTUNREACH"
+    """The errno a socket sees for an ICMP error (time exceeded and the rest: EHOSTUNREACH)."""
     return _ERRNO.get((typ, code), "EHOSTUNREACH")
 
 

@@ -8,7 +8,6 @@ one attribute test on the hot path when it is off (``tracer.enabled``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -26,10 +25,8 @@ class Drop(StrEnum):
     PORT_UNREACHABLE = "port unreachable: no socket bound"
     PROTO_UNREACHABLE = "protocol unreachable"
     NOT_FOR_US = "not addressed to this host"
-    FORWARDING_DISABLED = "ip_forward disabled"
     FRAG_NEEDED = "fragmentation needed but DF set"
     REASSEMBLY_TIMEOUT = "fragment reassembly timeout"
-    FDB_NO_PORT = "bridge: no port for destination"
     LINK_DOWN = "link down"
     SOCKET_BUFFER_FULL = "socket receive buffer full"
     NO_ENDPOINTS = "service has no endpoints (REJECT)"
@@ -62,18 +59,14 @@ class Tracer:
         enabled: bool = False,
         *,
         limit: int = 100_000,
-        sink: Callable[[Hop], None] | None = None,
     ) -> None:
         self.enabled = enabled
         self.limit = limit
         self.hops: list[Hop] = []
-        self.sink = sink
         self.dropped_hops = 0
 
     def hop(self, now: float, node: str, netns: str, iface: str, event: str, detail: str) -> None:
         h = Hop(now, node, netns, iface, event, detail)
-        if self.sink is not None:
-            self.sink(h)
         if len(self.hops) < self.limit:
             self.hops.append(h)
         else:

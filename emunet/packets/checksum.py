@@ -45,7 +45,7 @@ def internet_checksum(data: Buffer, initial: int = 0) -> int:
 
 
 _ADDR_WORDS = struct.Struct("!HH")
-_HEADER20_WIDE = struct.Struct("!QQI")
+HEADER20_WIDE = struct.Struct("!QQI")  # a 20-byte header as 64, 64 and 32 bits
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:
@@ -73,7 +73,7 @@ def header_ok(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
     a: int
     b: int
     c: int
-    a, b, c = _HEADER20_WIDE.unpack_from(buf, offset)
+    a, b, c = HEADER20_WIDE.unpack_from(buf, offset)
     return (a + b + c) % 0xFFFF == 0
 
 

@@ -37,7 +37,7 @@ FLAG_MF = 0x2000
 FRAG_MASK = 0x1FFF
 
 _U16 = struct.Struct("!H")
-_TTL_CSUM = struct.Struct("!HH")  # the TTL/protocol word and the header checksum
+TTL_CSUM = struct.Struct("!HH")  # the TTL/protocol word and the header checksum
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,12 +199,27 @@ def decrement_ttl(buf: bytearray | memoryview, offset: int = 0) -> int:
     recomputation (the eqn. 2 pitfall of RFC 1624 section 3 does not arise).
     """
     word: int
-    word, csum = _TTL_CSUM.unpack_from(buf, offset + 8)  # (TTL << 8 | protocol, checksum)
+    word, csum = TTL_CSUM.unpack_from(buf, offset + 8)  # (TTL << 8 | protocol, checksum)
     if word < 0x100:
         return 0
     total = (csum ^ 0xFFFF) + 0xFEFF
-    _TTL_CSUM.pack_into(buf, offset + 8, word - 0x100, ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF)
+    TTL_CSUM.pack_into(buf, offset + 8, word - 0x100, ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF)
     return (word >> 8) - 1
+
+
+# k TTL decrements at once: the TTL/protocol word drops by 0x100 * k, so RFC 1624's
+# ~m + m' is 0xFFFF - 0x100 * k; one's-complement addition is associative and no
+# step gives +0, so the bytes are those of k single steps (tested on every checksum)
+TTL_STEPS = tuple((0x100 * k, 0xFFFF - 0x100 * k) for k in range(4))
+
+
+def decrement_ttl_by(buf: bytearray, k: int) -> None:
+    """``k`` (at most 3) times :func:`decrement_ttl` as one update; the TTL is at
+    least ``k`` (the caller checked)."""
+    step, const = TTL_STEPS[k]
+    word, csum = TTL_CSUM.unpack_from(buf, 8)
+    csum = (csum ^ 0xFFFF) + const
+    TTL_CSUM.pack_into(buf, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
 
 
 def decrement_ttl_generic(buf: bytearray | memoryview, offset: int = 0) -> int:
