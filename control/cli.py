@@ -1036,10 +1036,7 @@ async def _node_client(reg: Registry, node_name: str) -> ControlClient:
 
 
 def _pod_netns(pod: Pod) -> str:
-    """The agent's name of a pod's namespace."""
-    if pod.namespace == model.DEFAULT_NAMESPACE:
-        return pod.name
-    return f"{pod.namespace}/{pod.name}"
+    return model.netns_name(pod.namespace, pod.name)
 
 
 def _print_dump(result: Any) -> None:

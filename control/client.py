@@ -48,7 +48,8 @@ _LEN = struct.Struct(">I")
 
 
 class ControlError(EmunetError):
-    """The agent answered with an error reply."""
+    """An error reply of the control API (``code`` is one of its error codes): raised
+    by the agent's handlers to answer with it, and by the client on receiving it."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -47,9 +47,7 @@ class PodTarget:
 
     @property
     def netns(self) -> str:
-        if self.pod.namespace == model.DEFAULT_NAMESPACE:
-            return self.pod.name
-        return f"{self.pod.namespace}/{self.pod.name}"
+        return model.netns_name(self.pod.namespace, self.pod.name)
 
 
 async def find_pod(endpoint: str, namespace: str, name: str) -> PodTarget:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -52,6 +51,7 @@ from emunet.nodes.subnets import EtcdError, SubnetManager
 
 from emunet.cluster import registry as model
 from emunet.cluster.flannel import LeaseAdded, LeaseRemoved, LeaseRevoked, NetworkConfig
+from emunet.cluster.registry import netns_name
 from emunet.dataplane.node import Node
 from emunet.errors import ConfigError, EmunetError
 
@@ -88,17 +88,11 @@ class AgentConfig:
 
 @dataclass
 class _LocalPod:
-    key: str
     uid: str
     netns: str
     pod: model.Pod
     contexts: list[AppContext] = field(default_factory=list)
     failure: str = ""  # why an app failed: status.message
-
-
-def netns_name(namespace: str, name: str) -> str:
-    """The Node's name for a pod's namespace: ``name`` in "default", else ``ns/name``."""
-    return name if namespace == model.DEFAULT_NAMESPACE else f"{namespace}/{name}"
 
 
 class Agent:
@@ -133,7 +127,6 @@ class Agent:
             "pods_deleted": 0,
             "app_failures": 0,
         }
-        self.started = time.monotonic()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -445,10 +438,10 @@ class Agent:
         except ConfigError as exc:
             log.error("pod %s/%s cannot be created: %s", pod.namespace, pod.name, exc)
             failed = pod.with_status(model.PodPhase.FAILED, None, self.config.node_ip, str(exc))
-            self.local[key] = _LocalPod(key, pod.uid, "", failed)
+            self.local[key] = _LocalPod(pod.uid, "", failed)
             self._status_dirty.add(key)
             return
-        local = _LocalPod(key, pod.uid, name, pod)
+        local = _LocalPod(pod.uid, name, pod)
         self.local[key] = local
         self.counters["pods_created"] += 1
         for c in pod.containers:

@@ -34,6 +34,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import msgpack
+from emunet.control.client import MAX_FRAME, PROTOCOL_VERSION, ControlError
 from emunet.nodes.runtime import BoundedQueue, NodeRuntime
 from emunet.nodes.shell import Resolver, run_command
 
@@ -46,8 +47,7 @@ __all__ = ["MAX_FRAME", "ControlError", "ControlServer", "call"]
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-MAX_FRAME = 1 << 20
+VERSION = PROTOCOL_VERSION
 STREAM_BUFFER = 4 << 20
 MAX_CONNECTIONS = 256
 MAX_TRACE_HOPS = 2500  # about 600 KiB of hops: a trace reply fits in one frame
@@ -55,14 +55,6 @@ IDLE_TIMEOUT = 300.0  # seconds a connection may sit between requests
 BODY_TIMEOUT = 10.0  # seconds to deliver a frame's body once its length was sent
 _LEN = struct.Struct("!I")
 DUMPS = ("routes", "neigh", "fdb", "conntrack", "iptables", "counters", "leases", "pods", "addr")
-
-
-class ControlError(EmunetError):
-    """A request failed; ``code`` is one of the API's error codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def pack(obj: Any) -> bytes:
@@ -85,12 +77,9 @@ class ControlStats:
 class _Conn:
     """One client connection: serialized writes, bounded output buffering."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: ControlStats
-    ) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.stats = stats
 
     @property
     def gone(self) -> bool:
@@ -249,7 +238,7 @@ class ControlServer:
         if task is not None:
             self._active.add(task)
         self.stats.connections += 1
-        conn = _Conn(reader, writer, self.stats)
+        conn = _Conn(reader, writer)
         try:
             while True:
                 try:

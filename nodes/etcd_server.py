@@ -129,10 +129,6 @@ class EtcdServer:
         return self.data_dir / "etcd.log"
 
     @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    @property
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 

@@ -226,10 +226,6 @@ class Registry:
                 log.warning("ignoring malformed registry value at %s: %s", key, exc)
         return out
 
-    async def get_json(self, key: str) -> Any:
-        got = await self._get(key)
-        return None if got is None else decode(key, got.value)
-
     # -- nodes ---------------------------------------------------------------
 
     async def register_node(self, node: NodeInfo, ttl: int = NODE_LEASE_TTL) -> None:

@@ -49,7 +49,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
@@ -62,7 +62,6 @@ from emunet.dataplane.tcp import TCPConnection, TCPListener, TCPState
 from emunet.errors import ConfigError, EmunetError, SocketError
 
 __all__ = [
-    "OVERLAY_PORT",
     "WIRE_PORT",
     "BoundedQueue",
     "NodeRuntime",
@@ -75,11 +74,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OVERLAY_PORT = 8285  # flannel's udp backend port
 WIRE_PORT = 8286  # emunet's underlay wire (node network stand-in)
 TX_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes queued in a UDP transport before we drop
 SOCKET_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF / SO_SNDBUF asked of the kernel
-MAX_DATAGRAM = 65535
 _TIMER_FLOOR = 0.0005  # a timer that stays due re-arms this much later, never spins
 
 _CLOSED_FOR_WRITE = frozenset(
@@ -179,12 +176,9 @@ class RuntimeStats:
     timer_fires: int = 0
     flushes: int = 0
     app_errors: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
-        out.update(self.extra)
-        return out
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -415,7 +409,9 @@ class NodeRuntime:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def flush(self) -> None:
+    def flush(self, floor: float | None = None) -> None:
+        """Run the node's queue, send its actions, re-arm its timer (not before
+        ``floor``: after a timer fired, so a timer due again at once cannot spin)."""
         self._flush_scheduled = False
         if self._closed:
             return
@@ -443,7 +439,7 @@ class NodeRuntime:
                     continue
                 wire.sendto(action.packet, (self.real(str(action.next_hop)), self.wire_port))
                 stats.wire_tx += 1
-        self._arm_timer()
+        self._arm_timer(floor)
 
     def _arm_timer(self, floor: float | None = None) -> None:
         try:
@@ -479,13 +475,7 @@ class NodeRuntime:
         except Exception:
             self.stats.internal_errors += 1
             log.exception("node %s: handle_timer failed", self.node.name)
-        self.flush_now(floor=now + _TIMER_FLOOR)
-
-    def flush_now(self, floor: float | None = None) -> None:
-        """Flush synchronously (from a timer or after a batch of state changes)."""
-        self.flush()
-        if floor is not None:
-            self._arm_timer(floor)
+        self.flush(floor=now + _TIMER_FLOOR)
 
     # ------------------------------------------------------------- app tasks
 

@@ -21,7 +21,7 @@ import math
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +31,7 @@ from emunet.nodes.runtime import BoundedQueue, NodeRuntime, Stream
 from emunet.dataplane.interfaces import LOOPBACK
 from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
 from emunet.errors import EmunetError
-from emunet.packets import icmp
+from emunet.packets import ethernet, icmp, ipv4, tcp
 from emunet.packets.mac import MAC
 
 __all__ = ["COMMANDS", "Resolver", "Shell", "run_command"]
@@ -39,10 +39,10 @@ __all__ = ["COMMANDS", "Resolver", "Shell", "run_command"]
 Resolver = Callable[[str], Awaitable[IPv4Address | None]]
 Output = Callable[[str], None]
 
-_ETH = struct.Struct("!6s6sH")
-_IP = struct.Struct("!BBHHHBBH4s4s")
+_ETH = ethernet.HEADER
+_IP = ipv4.HEADER
 _PORTS = struct.Struct("!HH")
-_TCP = struct.Struct("!HHIIBBHHH")
+_TCP = tcp.HEADER
 _ICMP_ECHO = struct.Struct("!BBHHH")
 
 
@@ -60,7 +60,6 @@ class Shell:
     err: Output
     stdin: bytes = b""
     resolver: Resolver | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def ns(self) -> Any:

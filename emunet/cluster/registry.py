@@ -112,6 +112,14 @@ __all__ = [
 
 PREFIX = "/registry"
 DEFAULT_NAMESPACE = "default"
+
+
+def netns_name(namespace: str, name: str) -> str:
+    """The node's name for a pod's network namespace: ``name`` in "default", else
+    ``namespace/name`` (what the agent, the CLI and pod-shell all use)."""
+    return name if namespace == DEFAULT_NAMESPACE else f"{namespace}/{name}"
+
+
 DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
 NODE_PORT_RANGE = (30000, 32767)
 NODE_LEASE_TTL = 10
