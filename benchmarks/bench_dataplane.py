@@ -5,7 +5,7 @@ Two paths of an established UDP flow, 64 B and 1400 B payloads:
 * egress: pod eth0 -> veth (the node's queue) -> cni0 (to its own MAC: FDB
   refresh) -> root ip_rcv (header checks) -> flow cache (conntrack refresh, route
   10.244.0.0/16 dev flannel0, FORWARD's TTL) -> flanneld's tun_to_udp (lease,
-  TTL) -> eth0 counters -> OverlayDatagram;
+  TTL) -> eth0 counters -> an overlay datagram;
 * ingress (the reverse): overlay datagram -> udp_to_tun (TTL) -> flannel0 ->
   root ip_rcv -> flow cache (conntrack, route 10.244.1.0/24 dev cni0, FORWARD's
   TTL, neighbour, FDB entry) -> veth (the node's queue) -> the pod's eth0

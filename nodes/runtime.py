@@ -8,7 +8,7 @@ bytes and supplies time:
 
 * **overlay** (``node_ip:8285``): flanneld's UDP socket. Each datagram is one
   raw IPv4 packet; it goes to ``node.overlay_received((ip, port), data, now)``.
-  :class:`OverlayDatagram` actions are sent from it.
+  Overlay datagram actions are sent from it.
 * **underlay wire** (``node_ip:8286``): emunet's stand-in for the node network.
   An :class:`UnderlayPacket` (an IPv4 packet leaving the node's ``eth0`` for a
   next hop on the node network, e.g. a pod reaching another node's IP or a
@@ -54,7 +54,7 @@ from ipaddress import IPv4Address, IPv4Network
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
-from emunet.dataplane.actions import OverlayDatagram, UnderlayPacket
+from emunet.dataplane.actions import UnderlayPacket
 from emunet.dataplane.netns import Namespace
 from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply, PingSocket, SocketErrorEvent, UDPSocket
@@ -426,19 +426,19 @@ class NodeRuntime:
         ov, wire = self._overlay, self._wire
         stats = self.stats
         for action in actions:
-            if type(action) is OverlayDatagram:
-                if ov is None or _backlog(ov) > TX_BUFFER_LIMIT:
-                    stats.overlay_tx_dropped += 1
-                    continue
-                dst = action.dst
-                ov.sendto(action.payload, (self.real(dst[0]), dst[1]) if self.address_map else dst)
-                stats.overlay_tx += 1
-            elif type(action) is UnderlayPacket:
+            if isinstance(action, UnderlayPacket):
                 if wire is None or _backlog(wire) > TX_BUFFER_LIMIT:
                     stats.wire_tx_dropped += 1
                     continue
                 wire.sendto(action.packet, (self.real(str(action.next_hop)), self.wire_port))
                 stats.wire_tx += 1
+            else:  # an overlay datagram
+                if ov is None or _backlog(ov) > TX_BUFFER_LIMIT:
+                    stats.overlay_tx_dropped += 1
+                    continue
+                dst, payload = action
+                ov.sendto(payload, (self.real(dst[0]), dst[1]) if self.address_map else dst)
+                stats.overlay_tx += 1
         self._arm_timer(floor)
 
     def _arm_timer(self, floor: float | None = None) -> None:

@@ -208,10 +208,10 @@ class Fabric:
     def _touch(self, node: Node) -> None:
         """Collect a node's actions and (re)arm its timer."""
         for action in node.take_actions():
-            if type(action) is OverlayDatagram:
-                self._carry(node, IPv4Address(action.dst[0]), action, overlay=True)
-            elif type(action) is UnderlayPacket:
+            if isinstance(action, UnderlayPacket):
                 self._carry(node, action.next_hop, action, overlay=False)
+            else:
+                self._carry(node, IPv4Address(action[0][0]), action, overlay=True)
         self._arm(node)
 
     def _touch_host(self, host: Host) -> None:
@@ -275,17 +275,16 @@ class Fabric:
         if not link.up or (link.loss and self.rng.random() < link.loss):
             link.lost += 1
             return
-        if overlay:
-            assert isinstance(action, OverlayDatagram)
+        if isinstance(action, UnderlayPacket):
+            self.schedule(self.now + link.delay, dst.underlay_received, bytes(action.packet))
+        else:
+            (_, port), payload = action
             self.schedule(
                 self.now + link.delay,
                 dst.overlay_received,
-                (str(src.node_ip), action.dst[1]),
-                bytes(action.payload),
+                (str(src.node_ip), port),
+                bytes(payload),
             )
-        else:
-            assert isinstance(action, UnderlayPacket)
-            self.schedule(self.now + link.delay, dst.underlay_received, bytes(action.packet))
 
     def _fire_timer(self, node: Node | Host, now: float) -> None:
         t = self._timer_at.get(node.name)

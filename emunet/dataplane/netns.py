@@ -27,7 +27,6 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any, Protocol
 
-from emunet.dataplane.actions import OverlayDatagram
 from emunet.dataplane.bridge import FORGOTTEN
 from emunet.dataplane.interfaces import BRIDGE, LOOPBACK, TUN, UNDERLAY, VETH, Interface
 from emunet.dataplane.lpm import PrefixMap
@@ -53,7 +52,6 @@ _DST = struct.Struct("!16x4s")
 _HEADER20_WIDE = HEADER20_WIDE
 _TTL_CSUM = ipv4.TTL_CSUM
 _TTL_STEPS = ipv4.TTL_STEPS
-_new_tuple = tuple.__new__
 _UDP_HDR = struct.Struct("!HHHH")
 
 BROADCAST_IP = b"\xff\xff\xff\xff"
@@ -159,17 +157,20 @@ _USABLE = frozenset({"REACHABLE", "STALE", "DELAY", "PROBE"})  # states with a M
 class _Flow:
     """A cached forwarding decision for one direction of a connection.
 
-    ``ttl_min``: a packet needs a TTL above it (flannel0: flanneld decrements
-    again). flannel0 flows: ``lmap`` and ``out`` are flanneld's lease table and
-    eth0 (``NodeContext.tun_flow_target``), ``lease``/``lver`` the lease for the
-    destination and the table's version when it was looked up.
+    Held valid by what it was decided with, compared for every packet: the
+    route table's (``rmap``/``version``) and flanneld's lease table's
+    (``lmap``/``lver``) versions, the devices on the way (``dev``, then ``out``:
+    eth0 for flannel0 flows, the bridge port for cni0 ones) and, for cni0, the
+    neighbour's MAC and state and the FDB entry. ``ttl_min``: a packet needs a
+    TTL above it (flannel0: flanneld decrements again and discards at zero);
+    ``steps``: the TTL decrements the replay applies (FORWARD's, and flanneld's
+    for flannel0). ``lease``: the (PublicIP, port) flanneld sends to.
     """
 
     __slots__ = (
         "bridge",
         "ct",
         "dev",
-        "dst",
         "fdb",
         "header",
         "lease",
@@ -179,42 +180,32 @@ class _Flow:
         "neigh",
         "out",
         "peer",
-        "port",
-        "refresh",
         "rmap",
+        "steps",
         "ttl_min",
         "version",
     )
 
-    def __init__(
-        self,
-        ct: Any,
-        refresh: Callable[[Any, int, float], bool],
-        dev: Interface,
-        rmap: PrefixMap[Route],
-        dst: bytes,
-    ) -> None:
+    def __init__(self, ct: Any, dev: Interface, out: Interface, rmap: PrefixMap[Route]) -> None:
         self.ct = ct
-        self.refresh = refresh  # conntrack's refresh_established
         self.dev = dev
+        self.out = out
         self.rmap = rmap
         self.version = rmap.version
-        self.dst = dst
+        self.lmap = _NO_LEASES
+        self.lver = _NO_LEASES.version
         self.ttl_min = 1
+        self.steps = 1
+        self.lease: tuple[str, int] | None = None
         self.neigh: Neighbour | None = None
         self.mac = b""
         self.fdb: FdbEntry | None = None
-        self.port: Interface | None = None
         self.peer: Interface | None = None
         self.bridge: Bridge | None = None
         self.header = b""
-        self.lease: Any = None
-        self.lmap: PrefixMap[Any] = _NO_LEASES
-        self.lver = -1
-        self.out: Interface | None = None
 
 
-_NO_LEASES: PrefixMap[Any] = PrefixMap()  # a flow's lease table until it has flanneld's
+_NO_LEASES: PrefixMap[Any] = PrefixMap()  # the lease table of a flow that needs none
 
 
 class _Reassembly:
@@ -450,39 +441,39 @@ class Namespace:
         # the first 20 bytes as 64, 64 and 32 bits: version/IHL, total length and
         # fragment field from the first part, and checksum.header_ok's sum
         a, b, c = _HEADER20_WIDE.unpack_from(pkt)
-        vihl = a >> 56
-        total = (a >> 32) & 0xFFFF
-        if vihl == 0x45 and 20 <= total <= n:  # the common header
+        nf = self.netfilter
+        if (a >> 32) & 0xFF00FFFF == 0x45000000 + n:  # version 4, IHL 5, no padding
             if (a + b + c) % 0xFFFF:
                 self.drop(now, iface, Drop.MALFORMED, "ipv4: bad header checksum")
                 return
+            if (
+                not a & 0x3FFF  # a fragment is reassembled first
+                and nf is not None
+                and self.flows is not None
+                and not self._tracer.enabled
+                and self._flow_path(iface, pkt, n, now, pending)
+            ):
+                return
         else:
+            vihl = a >> 56
+            total = (a >> 32) & 0xFFFF
             hlen = (vihl & 0x0F) << 2
-            if vihl >> 4 != 4 or hlen < 20 or total < hlen or total > n or hlen > n:
+            if vihl >> 4 != 4 or hlen < 20 or total < hlen or total > n:
                 self.drop(now, iface, Drop.MALFORMED, "ipv4: bad version, IHL or total length")
                 return
             if not header_ok(pkt):
                 self.drop(now, iface, Drop.MALFORMED, "ipv4: bad header checksum")
                 return
-        if total < n:
-            del pkt[total:]
-        nf = self.netfilter
-        if nf is not None:
-            if a & 0x3FFF:  # MF or offset: nf_defrag reassembles first
-                if pending:
-                    ipv4.decrement_ttl_by(pkt, pending)
-                    pending = 0
-                whole = self.reassemble(iface, pkt, now)
-                if whole is None:
-                    return
-                pkt = whole
-            elif (
-                vihl == 0x45
-                and self.flows is not None
-                and not self._tracer.enabled
-                and self._flow_path(iface, pkt, now, pending)
-            ):
+            if total < n:
+                del pkt[total:]  # the link layer's padding
+        if a & 0x3FFF and nf is not None:  # MF or offset: nf_defrag reassembles first
+            if pending:
+                ipv4.decrement_ttl_by(pkt, pending)
+                pending = 0
+            whole = self.reassemble(iface, pkt, now)
+            if whole is None:
                 return
+            pkt = whole
         if pending:
             ipv4.decrement_ttl_by(pkt, pending)
         if nf is not None:
@@ -503,49 +494,39 @@ class Namespace:
     # limits, a changed route, neighbour or FDB entry, a FIN/RST/SYN, an
     # expired or NATed conntrack entry) sends the packet down the full path.
 
-    def _flow_path(self, iface: Interface, pkt: bytearray, now: float, pending: int) -> bool:
+    def _flow_path(
+        self, iface: Interface, pkt: bytearray, size: int, now: float, pending: int
+    ) -> bool:
         """True when the packet was forwarded by the flow cache or the fast hooks;
         False, having changed nothing, when it takes the full path.
 
         ``pending``: TTL decrements still owed by an earlier hop (flanneld's, see
-        :meth:`rx_decapsulated`), applied with FORWARD's as one RFC 1624 update.
+        :meth:`rx_decapsulated`), applied with the flow's as one RFC 1624 update.
         One function on purpose: every packet of an established flow runs it,
         and each call saved is a measurable share of the whole path.
         """
-        # ip_rcv checked the header (IHL 5, its checksum, no fragment)
+        # ip_rcv checked the header (IHL 5, its checksum, no fragment; size bytes)
         proto = pkt[9]
-        size = len(pkt)
-        if proto == 6:
-            if size < 40:
-                return False
-            flags = pkt[33]
-        elif proto == 17:
+        if proto == 17:
             if size < 28:
                 return False
             flags = 0
+        elif proto == 6:
+            if size < 40:
+                return False
+            flags = pkt[33]
         else:
             return False
         key = _FLOW_KEY.unpack_from(pkt)  # conntrack's tuple, as (proto, 12 bytes)
-        flows = self.flows
-        nf = self.netfilter
-        assert flows is not None and nf is not None
+        flows: dict[tuple[int, bytes], _Flow] = self.flows  # type: ignore[assignment]
+        nf: NetfilterHooks = self.netfilter  # type: ignore[assignment]  # both set: ip_rcv checked
         flow = flows.get(key)
-        if flow is not None:
-            dev = flow.dev
-            if not (
-                flow.rmap.version == flow.version
-                and pkt[8] > flow.ttl_min + pending
-                and size <= dev.mtu
-                and dev.up
-                and not dev.taps
-                and (flow.neigh is None or self._flow_l2_ok(flow, now))
-                and flow.refresh(flow.ct, flags, now)  # fast_forward's work, in two
-            ):
-                del flows[key]
-                flow = None
-            else:
-                nf.left = None
+        fresh = False
         if flow is None:
+            fresh = True
+            # the connection's first packet here since its flow was decided (or
+            # invalidated): fast_forward does the hooks' work, the routing
+            # decision and the neighbour/FDB entries are looked up to be kept
             dst = _DST.unpack_from(pkt)[0]
             if dst in self.local:
                 return False
@@ -553,13 +534,7 @@ class Namespace:
             if hit is None:
                 return False
             flow = self._flow_new(hit[0], dst)
-            if flow is None or not (
-                pkt[8] > flow.ttl_min + pending
-                and size <= flow.dev.mtu
-                and flow.dev.up
-                and not flow.dev.taps
-                and (flow.neigh is None or self._flow_l2_ok(flow, now))
-            ):
+            if flow is None:
                 if pending:
                     ipv4.decrement_ttl_by(pkt, pending)
                 self.forward(iface, pkt, now, established=True)
@@ -567,64 +542,84 @@ class Namespace:
             if len(flows) >= FLOW_CACHE_MAX:
                 flows.clear()
             flows[key] = flow
-            dev = flow.dev
+        dev = flow.dev
+        out = flow.out
         n = flow.neigh
-        lease = None
-        decrements = 1 + pending  # FORWARD's and those pending
-        if n is None:
-            # flannel0 and flanneld's tun_to_udp are replayed too when the lease
-            # (looked up once per version of flanneld's table) and eth0 allow it:
-            # flanneld's decrement joins the others
-            leases = flow.lmap
-            if flow.lver != leases.version:
-                flow.lease = leases.lookup(flow.dst)
-                flow.lver = leases.version
-            eth0 = flow.out
-            if eth0 is not None and not eth0.taps:
-                lease = flow.lease
-                if lease is not None:
-                    decrements += 1
+        if not (
+            flow.rmap.version == flow.version
+            and flow.lmap.version == flow.lver
+            and pkt[8] > flow.ttl_min + pending
+            and size <= dev.mtu
+            and dev.up
+            and not dev.taps
+            and not out.taps
+            and (
+                n is None
+                or (
+                    # cni0: the neighbour and the FDB entry are the ones the full
+                    # path would use, the ports on the way up. A removed neighbour
+                    # ends FAILED (_forget_neighbour), a removed FDB entry ends
+                    # infinitely old (Bridge.forget): the objects held tell.
+                    n.mac == flow.mac
+                    and n.state in _USABLE
+                    and flow.fdb.port is out  # type: ignore[union-attr]
+                    and now - flow.fdb.updated < flow.bridge.ageing_time  # type: ignore[union-attr]
+                    and out.up
+                    and flow.peer.up  # type: ignore[union-attr]
+                )
+            )
+            and (fresh or nf.conntrack.refresh_established(flow.ct, flags, now))
+        ):
+            del flows[key]
+            if not fresh:
+                return False
+            if pending:
+                ipv4.decrement_ttl_by(pkt, pending)
+            self.forward(iface, pkt, now, established=True)
+            return True
+        nf.left = None  # as after any packet through the hooks
         # the TTL decrements as one update (ipv4.decrement_ttl_by, inlined)
-        step, const = _TTL_STEPS[decrements]
+        step, const = _TTL_STEPS[flow.steps + pending]
         word, csum = _TTL_CSUM.unpack_from(pkt, 8)
         csum = (csum ^ 0xFFFF) + const
         _TTL_CSUM.pack_into(pkt, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
         dev.tx_packets += 1
         if n is None:
+            # flannel0, then flanneld's tun_to_udp: the datagram leaves by eth0
             dev.tx_bytes += size
-            if lease is None:
-                self.node.tun_xmit(dev, pkt, now)  # flanneld judges it
-                return True
-            assert eth0 is not None
-            eth0.tx_packets += 1
-            eth0.tx_bytes += size + OVERLAY_OVERHEAD
-            self.node.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
+            out.tx_packets += 1
+            out.tx_bytes += size + OVERLAY_OVERHEAD
+            self.node.actions.append((flow.lease, pkt))  # an overlay datagram
             return True
+        # cni0: the neighbour's MAC, the FDB entry's port, its veth peer
         if n.state != "REACHABLE" or now - n.updated > REACHABLE_TIME:
             self._neigh_used(n, now)
         frame = flow.header + pkt
         size += 14
         dev.tx_bytes += size
-        port = flow.port
-        peer = flow.peer
-        assert port is not None and peer is not None
-        port.tx_packets += 1
-        port.tx_bytes += size
+        out.tx_packets += 1
+        out.tx_bytes += size
+        peer: Interface = flow.peer  # type: ignore[assignment]
         self._queue_append((peer.netns.rx_frame, (peer, frame, now)))  # enqueue
         return True
 
     def _flow_new(self, ct: Any, dst: bytes) -> _Flow | None:
+        """The flow of a packet that fast_forward passed, or None when the full
+        path must judge each of its packets (no route, no usable neighbour or FDB
+        entry, no lease: what only the full path says how to handle)."""
         route = self.routes.lookup(dst)
         if route is None:
             return None
         dev = route.dev
-        assert self.netfilter is not None
-        flow = _Flow(
-            ct, self.netfilter.conntrack.refresh_established, dev, self.routes.prefixes, dst
-        )
         if dev.kind == TUN:
+            leases, eth0 = self.node.tun_flow_target()
+            lease = leases.lookup(dst)
+            if eth0 is None or lease is None:
+                return None
+            flow = _Flow(ct, dev, eth0, self.routes.prefixes)
+            flow.lmap, flow.lver, flow.lease = leases, leases.version, lease.addr
             flow.ttl_min = 2  # flanneld decrements again and discards at zero
-            flow.lmap, flow.out = self.node.tun_flow_target()
+            flow.steps = 2
             return flow
         if dev.kind != BRIDGE or dev.bridge is None:
             return None
@@ -635,36 +630,11 @@ class Namespace:
         if entry is None or entry.port.peer is None:
             return None
         assert dev.mac is not None
-        flow.neigh, flow.mac, flow.fdb, flow.port = n, n.mac, entry, entry.port
-        flow.peer = entry.port.peer
+        flow = _Flow(ct, dev, entry.port, self.routes.prefixes)
+        flow.neigh, flow.mac, flow.fdb, flow.peer = n, n.mac, entry, entry.port.peer
         flow.header = _ETH.pack(n.mac, dev.mac, ETH_P_IP)
         flow.bridge = dev.bridge
         return flow
-
-    def _flow_l2_ok(self, flow: _Flow, now: float) -> bool:
-        """The neighbour and the FDB entry a cni0 flow replays are still the ones
-        the full path would use (and the ports on the way are up, untapped).
-
-        A removed neighbour ends FAILED (:meth:`_forget_neighbour`) and a removed
-        FDB entry ends infinitely old (:meth:`Bridge.forget`), so the objects the
-        flow holds tell, without looking them up again.
-        """
-        n = flow.neigh
-        entry = flow.fdb
-        port = flow.port
-        peer = flow.peer
-        bridge = flow.bridge
-        assert n is not None and entry is not None and port is not None
-        assert peer is not None and bridge is not None
-        return (
-            n.mac == flow.mac
-            and n.state in _USABLE
-            and entry.port is port
-            and now - entry.updated < bridge.ageing_time
-            and port.up
-            and not port.taps
-            and peer.up
-        )
 
     def route_input(self, iface: Interface, pkt: bytearray, now: float) -> None:
         """After PREROUTING: deliver locally or forward (``ip_route_input``)."""
@@ -790,17 +760,16 @@ class Namespace:
 
     def bridge_port_rx(self, port: Interface, frame: bytes | bytearray, now: float) -> None:
         """A frame received on a bridge port (a veth enslaved to cni0)."""
+        size = len(frame)
         port.rx_packets += 1
-        port.rx_bytes += len(frame)
+        port.rx_bytes += size
         if port.taps:
             for tap in port.taps:
                 tap(now, frame)
-        if len(frame) < 14:
-            self.drop(now, port, Drop.MALFORMED, f"ethernet frame of {len(frame)} bytes")
+        if size < 14:
+            self.drop(now, port, Drop.MALFORMED, f"ethernet frame of {size} bytes")
             return
-        dev = port.master
-        assert dev is not None and dev.bridge is not None
-        bridge = dev.bridge
+        dev: Interface = port.master  # type: ignore[assignment]  # a port has one
         if self._tracer.enabled:
             self.trace(now, port.name, "rx", f"bridge port of {dev.name}")
         elif self.flows is not None and not dev.taps and type(frame) is bytes:
@@ -813,7 +782,7 @@ class Namespace:
             header = frame[:14]
             entry = self._up_headers.get(header)
             if entry is None and header[12:] == b"\x08\x00" and header[:6] == dev.mac:
-                entry = bridge.fdb.get(header[6:12])
+                entry = dev.bridge.fdb.get(header[6:12])  # type: ignore[union-attr]
                 if entry is not None:
                     if len(self._up_headers) >= 4096:
                         self._up_headers.clear()
@@ -821,12 +790,12 @@ class Namespace:
             if entry is not None and entry.port is port and entry.updated != FORGOTTEN:
                 entry.updated = now
                 dev.rx_packets += 1
-                dev.rx_bytes += len(frame)
+                dev.rx_bytes += size
                 pkt = bytearray(frame)
                 del pkt[:14]  # one copy: a bytearray drops its head in place
                 self.ip_rcv(dev, pkt, now)
                 return
-        bridge.input(port, frame, now)
+        dev.bridge.input(port, frame, now)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ neighbours
 

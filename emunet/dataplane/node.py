@@ -14,8 +14,8 @@ way flannel + the CNI bridge plugin wire a real node::
 Entry points take ``now`` and return nothing; everything they cause runs to
 completion on the node's internal FIFO (so a frame crossing five devices is
 five queue steps, not five nested calls) and what must leave the node is
-appended to :attr:`Node.actions`: an :class:`OverlayDatagram` (flanneld's UDP
-send to a peer node) or an :class:`UnderlayPacket` (anything else leaving
+appended to :attr:`Node.actions`: an overlay datagram (flanneld's UDP send
+to a peer node, a plain tuple) or an :class:`UnderlayPacket` (anything else leaving
 ``eth0``). The adapter calls :meth:`take_actions` and performs them, and
 drives time through :meth:`get_timer` / :meth:`handle_timer`.
 
@@ -34,7 +34,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from emunet.cluster.kubeproxy import EndpointsMap, Service
-from emunet.dataplane.actions import Action, OverlayDatagram, UnderlayPacket
+from emunet.dataplane.actions import Action, UnderlayPacket
 from emunet.dataplane.bridge import DEFAULT_AGEING, Bridge
 from emunet.dataplane.interfaces import BRIDGE, DUMMY, TUN, UNDERLAY, VETH, Interface
 from emunet.dataplane.lpm import PrefixMap
@@ -48,7 +48,6 @@ from emunet.packets.ethernet import ETH_P_ARP
 from emunet.packets.mac import MAC
 
 # NamedTuple's generated __new__ is Python code; the tuple type's own is not
-_new_tuple = tuple.__new__
 
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
 DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
@@ -392,7 +391,7 @@ class Node:
             outer = self._outer(self.node_ip, lease.public_ip, pkt)
             for tap in eth0.taps:
                 tap(now, outer)
-        self.actions.append(_new_tuple(OverlayDatagram, (lease.addr, pkt)))
+        self.actions.append((lease.addr, pkt))  # an overlay datagram
 
     def tun_flow_target(self) -> tuple[PrefixMap[Lease], Interface]:
         """For the flow cache's replay of :meth:`tun_xmit`: flanneld's lease table
