@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
+from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.node import Node
 from emunet.packets import ethernet, ipv4, udp
 from emunet.packets.fastpath import FRAME
@@ -68,9 +69,9 @@ def build_node() -> tuple[
     src = (PEER_IP, 8285)
     ns = pod.netns
     at_eth0 = [0]
-    stack_rx = ns.rx_frame
+    stack_rx = eth0.receive
 
-    def eth0_rx(iface: object, frame: bytes, now: float) -> None:
+    def eth0_rx(iface: Interface, frame: bytes | bytearray, now: float) -> None:
         at_eth0[0] += 1  # the frame reached the pod's eth0: the path ends here
 
     def egress(frame: bytes) -> None:
@@ -81,9 +82,9 @@ def build_node() -> tuple[
         node.overlay_received(src, payload, 1.0)
 
     def ingress_to_socket(payload: bytes) -> None:
-        ns.rx_frame = stack_rx  # type: ignore[method-assign]
+        eth0.receive = stack_rx
         node.overlay_received(src, payload, 1.0)
-        ns.rx_frame = eth0_rx  # type: ignore[method-assign, assignment]
+        eth0.receive = eth0_rx
         sock.rx.clear()
 
     # warm: ARP for the gateway and the pod, FDB entries, conntrack entries both ways
@@ -92,7 +93,7 @@ def build_node() -> tuple[
         ingress_to_socket(frames[f"ingress-{size}"])
     node.process()
     assert sock.rx == deque() and at_eth0 == [0]
-    ns.rx_frame = eth0_rx  # type: ignore[method-assign, assignment]
+    eth0.receive = eth0_rx
     return node, egress, ingress, ingress_to_socket, frames
 
 

@@ -52,6 +52,7 @@ class Interface:
         "name",
         "netns",
         "peer",
+        "receive",
         "rx_bytes",
         "rx_dropped",
         "rx_packets",
@@ -84,12 +85,20 @@ class Interface:
         self.master: Interface | None = None  # the bridge device this port belongs to
         self.bridge: Bridge | None = None  # set on the bridge device itself
         self.taps: list[Tap] = []
+        # what takes a frame arriving on this L2 interface: its namespace's
+        # rx_frame, or bridge_port_rx once it is a bridge port (enslave)
+        self.receive: Callable[[Interface, bytes | bytearray, float], None] = netns.rx_frame
         self.rx_packets = 0
         self.rx_bytes = 0
         self.rx_dropped = 0
         self.tx_packets = 0
         self.tx_bytes = 0
         self.tx_dropped = 0
+
+    def enslave(self, master: Interface) -> None:
+        """``ip link set dev VETH master BRIDGE``: a bridge port from now on."""
+        self.master = master
+        self.receive = self.netns.bridge_port_rx
 
     @property
     def is_l2(self) -> bool:

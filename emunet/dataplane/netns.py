@@ -421,19 +421,16 @@ class Namespace:
             self.trace(now, iface.name, "rx", describe(pkt))
         self.ip_rcv(iface, pkt, now)
 
-    def rx_decapsulated(self, iface: Interface, pkt: bytearray, now: float) -> None:
-        """:meth:`rx_packet` for a packet flanneld writes into flannel0 before its
-        TTL decrement, which is left to :meth:`ip_rcv` (nothing traces or taps
-        flannel0, the TTL is above 1): the flow cache applies it together with
-        FORWARD's, the full path first thing after the header checks (which the
-        TTL does not change), so both give the bytes of the two steps."""
-        iface.rx_packets += 1
-        iface.rx_bytes += len(pkt)
-        self.ip_rcv(iface, pkt, now, 1)
-
     def ip_rcv(self, iface: Interface, pkt: bytearray, now: float, pending: int = 0) -> None:
         """``ip_rcv``: header checks, then PREROUTING (or the flow cache), then the
-        routing decision. ``pending``: see :meth:`rx_decapsulated`."""
+        routing decision.
+
+        ``pending``: TTL decrements the packet still owes to an earlier hop. A
+        packet flanneld writes into flannel0 comes before its decrement when
+        nothing traces or taps flannel0 and the TTL is above 1
+        (``Node.overlay_received``): the flow cache applies it together with
+        FORWARD's, the full path first thing after the header checks (which the
+        TTL does not change), so both give the bytes of the two steps."""
         n = len(pkt)
         if n < 20:
             self.drop(now, iface, Drop.MALFORMED, f"ipv4: {n} bytes")
@@ -501,7 +498,7 @@ class Namespace:
         False, having changed nothing, when it takes the full path.
 
         ``pending``: TTL decrements still owed by an earlier hop (flanneld's, see
-        :meth:`rx_decapsulated`), applied with the flow's as one RFC 1624 update.
+        :meth:`ip_rcv`), applied with the flow's as one RFC 1624 update.
         One function on purpose: every packet of an established flow runs it,
         and each call saved is a measurable share of the whole path.
         """
@@ -562,8 +559,8 @@ class Namespace:
                     # infinitely old (Bridge.forget): the objects held tell.
                     n.mac == flow.mac
                     and n.state in _USABLE
-                    and flow.fdb.port is out  # type: ignore[union-attr]
-                    and now - flow.fdb.updated < flow.bridge.ageing_time  # type: ignore[union-attr]
+                    and (entry := flow.fdb).port is out  # type: ignore[union-attr]
+                    and now - entry.updated < flow.bridge.ageing_time  # type: ignore[union-attr]
                     and out.up
                     and flow.peer.up  # type: ignore[union-attr]
                 )
@@ -600,7 +597,7 @@ class Namespace:
         out.tx_packets += 1
         out.tx_bytes += size
         peer: Interface = flow.peer  # type: ignore[assignment]
-        self._queue_append((peer.netns.rx_frame, (peer, frame, now)))  # enqueue
+        self._queue_append((peer.receive, (peer, frame, now)))  # enqueue
         return True
 
     def _flow_new(self, ct: Any, dst: bytes) -> _Flow | None:
@@ -750,10 +747,7 @@ class Namespace:
             if peer is None or not dev.up or not peer.up:
                 self.drop(now, dev, Drop.LINK_DOWN, dev.name)
                 return
-            if peer.master is not None:  # enqueue, without the call
-                self._queue_append((peer.netns.bridge_port_rx, (peer, frame, now)))
-            else:
-                self._queue_append((peer.netns.rx_frame, (peer, frame, now)))
+            self._queue_append((peer.receive, (peer, frame, now)))  # enqueue, without the call
         elif dev.kind == BRIDGE:
             assert dev.bridge is not None
             dev.bridge.input(None, frame, now)

@@ -424,27 +424,27 @@ class Node:
         self, src: tuple[str, int], payload: bytes | bytearray, now: float
     ) -> None:
         """A UDP datagram arrived on the flannel port (flanneld's ``udp_to_tun``)."""
+        n = len(payload)
         eth0 = self.eth0
         eth0.rx_packets += 1
-        eth0.rx_bytes += len(payload) + OVERHEAD
+        eth0.rx_bytes += n + OVERHEAD
         pkt = bytearray(payload)
         if eth0.taps:
             outer = self._outer(IPv4Address(src[0]), self.node_ip, pkt)
             for tap in eth0.taps:
                 tap(now, outer)
-        if len(pkt) < 20 or pkt[0] >> 4 != 4:
-            self.root.drop(
-                now, self.flannel0, Drop.MALFORMED, f"overlay payload of {len(pkt)} bytes"
-            )
+        flannel0 = self.flannel0
+        if n < 20 or pkt[0] >> 4 != 4:
+            self.root.drop(now, flannel0, Drop.MALFORMED, f"overlay payload of {n} bytes")
             return
-        if len(pkt) > self.flannel0.mtu:
+        if n > flannel0.mtu:
             # flanneld reads into a buffer of flannel0's MTU: the rest is cut off and
             # the kernel drops what it writes into the TUN
             self.root.drop(
                 now,
-                self.flannel0,
+                flannel0,
                 Drop.MALFORMED,
-                f"overlay datagram of {len(pkt)} bytes > flannel0 mtu {self.flannel0.mtu}",
+                f"overlay datagram of {n} bytes > flannel0 mtu {flannel0.mtu}",
             )
             return
         if self.tracer.enabled:
@@ -460,18 +460,21 @@ class Node:
             self.flannel.ttl_drops += 1
             self.root.drop(
                 now,
-                self.flannel0,
+                flannel0,
                 Drop.FLANNEL_TTL_ZERO,
                 describe(pkt) if self.tracer.enabled else "",
             )
             return
         root = self.root
-        if root.flows is not None and not self.tracer.enabled and not self.flannel0.taps:
-            # the decrement is left to the root's receive, to be done with FORWARD's
-            self.run(root.rx_decapsulated, self.flannel0, pkt, now)
+        if root.flows is not None and not self.tracer.enabled and not flannel0.taps:
+            # rx_packet's work (count, then ip_rcv) with the decrement left to
+            # ip_rcv, to be done with FORWARD's (see its ``pending``)
+            flannel0.rx_packets += 1
+            flannel0.rx_bytes += n
+            self.run(root.ip_rcv, flannel0, pkt, now, 1)
             return
         ipv4.decrement_ttl(pkt)
-        self.run(root.rx_packet, self.flannel0, pkt, now)
+        self.run(root.rx_packet, flannel0, pkt, now)
 
     def underlay_received(self, packet: bytes | bytearray, now: float) -> None:
         """An IPv4 packet arrived on eth0 from the node network (not the overlay)."""
@@ -482,10 +485,8 @@ class Node:
         """Hand raw bytes to any interface as if received there (tests, fuzzing)."""
         ns = self.root if netns == "root" else self.pods[netns].netns
         dev = ns.interfaces[iface]
-        if dev.kind == VETH and dev.master is not None:
-            self.enqueue(ns.bridge_port_rx, dev, bytes(data), now)
-        elif dev.is_l2:
-            self.enqueue(ns.rx_frame, dev, bytes(data), now)
+        if dev.is_l2:
+            self.enqueue(dev.receive, dev, bytes(data), now)
         else:
             self.enqueue(ns.rx_packet, dev, bytearray(data), now)
         self.process()
@@ -541,7 +542,7 @@ class Node:
         ns.add_route("0.0.0.0/0", eth0, via=self.gateway_ip)
         veth_name = "veth" + self.rng.randbytes(4).hex()
         veth = self.root.add_interface(veth_name, VETH, mac=self._new_mac(), mtu=self.pod_mtu)
-        veth.master = self.cni0
+        veth.enslave(self.cni0)
         eth0.peer, veth.peer = veth, eth0
         self.bridge.add_port(veth)
         pod = Pod(name, namespace, ns, addr, mac, veth_name, tuple(containers), dict(labels or {}))

@@ -125,13 +125,13 @@ def test_cached_flows_give_the_full_paths_bytes_for_every_checksum() -> None:
 
     node, pod, sock = one_pod_node()
     got: list[bytes] = []
-    rx = pod.netns.rx_frame
+    rx = pod.eth0.receive
 
     def pod_rx(iface: Any, frame: bytes, now: float) -> None:
         got.append(bytes(frame))
         rx(iface, frame, now)
 
-    pod.netns.rx_frame = pod_rx
+    pod.eth0.receive = pod_rx
     for ident in range(0x10000):
         pod.netns.l2_xmit(pod.eth0, egress_frame(node, pod, ident), 1.0)
         (sent,) = node.take_actions()
