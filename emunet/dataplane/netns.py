@@ -546,8 +546,7 @@ class Namespace:
             flow.rmap.version == flow.version
             and flow.lmap.version == flow.lver
             and pkt[8] > flow.ttl_min + pending
-            and size <= dev.mtu
-            and dev.up
+            and size <= dev.mtu  # (only a veth pair's ends care whether they are up)
             and not dev.taps
             and not out.taps
             and (
@@ -1480,6 +1479,13 @@ class Namespace:
                 self.tcp_flush(conn, now)
 
     # ----------------------------------------------------------------- views
+
+    def neigh_delete(self, ip: IPv4Address) -> bool:
+        """``ip neigh del``: forget an entry (the next packet resolves it again)."""
+        if ip.packed not in self.neighbours:
+            return False
+        self._forget_neighbour(ip.packed)
+        return True
 
     def neigh_show(self, now: float) -> list[str]:
         """Lines like ``ip neigh show``."""

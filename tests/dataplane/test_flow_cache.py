@@ -148,3 +148,164 @@ def test_cached_flows_give_the_full_paths_bytes_for_every_checksum() -> None:
         assert got.pop()[14:] == want, ident
         assert sock.recvfrom() is not None
     assert node.root.flows is not None and len(node.root.flows) == 2 and not node.drops()
+
+
+def changes_workload(flow_cache: bool) -> dict[str, Any]:
+    """Traffic of one established UDP flow both ways through a node, with changes
+    to everything a cached flow was decided with (each made while the flow is
+    cached): what leaves the node, what reaches its pods and what each tap sees
+    must not depend on the cache."""
+    from ipaddress import IPv4Network
+
+    from emunet.dataplane.actions import UnderlayPacket
+    from emunet.dataplane.node import Node
+    from emunet.packets import arp, ethernet, ipv4, udp
+    from emunet.packets.mac import MAC
+
+    node = Node(
+        "node1", "172.18.0.2", "10.244.1.0/24", gateway="172.18.0.1", seed=1, flow_cache=flow_cache
+    )
+    node.set_lease("10.244.2.0/24", "172.18.0.3")
+    pod = node.add_pod("p")
+    other = node.add_pod("q")  # sees what the bridge floods
+    sock = pod.netns.udp_socket()
+    sock.bind(port=5000)
+    veth = node.root.interfaces[pod.veth]
+    assert node.cni0.mac is not None
+    log: list[Any] = []
+
+    def logging_rx(who: Any) -> None:
+        rx = who.eth0.receive
+
+        def pod_rx(iface: Any, frame: bytes, now: float) -> None:
+            log.append((who.name, bytes(frame)))
+            rx(iface, frame, now)
+
+        who.eth0.receive = pod_rx
+
+    logging_rx(pod)
+    logging_rx(other)
+    now = 1.0
+    ident = 0
+    cached = 0
+
+    def advance(to: float) -> None:
+        nonlocal now
+        while (t := node.get_timer()) is not None and t <= to:
+            node.handle_timer(max(t, now))
+        now = to
+
+    def collect() -> None:
+        for action in node.take_actions():
+            if isinstance(action, UnderlayPacket):
+                log.append(("wire", str(action.next_hop), bytes(action.packet)))
+            else:
+                log.append(("overlay", action[0], bytes(action[1])))
+        while (m := sock.recvfrom()) is not None:
+            log.append(("sock", m[0], m[1]))
+
+    def traffic(
+        n: int = 3,
+        size: int = 16,
+        ttl_out: int = 64,
+        ttl_in: int = 62,
+        egress: bool = True,
+        every: float = 0.5,
+    ) -> None:
+        nonlocal ident, cached
+        for _ in range(n):
+            ident += 1
+            if egress:
+                payload = bytes([ident & 0xFF]) * size
+                seg = udp.build_fast(5000, 6000, payload, pod.ip.packed, REMOTE.packed)
+                pkt = ipv4.build_fast(
+                    pod.ip.packed, REMOTE.packed, 17, seg, ttl=ttl_out, ident=ident
+                )
+                assert node.cni0.mac is not None
+                pod.netns.l2_xmit(
+                    pod.eth0, ethernet.frame(node.cni0.mac, pod.mac, 0x0800, pkt), now
+                )
+                collect()
+            seg = udp.build_fast(6000, 5000, b"r" * size, REMOTE.packed, pod.ip.packed)
+            pkt = ipv4.build_fast(REMOTE.packed, pod.ip.packed, 17, seg, ttl=ttl_in, ident=ident)
+            node.overlay_received(("172.18.0.3", 8285), pkt, now)
+            collect()
+            cached = max(cached, len(node.root.flows or {}))
+            advance(now + every)
+
+    def tap(dev: Any) -> Any:
+        def see(t: float, data: bytes | bytearray) -> None:
+            log.append(("tap", dev.name, bytes(data)))
+
+        dev.taps.append(see)
+        return see
+
+    traffic(4)
+    node.set_lease("10.244.2.0/24", "172.18.0.9")  # the peer moved
+    traffic()
+    for dev in (node.eth0, node.flannel0, node.cni0, veth):
+        see = tap(dev)
+        traffic()
+        dev.taps.remove(see)
+        traffic()
+    for ttl in (2, 3, 1):  # flanneld's and FORWARD's limits
+        traffic(2, ttl_out=ttl, ttl_in=ttl)
+        traffic()
+    node.root.add_route("10.244.2.0/25", node.eth0, via="172.18.0.1")  # more specific
+    traffic()
+    node.root.routes.delete(IPv4Network("10.244.2.0/25"))
+    traffic()
+    node.flannel0.mtu = 1000
+    traffic(2, size=1200)  # DF: fragmentation needed, both ways
+    node.flannel0.mtu = 1472
+    traffic(2, size=1200)
+    for dev in (pod.eth0, veth, node.cni0, node.flannel0):
+        dev.up = False
+        traffic(2)
+        dev.up = True
+        traffic(2)
+    node.root.neigh_delete(pod.ip)  # ip neigh del: resolved again
+    traffic()
+    # an ARP reply gives the pod's IP another MAC, then the entry is deleted again
+    fake = MAC(b"\x02\x00\x00\x00\xbe\xef")
+    reply = arp.build(arp.ARPPacket(arp.REPLY, fake, pod.ip, MAC(node.cni0.mac), node.gateway_ip))
+    node.inject("root", pod.veth, ethernet.frame(node.cni0.mac, fake, 0x0806, reply), now)
+    traffic(2, egress=False)
+    node.root.neigh_delete(pod.ip)
+    traffic()
+    # the pod's MAC shows up behind the other pod's port: the FDB entry moves
+    probe = ipv4.build_fast(pod.ip.packed, node.gateway_ip.packed, 1, b"\x00" * 8, ttl=64)
+    node.inject("root", other.veth, ethernet.frame(node.cni0.mac, pod.mac, 0x0800, probe), now)
+    traffic(2, egress=False)
+    traffic()
+    node.bridge.ageing_time = 10.0  # the FDB entry ages out while only replies flow
+    traffic(4, egress=False, every=4.0)
+    node.bridge.ageing_time = 300.0
+    traffic()
+    advance(now + 31)  # the neighbour goes STALE
+    traffic()
+    advance(now + 301)  # the FDB entry ages out, conntrack's entry expires
+    traffic()
+    node.remove_lease("10.244.2.0/24")  # net unreachable
+    traffic()
+    node.set_lease("10.244.2.0/24", "172.18.0.3")
+    traffic()
+    return {
+        "log": log,
+        "counters": node.counters(),
+        "drops": node.drops(),
+        "conntrack": node.conntrack_listing(now),
+        "cached": cached,
+    }
+
+
+def test_flow_cache_follows_every_change_it_was_decided_with() -> None:
+    slow = changes_workload(flow_cache=False)
+    fast = changes_workload(flow_cache=True)
+    assert slow["cached"] == 0 and fast["cached"] == 2  # both directions were cached
+    kinds = {entry[0] for entry in fast["log"]}
+    assert kinds == {"p", "q", "overlay", "wire", "sock", "tap"}  # every outcome happened
+    for i, (a, b) in enumerate(zip(fast["log"], slow["log"], strict=True)):
+        assert a == b, i
+    for key in ("counters", "drops", "conntrack"):
+        assert fast[key] == slow[key], key
