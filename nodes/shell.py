@@ -157,9 +157,7 @@ async def cmd_ip(sh: Shell, argv: list[str]) -> int:
             sh.print(line)
         return 0
     if obj in ("n", "neigh", "neighbor", "neighbour"):
-        for line in ns.neigh_show(sh.now):
-            sh.print(line)
-        return 0
+        return _ip_neigh(sh, argv[2:])
     if obj in ("l", "link"):
         for iface in ns.interfaces.values():
             name = iface.name + (f"@if{iface.peer.index}" if iface.peer is not None else "")
@@ -168,6 +166,47 @@ async def cmd_ip(sh: Shell, argv: list[str]) -> int:
                 sh.print(f"    link/ether {iface.mac} brd ff:ff:ff:ff:ff:ff")
         return 0
     sh.eprint(f'Object "{obj}" is unknown, try "ip help".' if obj else "Usage: ip OBJECT")
+    return 255
+
+
+def _ip_neigh(sh: Shell, args: list[str]) -> int:
+    """``ip neigh [show]``, ``ip neigh del ADDR dev NAME``, ``ip neigh flush all|dev NAME``."""
+    ns = sh.ns
+    cmd = args[0] if args else "show"
+    if cmd in ("show", "list", "lst", "ls", "s"):
+        for line in ns.neigh_show(sh.now):
+            sh.print(line)
+        return 0
+    if cmd in ("del", "delete"):
+        if len(args) != 4 or args[2] != "dev":
+            sh.eprint("Usage: ip neigh del ADDR dev NAME")
+            return 255
+        try:
+            ip = IPv4Address(args[1])
+        except ValueError:
+            sh.eprint(f'Error: inet address is expected rather than "{args[1]}".')
+            return 1
+        if args[3] not in ns.interfaces:
+            sh.eprint(f'Cannot find device "{args[3]}"')
+            return 1
+        n = ns.neighbours.get(ip.packed)
+        if n is None or n.dev.name != args[3] or not ns.neigh_delete(ip):
+            sh.eprint("RTNETLINK answers: No such file or directory")
+            return 2
+        return 0
+    if cmd == "flush":
+        dev = args[2] if len(args) == 3 and args[1] == "dev" else None
+        if args[1:] != ["all"] and dev is None:
+            sh.eprint("Usage: ip neigh flush all | ip neigh flush dev NAME")
+            return 255
+        if dev is not None and dev not in ns.interfaces:
+            sh.eprint(f'Cannot find device "{dev}"')
+            return 1
+        for n in list(ns.neighbours.values()):
+            if dev is None or n.dev.name == dev:
+                ns.neigh_delete(IPv4Address(n.ip))
+        return 0
+    sh.eprint(f'Command "{cmd}" is unknown, try "ip neigh help".')
     return 255
 
 
@@ -926,7 +965,7 @@ async def cmd_true(sh: Shell, argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[Shell, list[str]], Awaitable[int]], str]] = {
-    "ip": (cmd_ip, "ip addr|route|neigh|link"),
+    "ip": (cmd_ip, "ip addr|route|link|neigh [del ADDR dev NAME|flush all]"),
     "hostname": (cmd_hostname, "hostname [-i]"),
     "ping": (cmd_ping, "ping [-c N] [-i S] [-W S] [-w S] [-t TTL] [-s SIZE] [-q] HOST"),
     "traceroute": (cmd_traceroute, "traceroute [-n] [-I] [-m MAX] [-q N] [-w S] [-p PORT] HOST"),

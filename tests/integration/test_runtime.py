@@ -418,3 +418,29 @@ async def test_exec_stops_when_the_client_goes_away(pair: Pair) -> None:
             await asyncio.sleep(0.05)
         assert eth0.taps == []
         assert (await call(IP1, control.port, "status"))["name"] == "node1"
+
+
+async def test_shell_ip_neigh_del_and_flush(pair: Pair) -> None:
+    """The ARP cache can be emptied from a pod, and the next packet resolves again."""
+    c = str(pair.n2.pods["c"].ip)
+    await pair.r1.ping("a", c, seq=1, timeout=2)
+    code, out, _ = await sh(pair.r1, "a", "ip", "neigh")
+    assert code == 0 and out.startswith("10.244.1.1 dev eth0 lladdr ")
+    code, out, err = await sh(pair.r1, "a", "ip", "neigh", "del", "10.244.1.1", "dev", "eth0")
+    assert (code, out, err) == (0, "", "")
+    assert (await sh(pair.r1, "a", "ip", "neigh"))[1] == ""
+    code, _, err = await sh(pair.r1, "a", "ip", "neigh", "del", "10.244.1.1", "dev", "eth0")
+    assert (code, err) == (2, "RTNETLINK answers: No such file or directory\n")
+    code, _, err = await sh(pair.r1, "a", "ip", "neigh", "del", "10.244.1.1", "dev", "eth9")
+    assert (code, err) == (1, 'Cannot find device "eth9"\n')
+    code, _, err = await sh(pair.r1, "a", "ip", "neigh", "del", "gateway", "dev", "eth0")
+    assert code == 1 and "inet address is expected" in err
+    await pair.r1.ping("a", c, seq=2, timeout=2)  # ARP again
+    assert "10.244.1.1 dev eth0 lladdr" in (await sh(pair.r1, "a", "ip", "neigh"))[1]
+    assert (await sh(pair.r1, "a", "ip", "neigh", "flush", "dev", "eth0"))[0] == 0
+    assert (await sh(pair.r1, "a", "ip", "neigh"))[1] == ""
+    await pair.r1.ping("a", c, seq=3, timeout=2)
+    assert (await sh(pair.r1, "a", "ip", "neigh", "flush", "all"))[0] == 0
+    assert (await sh(pair.r1, "a", "ip", "neigh"))[1] == ""
+    code, _, err = await sh(pair.r1, "a", "ip", "neigh", "flush")
+    assert code == 255 and err.startswith("Usage: ip neigh flush")
