@@ -170,41 +170,50 @@ async def cmd_ip(sh: Shell, argv: list[str]) -> int:
 
 
 def _ip_neigh(sh: Shell, args: list[str]) -> int:
-    """``ip neigh [show]``, ``ip neigh del ADDR dev NAME``, ``ip neigh flush all|dev NAME``."""
+    """``ip neigh [show]``, ``ip neigh del ADDR dev NAME``, ``ip neigh flush all|dev NAME``,
+    with iproute2's abbreviations, messages and exit codes."""
     ns = sh.ns
     cmd = args[0] if args else "show"
-    if cmd in ("show", "list", "lst", "ls", "s"):
+    addr: str | None = None
+    dev: str | None = None
+    rest = iter(args[1:])
+    for word in rest:
+        if word == "dev":
+            dev = next(rest, None)
+        elif word == "to":
+            addr = next(rest, None)
+        elif word != "all":
+            addr = word
+    if dev is not None and dev not in ns.interfaces:
+        sh.eprint(f'Cannot find device "{dev}"')
+        return 255
+    if cmd in ("show", "list", "lst") or (cmd and "show".startswith(cmd)):
         for line in ns.neigh_show(sh.now):
             sh.print(line)
         return 0
-    if cmd in ("del", "delete"):
-        if len(args) != 4 or args[2] != "dev":
-            sh.eprint("Usage: ip neigh del ADDR dev NAME")
+    if cmd and "delete".startswith(cmd):
+        if dev is None or addr is None:
+            sh.eprint("Device and destination are required arguments.")
             return 255
         try:
-            ip = IPv4Address(args[1])
+            ip = IPv4Address(addr)
         except ValueError:
-            sh.eprint(f'Error: inet address is expected rather than "{args[1]}".')
-            return 1
-        if args[3] not in ns.interfaces:
-            sh.eprint(f'Cannot find device "{args[3]}"')
+            sh.eprint(f'Error: inet address is expected rather than "{addr}".')
             return 1
         n = ns.neighbours.get(ip.packed)
-        if n is None or n.dev.name != args[3] or not ns.neigh_delete(ip):
+        if n is None or n.dev.name != dev or not ns.neigh_delete(ip, sh.now):
             sh.eprint("RTNETLINK answers: No such file or directory")
             return 2
+        sh.runtime.poke()  # packets that waited for it fail: ICMP to their sockets
         return 0
-    if cmd == "flush":
-        dev = args[2] if len(args) == 3 and args[1] == "dev" else None
-        if args[1:] != ["all"] and dev is None:
-            sh.eprint("Usage: ip neigh flush all | ip neigh flush dev NAME")
+    if cmd and "flush".startswith(cmd):
+        if len(args) < 2:
+            sh.eprint("Flush requires arguments.")
             return 255
-        if dev is not None and dev not in ns.interfaces:
-            sh.eprint(f'Cannot find device "{dev}"')
-            return 1
         for n in list(ns.neighbours.values()):
             if dev is None or n.dev.name == dev:
-                ns.neigh_delete(IPv4Address(n.ip))
+                ns.neigh_delete(IPv4Address(n.ip), sh.now)
+        sh.runtime.poke()
         return 0
     sh.eprint(f'Command "{cmd}" is unknown, try "ip neigh help".')
     return 255

@@ -6,7 +6,8 @@
   cheapest object to make: a named tuple costs three times as much;
 * an :class:`UnderlayPacket`: anything else leaving ``eth0``.
 
-Tell them apart with ``isinstance(action, UnderlayPacket)``.
+Tell them apart with ``isinstance(action, UnderlayPacket)``, first: an
+``UnderlayPacket`` is a 2-tuple too, so it would unpack as a datagram.
 """
 
 from __future__ import annotations

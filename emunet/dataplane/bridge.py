@@ -85,7 +85,9 @@ class Bridge:
             dst, src = frame[0:6], frame[6:12]
         else:
             dst, src = bytes(frame[0:6]), bytes(frame[6:12])
-        if port is not None and not src[0] & 1:
+        # learn the source, unless multicast or the bridge's own MAC (a local entry
+        # in Linux's FDB, which br_fdb_update never moves to a port)
+        if port is not None and not src[0] & 1 and src != self.mac:
             entry = self.fdb.get(src)
             if entry is None:
                 self.fdb[src] = FdbEntry(port, now)

@@ -1,7 +1,7 @@
 """An in-memory fabric: N nodes, the links between them, and a fake clock.
 
 The fabric plays the part the node agents and the real network play in a
-deployment: it moves :class:`OverlayDatagram` and :class:`UnderlayPacket`
+deployment: it moves overlay datagrams and :class:`UnderlayPacket`
 actions between nodes after a per-link delay, with optional random loss, and
 fires node timers in time order. Everything is deterministic for a seed.
 

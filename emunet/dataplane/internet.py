@@ -167,7 +167,7 @@ class Host:
     def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None:
         raise ConfigError(f"host {self.name} has no TUN device")  # pragma: no cover
 
-    def tun_flow_target(self) -> tuple[PrefixMap[Any], Interface | None]:
+    def tun_flow_target(self) -> tuple[PrefixMap[Any], Interface]:
         raise ConfigError(f"host {self.name} has no TUN device")  # pragma: no cover
 
     def underlay_xmit(self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float) -> None:

@@ -87,7 +87,7 @@ class NodeContext(Protocol):
 
     actions: list[Any]
 
-    def tun_flow_target(self) -> tuple[PrefixMap[Any], Interface | None]:
+    def tun_flow_target(self) -> tuple[PrefixMap[Any], Interface]:
         """flanneld's lease table and the interface its datagrams leave by."""
         ...
 
@@ -536,9 +536,6 @@ class Namespace:
                     ipv4.decrement_ttl_by(pkt, pending)
                 self.forward(iface, pkt, now, established=True)
                 return True
-            if len(flows) >= FLOW_CACHE_MAX:
-                flows.clear()
-            flows[key] = flow
         dev = flow.dev
         out = flow.out
         n = flow.neigh
@@ -566,13 +563,17 @@ class Namespace:
             )
             and (fresh or nf.conntrack.refresh_established(flow.ct, flags, now))
         ):
-            del flows[key]
             if not fresh:
+                del flows[key]
                 return False
             if pending:
                 ipv4.decrement_ttl_by(pkt, pending)
             self.forward(iface, pkt, now, established=True)
             return True
+        if fresh:  # kept once it passed
+            if len(flows) >= FLOW_CACHE_MAX:
+                flows.clear()
+            flows[key] = flow
         nf.left = None  # as after any packet through the hooks
         # the TTL decrements as one update (ipv4.decrement_ttl_by, inlined)
         step, const = _TTL_STEPS[flow.steps + pending]
@@ -610,7 +611,7 @@ class Namespace:
         if dev.kind == TUN:
             leases, eth0 = self.node.tun_flow_target()
             lease = leases.lookup(dst)
-            if eth0 is None or lease is None:
+            if lease is None:
                 return None
             flow = _Flow(ct, dev, eth0, self.routes.prefixes)
             flow.lmap, flow.lver, flow.lease = leases, leases.version, lease.addr
@@ -1480,11 +1481,18 @@ class Namespace:
 
     # ----------------------------------------------------------------- views
 
-    def neigh_delete(self, ip: IPv4Address) -> bool:
-        """``ip neigh del``: forget an entry (the next packet resolves it again)."""
-        if ip.packed not in self.neighbours:
+    def neigh_delete(self, ip: IPv4Address, now: float) -> bool:
+        """``ip neigh del``: forget an entry (the next packet resolves it again).
+        Packets waiting for its resolution fail as on an ARP timeout."""
+        n = self.neighbours.get(ip.packed)
+        if n is None:
             return False
+        queued, n.queue = list(n.queue), deque()
         self._forget_neighbour(ip.packed)
+        if queued:
+            self.drop(now, n.dev, Drop.ARP_TIMEOUT, f"{ip} (deleted)")
+            for pkt in queued:
+                self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.HOST_UNREACH, now)
         return True
 
     def neigh_show(self, now: float) -> list[str]:

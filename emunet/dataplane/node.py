@@ -47,8 +47,6 @@ from emunet.packets import arp, ethernet, icmp, ipv4, udp
 from emunet.packets.ethernet import ETH_P_ARP
 from emunet.packets.mac import MAC
 
-# NamedTuple's generated __new__ is Python code; the tuple type's own is not
-
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
 DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
 

@@ -264,14 +264,14 @@ def changes_workload(flow_cache: bool) -> dict[str, Any]:
         traffic(2)
         dev.up = True
         traffic(2)
-    node.root.neigh_delete(pod.ip)  # ip neigh del: resolved again
+    node.root.neigh_delete(pod.ip, now)  # ip neigh del: resolved again
     traffic()
     # an ARP reply gives the pod's IP another MAC, then the entry is deleted again
     fake = MAC(b"\x02\x00\x00\x00\xbe\xef")
     reply = arp.build(arp.ARPPacket(arp.REPLY, fake, pod.ip, MAC(node.cni0.mac), node.gateway_ip))
     node.inject("root", pod.veth, ethernet.frame(node.cni0.mac, fake, 0x0806, reply), now)
     traffic(2, egress=False)
-    node.root.neigh_delete(pod.ip)
+    node.root.neigh_delete(pod.ip, now)
     traffic()
     # the pod's MAC shows up behind the other pod's port: the FDB entry moves
     probe = ipv4.build_fast(pod.ip.packed, node.gateway_ip.packed, 1, b"\x00" * 8, ttl=64)

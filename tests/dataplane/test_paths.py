@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from ipaddress import IPv4Address
 
 import pytest
@@ -128,6 +129,32 @@ def test_arp_timeout_gives_host_unreachable(fab: Fabric) -> None:
     fab.run(5.0)
     assert [e.errno_name for e in cl.errors] == ["EHOSTUNREACH"]
     assert fab.node("node1").drops().get(str(Drop.ARP_TIMEOUT)) == 1
+
+
+def test_deleting_an_unresolved_neighbour_fails_its_queued_packets(fab: Fabric) -> None:
+    """``ip neigh del`` of an entry still resolving: what waited for it fails as on an
+    ARP timeout (counted, host unreachable to the sender), not silently."""
+    a = fab.pod("a")
+    cl = a.netns.udp_socket()
+    ghost = IPv4Address("10.244.1.200")
+    cl.sendto(b"x", (ghost, 9), fab.now)
+    fab.run(0.1)
+    assert a.netns.neighbours[ghost.packed].state == "INCOMPLETE"
+    assert a.netns.neigh_delete(ghost, fab.now) and not a.netns.neigh_delete(ghost, fab.now)
+    fab.run(0.1)
+    assert [e.errno_name for e in cl.errors] == ["EHOSTUNREACH"]
+    assert ghost.packed not in a.netns.neighbours
+
+
+def test_bridge_never_learns_its_own_mac_on_a_port(fab: Fabric) -> None:
+    """A frame from a pod with cni0's MAC as its source does not move cni0's own
+    address to that port (Linux keeps it a local entry)."""
+    node = fab.node("node1")
+    a = fab.pod("a")
+    assert node.cni0.mac is not None
+    frame = struct.pack("!6s6sH", b"\xff" * 6, node.cni0.mac, 0x0800) + bytes(20)
+    node.inject("root", a.veth, frame, fab.now)
+    assert node.cni0.mac not in node.bridge.fdb
 
 
 def test_net_unreachable_for_unknown_subnet(fab: Fabric) -> None:
