@@ -532,9 +532,7 @@ class Namespace:
                 return False
             flow = self._flow_new(hit[0], dst)
             if flow is None:
-                if pending:
-                    ipv4.decrement_ttl_by(pkt, pending)
-                self.forward(iface, pkt, now, established=True)
+                self._forward_passed(iface, pkt, now, pending)
                 return True
         dev = flow.dev
         out = flow.out
@@ -566,9 +564,7 @@ class Namespace:
             if not fresh:
                 del flows[key]
                 return False
-            if pending:
-                ipv4.decrement_ttl_by(pkt, pending)
-            self.forward(iface, pkt, now, established=True)
+            self._forward_passed(iface, pkt, now, pending)
             return True
         if fresh:  # kept once it passed
             if len(flows) >= FLOW_CACHE_MAX:
@@ -599,6 +595,13 @@ class Namespace:
         peer: Interface = flow.peer  # type: ignore[assignment]
         self._queue_append((peer.receive, (peer, frame, now)))  # enqueue
         return True
+
+    def _forward_passed(self, iface: Interface, pkt: bytearray, now: float, pending: int) -> None:
+        """The full path's forwarding of a packet fast_forward passed (the hooks'
+        work done), its pending TTL decrements first."""
+        if pending:
+            ipv4.decrement_ttl_by(pkt, pending)
+        self.forward(iface, pkt, now, established=True)
 
     def _flow_new(self, ct: Any, dst: bytes) -> _Flow | None:
         """The flow of a packet that fast_forward passed, or None when the full
