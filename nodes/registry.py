@@ -70,6 +70,7 @@ from emunet.cluster.registry import (
     NODE_LEASE_TTL,
     NODE_PORT_RANGE,
     Deployment,
+    ExternalHostInfo,
     NodeInfo,
     Pod,
     Service,
@@ -90,7 +91,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RegistryObject = NodeInfo | Pod | Service | Deployment | dict[str, Any]
+RegistryObject = NodeInfo | Pod | Service | Deployment | ExternalHostInfo | dict[str, Any]
 
 _TXN_RETRIES = 16
 
@@ -127,6 +128,8 @@ def decode(key: str, value: bytes) -> RegistryObject:
         return Deployment.from_json(value)
     if kind == "node":
         return NodeInfo.from_json(value)
+    if kind == "host":
+        return ExternalHostInfo.from_json(value)
     try:
         obj = json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -317,6 +320,33 @@ class Registry:
             raise NotFound(f"no such node: {name} (nodes: {known})")
         return node
 
+    # -- external hosts (the internet process) ----------------------------------
+
+    async def put_host(self, host: ExternalHostInfo, lease: int | None = None) -> None:
+        """Record an external host (on the internet process's etcd lease, if given)."""
+        host.validate()
+        with self._errors():
+            if lease is None:
+                await self.client.put(model.host_key(host.name).encode(), host.to_json().encode())
+            else:
+                await self.client.put(
+                    model.host_key(host.name).encode(), host.to_json().encode(), lease=lease
+                )
+
+    async def hosts(self) -> list[ExternalHostInfo]:
+        """Every external host, sorted by segment and name."""
+        kvs, _ = await self._list(model.hosts_prefix())
+        out = [h for h in self._decode_many(kvs) if isinstance(h, ExternalHostInfo)]
+        return sorted(out, key=lambda h: (h.segment, h.name))
+
+    async def require_host(self, name: str) -> ExternalHostInfo:
+        got = await self._get(model.host_key(name))
+        if got is None:
+            names = ", ".join(h.name for h in await self.hosts())
+            known = names or "none: is the internet running?"
+            raise NotFound(f"no such external host: {name} (hosts: {known})")
+        return ExternalHostInfo.from_json(got.value)
+
     # -- pods ------------------------------------------------------------------
 
     async def get_pod(self, namespace: str, name: str) -> Pod | None:
@@ -504,6 +534,8 @@ class Registry:
                 ports=tuple(ports),
                 uid=old.uid,
                 created=old.created,
+                # status belongs to the cloud controller: an update of the spec keeps it
+                ingress_ip=old.ingress_ip if svc.type == ServiceType.LOAD_BALANCER else None,
             )
             new_ports = set(final.node_ports)
             claim = [model.node_port_key(n).encode() for n in sorted(new_ports - mine)]
@@ -522,6 +554,33 @@ class Registry:
                 return final
             self.txn_conflicts += 1
         raise EtcdError("too many conflicts updating the Service; try again")
+
+    async def set_service_ingress(
+        self, namespace: str, name: str, ip: IPv4Address | None, *, expect: str = ""
+    ) -> Service | None:
+        """Write ``status.loadBalancer.ingress`` (the cloud controller's part of a
+        Service), compare-and-swap on the object; ``expect``, when given, is the
+        uid the caller saw. None when the Service is gone or was replaced."""
+        key = model.service_key(namespace, name)
+        txn = self.client.transactions
+        for _ in range(_TXN_RETRIES):
+            got = await self._get(key)
+            if got is None:
+                return None
+            old = Service.from_json(got.value)
+            if expect and old.uid != expect:
+                return None
+            new = replace(old, ingress_ip=ip)
+            with self._errors():
+                ok, _ = await self.client.transaction(
+                    compare=[txn.mod(key.encode()) == got.mod_revision],
+                    success=[txn.put(key.encode(), new.to_json().encode())],
+                    failure=[],
+                )
+            if ok:
+                return new
+            self.txn_conflicts += 1
+        raise EtcdError("too many conflicts writing a Service's status; try again")
 
     async def delete_service(self, namespace: str, name: str) -> bool:
         """Delete the Service and release its ClusterIP and NodePorts (one Txn)."""

@@ -200,6 +200,14 @@ def deployment_key(namespace: str, name: str) -> str:
     return f"{deployments_prefix(namespace)}{_seg(name, 'deployment name')}"
 
 
+def hosts_prefix() -> str:
+    return f"{PREFIX}/emunet/hosts/"
+
+
+def host_key(name: str) -> str:
+    return f"{PREFIX}/emunet/hosts/{_seg(name, 'host name')}"
+
+
 def cluster_ip_key(ip: IPv4Address) -> str:
     return f"{PREFIX}/ranges/serviceips/{ip}"
 
@@ -214,6 +222,7 @@ _KEY_KINDS = (
     ("deployments/", "deployment", True),
     ("minions/", "node", False),
     ("leases/kube-node-lease/", "nodelease", False),
+    ("emunet/hosts/", "host", False),
 )
 
 
@@ -560,6 +569,89 @@ class NodeInfo:
         return cls.from_dict(_load(text, "node"))
 
 
+@dataclass(frozen=True, slots=True)
+class ExternalHostInfo:
+    """``/registry/emunet/hosts/<name>``: a machine outside the cluster run by the
+    internet process (emunet's own kind; Kubernetes has no such object): the
+    gateway, a host on the node network, or a host on the internet."""
+
+    name: str
+    ip: IPv4Address
+    segment: str  # "nodes" or "internet"
+    role: str = "host"  # "gateway" or "host"
+    apps: tuple[str, ...] = ()
+    control_endpoint: str = ""
+    public_ip: IPv4Address | None = None  # the gateway's address on the internet
+
+    @property
+    def control_address(self) -> tuple[str, int]:
+        host, sep, port = self.control_endpoint.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(
+                f"host {self.name}: controlEndpoint {self.control_endpoint!r} is not host:port"
+            )
+        return host, int(port)
+
+    def validate(self) -> None:
+        _check_subdomain("metadata.name", self.name)
+        if self.segment not in ("nodes", "internet"):
+            raise ConfigError(f"spec.segment: {self.segment!r} (nodes or internet)")
+        if self.control_endpoint:
+            self.control_address  # noqa: B018 (raises when malformed)
+
+    def to_dict(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "ip": str(self.ip),
+            "segment": self.segment,
+            "role": self.role,
+            "apps": list(self.apps),
+        }
+        if self.public_ip is not None:
+            spec["publicIP"] = str(self.public_ip)
+        return {
+            "apiVersion": "emunet/v1",
+            "kind": "ExternalHost",
+            "metadata": {"name": self.name},
+            "spec": spec,
+            "status": {"controlEndpoint": self.control_endpoint},
+        }
+
+    def to_json(self) -> str:
+        return _dump(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any, warnings: list[str] | None = None) -> ExternalHostInfo:
+        r = FieldReader(data, "", warnings)
+        r.ignore("apiVersion", "kind")
+        meta = r.obj("metadata")
+        spec = r.obj("spec")
+        status = r.obj("status")
+        apps = spec.raw("apps") if spec.has("apps") else []
+        if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+            raise ConfigError("spec.apps: must be a list of strings")
+        host = cls(
+            name=meta.text("name"),
+            ip=_require_ipv4(spec.ipv4("ip"), "spec.ip"),
+            segment=spec.text("segment"),
+            role=spec.text("role", "host"),
+            apps=tuple(apps),
+            control_endpoint=status.text("controlEndpoint", ""),
+            public_ip=spec.ipv4("publicIP"),
+        )
+        host.validate()
+        return host
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ExternalHostInfo:
+        return cls.from_dict(_load(text, "external host"))
+
+
+def _require_ipv4(value: IPv4Address | None, path: str) -> IPv4Address:
+    if value is None:
+        raise ConfigError(f"{path}: required")
+    return value
+
+
 # --------------------------------------------------------------------------
 # Pod
 
@@ -805,14 +897,23 @@ class Service:
     session_affinity: SessionAffinity = SessionAffinity.NONE
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
     external_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
-    load_balancer_ip: IPv4Address | None = None
+    load_balancer_ip: IPv4Address | None = None  # spec.loadBalancerIP: a request
     labels: Mapping[str, str] = field(default_factory=dict)
     uid: str = ""
     created: str = ""
+    ingress_ip: IPv4Address | None = None  # status.loadBalancer.ingress[0].ip: the cloud's
 
     @property
     def key(self) -> str:
         return service_key(self.namespace, self.name)
+
+    @property
+    def external_ip(self) -> IPv4Address | None:
+        """The LoadBalancer IP kube-proxy programs: the cloud's ingress once it is
+        set, else the requested ``spec.loadBalancerIP``."""
+        if self.type != ServiceType.LOAD_BALANCER:
+            return None
+        return self.ingress_ip or self.load_balancer_ip
 
     @property
     def node_ports(self) -> list[int]:
@@ -908,7 +1009,8 @@ class Service:
         status: dict[str, Any] = {"loadBalancer": {}}
         if self.load_balancer_ip is not None:
             spec["loadBalancerIP"] = str(self.load_balancer_ip)
-            status["loadBalancer"] = {"ingress": [{"ip": str(self.load_balancer_ip)}]}
+        if self.ingress_ip is not None:
+            status["loadBalancer"] = {"ingress": [{"ip": str(self.ingress_ip)}]}
         return {
             "apiVersion": "v1",
             "kind": "Service",
@@ -949,10 +1051,11 @@ class Service:
             client_ip.finish()
             sac.finish()
         lb_ip = spec.ipv4("loadBalancerIP")
-        if lb_ip is None and status.has("loadBalancer"):
+        ingress_ip: IPv4Address | None = None
+        if status.has("loadBalancer"):
             lb = status.obj("loadBalancer")
             for ing in lb.objs("ingress"):
-                lb_ip = ing.ipv4("ip")
+                ingress_ip = ingress_ip or ing.ipv4("ip")
                 ing.finish()
             lb.finish()
         svc = cls(
@@ -970,6 +1073,7 @@ class Service:
                 spec.text("externalTrafficPolicy", "Cluster"),
             ),
             load_balancer_ip=lb_ip,
+            ingress_ip=ingress_ip,
             labels=meta.str_map("labels"),
             uid=meta.text("uid", ""),
             created=meta.text("creationTimestamp", ""),
@@ -1157,7 +1261,7 @@ def to_kubeproxy(service: Service) -> kubeproxy.Service:
         service.session_affinity,
         service.affinity_timeout,
         service.external_traffic_policy,
-        service.load_balancer_ip if service.type == ServiceType.LOAD_BALANCER else None,
+        service.external_ip,
     )
 
 
