@@ -43,6 +43,7 @@ from typing import Any
 
 from emunet.nodes.etcd_server import find_etcd_binary
 from emunet.nodes.registry import Registry
+from emunet.nodes.runtime import WIRE_PORT
 from emunet.nodes.subnets import EtcdError, SubnetManager
 
 from emunet.cluster.flannel import NetworkConfig
@@ -68,6 +69,9 @@ STATE_FILE = "state.json"
 _STATE_VERSION = 1
 
 
+_NOT_NODES = ("etcd", "internet")
+
+
 class AlreadyUp(EmunetError):
     """``up`` found a running fabric in this state directory."""
 
@@ -83,6 +87,18 @@ def default_state_dir() -> Path:
 NODE_NETWORK = IPv4Network("172.18.0.0/16")
 BIND_NETWORK = IPv4Network("127.0.0.0/16")
 ADDRESS_MAP = f"{NODE_NETWORK}={BIND_NETWORK}"
+
+
+GATEWAY_IP = NODE_NETWORK.network_address + 1  # the internet's gateway router
+EXTERNAL_HOSTS = (
+    ("example", IPv4Address("203.0.113.10")),
+    ("client", IPv4Address("203.0.113.20")),
+    ("vm", NODE_NETWORK.network_address + 100),  # a machine on the node network
+)
+
+
+def _real(ip: IPv4Address) -> IPv4Address:
+    return BIND_NETWORK.network_address + (int(ip) - int(NODE_NETWORK.network_address))
 
 
 def node_ip(index: int) -> IPv4Address:
@@ -304,11 +320,33 @@ class LocalFabric:
             ADDRESS_MAP,
             "--etcd",
             etcd,
+            "--gateway",
+            str(GATEWAY_IP),
             "--control-port",
             str(self.control_port),
             "--state-dir",
             str(self.state_dir / "nodes" / name),
             *self.agent_args,
+        ]
+
+    def internet_argv(self, etcd: str) -> list[str]:
+        """The internet process: the gateway at 172.18.0.1 (bound on 127.0.0.1), two
+        internet hosts and a host on the node network (``vm``, 172.18.0.100)."""
+        return [
+            self.python,
+            "-m",
+            "emunet.nodes.internet",
+            "--etcd",
+            etcd,
+            "--address-map",
+            ADDRESS_MAP,
+            "--gateway",
+            str(GATEWAY_IP),
+            *(f"--host={name}={ip}" for name, ip in EXTERNAL_HOSTS),
+            "--control-port",
+            str(self.control_port),
+            "--state-dir",
+            str(self.state_dir / "internet"),
         ]
 
     def _etcd_argv(self, binary: str, client_port: int, peer_port: int) -> list[str]:
@@ -350,7 +388,7 @@ class LocalFabric:
         state, alive = self.status()
         if state is not None:
             if alive and all(alive.values()):
-                agents = sum(1 for p in state.processes if p.name != "etcd")
+                agents = sum(1 for p in state.processes if p.name not in _NOT_NODES)
                 raise AlreadyUp(
                     f"a local fabric is already up from {self.state_dir} ({agents} nodes, etcd "
                     f"at {state.etcd_endpoint}); `emunet down` stops it"
@@ -365,6 +403,12 @@ class LocalFabric:
             real = str(bind_ip(i))
             _check_free(real, self.control_port, socket.SOCK_STREAM, "control API")
             _check_free(real, OVERLAY_PORT, socket.SOCK_DGRAM, "flannel overlay")
+        gw = str(_real(GATEWAY_IP))
+        _check_free(gw, self.control_port, socket.SOCK_STREAM, "internet control API")
+        for _name, ip in EXTERNAL_HOSTS:
+            if ip in NODE_NETWORK:
+                _check_free(str(_real(ip)), WIRE_PORT, socket.SOCK_DGRAM, "node network wire")
+        _check_free(gw, WIRE_PORT, socket.SOCK_DGRAM, "node network wire")
         binary = find_etcd_binary("etcd")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         logs = self.state_dir / "logs"
@@ -394,7 +438,22 @@ class LocalFabric:
                     ProcessRecord(name, pid, marker, str(log), argv, str(ip), self.control_port)
                 )
                 self._save(state)
-            say(f"started {nodes} node agent(s); waiting for them to be Ready")
+            argv = self.internet_argv(endpoint)
+            log = logs / "internet.log"
+            marker = str(self.state_dir / "internet")
+            state.processes.append(
+                ProcessRecord(
+                    "internet",
+                    _spawn(argv, log),
+                    marker,
+                    str(log),
+                    argv,
+                    str(GATEWAY_IP),
+                    self.control_port,
+                )
+            )
+            self._save(state)
+            say(f"started {nodes} node agent(s) and the internet; waiting for them to be Ready")
             return await self._wait_ready(state, [f"node{i}" for i in range(1, nodes + 1)], say)
         except BaseException:
             self.down()
@@ -414,7 +473,7 @@ class LocalFabric:
             self._save(state)
             if record.name == "etcd":
                 await self._wait_etcd(record, state.etcd_endpoint)
-        names = [p.name for p in state.processes if p.name != "etcd"]
+        names = [p.name for p in state.processes if p.name not in _NOT_NODES]
         return await self._wait_ready(state, names, say)
 
     async def _wait_etcd(self, etcd: ProcessRecord, endpoint: str) -> None:
@@ -445,7 +504,7 @@ class LocalFabric:
                 if ready != last:
                     say(f"{ready}/{len(names)} nodes Ready")
                     last = ready
-                if ready == len(names):
+                if ready == len(names) and self._internet_ready(state):
                     return nodes
                 if time.monotonic() > deadline:
                     missing = sorted(set(names) - {n.name for n in nodes if n.ready})
@@ -454,6 +513,12 @@ class LocalFabric:
                         f"(see {self.state_dir / 'logs'})"
                     )
                 await asyncio.sleep(0.2)
+
+    def _internet_ready(self, state: LocalState) -> bool:
+        """The internet process recorded its hosts (or this fabric has none)."""
+        if not any(p.name == "internet" for p in state.processes):
+            return True
+        return (self.state_dir / "internet" / "ready").exists()
 
     # -- down ------------------------------------------------------------------
 

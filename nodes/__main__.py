@@ -18,20 +18,14 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from emunet.nodes.agent import Agent, AgentConfig
+from emunet.nodes.resolve import resolve_address
 from emunet.nodes.runtime import AddressMap
 
 from emunet.errors import ConfigError, EmunetError
-
-
-def _ipv4(text: str) -> IPv4Address:
-    try:
-        return IPv4Address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
 
 
 def _address_map(text: str) -> AddressMap:
@@ -61,7 +55,11 @@ def parser() -> argparse.ArgumentParser:
         "of one emulated Kubernetes node.",
     )
     p.add_argument("--name", required=True, help="node name (registry and traces)")
-    p.add_argument("--node-ip", required=True, type=_ipv4, help="node IP (overlay, control)")
+    p.add_argument(
+        "--node-ip",
+        required=True,
+        help="node IP (overlay, control): an address, or auto (what the host name resolves to)",
+    )
     p.add_argument("--etcd", required=True, metavar="HOST:PORT", help="etcd client endpoint")
     p.add_argument("--control-port", type=_port, default=10250, help="control API port (10250)")
     p.add_argument("--state-dir", type=Path, required=True, help="subnet.env, IPAM state")
@@ -82,6 +80,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="EMULATED=REAL",
         help="where node-network addresses really are, e.g. 172.18.0.0/16=127.0.0.0/16 "
         "(local mode: pods reach node IPs that are not their own loopback)",
+    )
+    p.add_argument(
+        "--gateway",
+        default=None,
+        metavar="IP|NAME",
+        help="the node network's router (the internet's gateway): eth0's default route",
     )
     p.add_argument(
         "--proxy-mode",
@@ -132,15 +136,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.lease_ttl < 2 or args.node_lease_ttl < 2:
         print("emunet-node: --lease-ttl and --node-lease-ttl must be at least 2 s", file=sys.stderr)
         return 2
+    try:
+        node_ip = resolve_address(args.node_ip)
+        gateway = resolve_address(args.gateway) if args.gateway else None
+    except ConfigError as exc:
+        print(f"emunet-node {args.name}: {exc}", file=sys.stderr)
+        return 2
     config = AgentConfig(
         name=args.name,
-        node_ip=args.node_ip,
+        node_ip=node_ip,
         etcd=args.etcd,
         state_dir=args.state_dir,
         control_port=args.control_port,
         lease_ttl=args.lease_ttl,
         network=args.network,
         node_network=args.address_map.emulated if args.address_map else args.node_network,
+        gateway=gateway,
         address_map=args.address_map,
         proxy_mode=args.proxy_mode,
         ipvs_scheduler=args.ipvs_scheduler,

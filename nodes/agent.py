@@ -79,6 +79,7 @@ class AgentConfig:
     network: IPv4Network = DEFAULT_NETWORK
     node_network: IPv4Network = LOCAL_NODE_NETWORK
     address_map: AddressMap | None = None
+    gateway: IPv4Address | None = None
     proxy_mode: str = "iptables"
     ipvs_scheduler: str = "rr"
     proxy_debounce: float = 0.1
@@ -147,6 +148,7 @@ class Agent:
         self._stopped = loop.create_future()
         self._proxy_dirty = asyncio.Event()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
         self._load_last_ip()
         self.subnets = SubnetManager(
             cfg.etcd,
@@ -162,6 +164,7 @@ class Agent:
             lease.subnet,
             network=lease.config.network,
             node_network=cfg.node_network,
+            gateway=cfg.gateway,
             proxy_mode=cfg.proxy_mode,
             ipvs_scheduler=cfg.ipvs_scheduler,
             seed=cfg.seed,
@@ -223,7 +226,15 @@ class Agent:
         if reason:
             raise AgentStopped(reason)
 
+    @property
+    def ready_file(self) -> Path:
+        """``<state dir>/ready`` exists while the node is registered (a container's
+        healthcheck reads it)."""
+        return self.config.state_dir / "ready"
+
     async def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.ready_file.unlink(missing_ok=True)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -286,6 +297,7 @@ class Agent:
             try:
                 await self.registry.register_node(info, self.config.node_lease_ttl)
                 self.registered = self.etcd_ok = True
+                self.ready_file.write_text("ready\n")
                 log.info("registered node %s (Ready)", info.name)
                 return
             except EtcdError as exc:

@@ -330,13 +330,14 @@ class ControlServer:
 
     async def _op_status(self, conn: _Conn, rid: Any, args: dict[str, Any]) -> Any:
         node = self.node
+        flannel = getattr(node, "flannel", None)  # an internet site has none
         base: dict[str, Any] = {
             "name": node.name,
             "nodeIP": str(node.node_ip),
-            "subnet": str(node.subnet),
+            "subnet": str(node.subnet) if flannel is not None else "",
             "ready": True,
             "pods": len(node.pods),
-            "leases": len(node.flannel.leases()),
+            "leases": len(flannel.leases()) if flannel is not None else 0,
             "uptime": round(self.runtime.now() - self.runtime.started_at, 3),
         }
         if self._status is not None:
@@ -350,6 +351,8 @@ class ControlServer:
         node = self.node
         now = self.runtime.now()
         ns_name = self._netns(args.get("netns"))
+        if what in ("fdb", "leases") and not hasattr(node, "flannel"):
+            raise ControlError("bad_request", f"{what}: this process runs no node")
         ns = node.namespace(ns_name)
         if what == "routes":
             return {"lines": ns.routes.dump()}

@@ -67,7 +67,7 @@ def test_up_down_three_nodes(state: Path) -> None:
     fabric = LocalFabric(state)
     recorded = fabric.load()
     assert recorded is not None
-    assert [p.name for p in recorded.processes] == ["etcd", "node1", "node2", "node3"]
+    assert [p.name for p in recorded.processes] == ["etcd", "node1", "node2", "node3", "internet"]
     assert all(pid_alive(p.pid, p.marker) for p in recorded.processes)
 
     # flannel's schema, byte for byte, as etcdctl prints it
@@ -102,11 +102,11 @@ def test_up_down_three_nodes(state: Path) -> None:
 
     status = emunet(state, "status")
     assert status.returncode == 0 and status.stdout.startswith("fabric up;")
-    assert status.stdout.count("running") == 4
+    assert status.stdout.count("running") == 5
 
     down = emunet(state, "down")
     assert down.returncode == 0, down.stderr
-    assert down.stdout.startswith("stopped: node1, node2, node3, etcd;")
+    assert down.stdout.startswith("stopped: node1, node2, node3, internet, etcd;")
     assert not state.exists()
     assert not any(pid_alive(p.pid, p.marker) for p in recorded.processes)
     for p in recorded.processes:
@@ -272,3 +272,4 @@ def test_up_from_the_source_checkout_as_make_up_runs_it(tmp_path: Path) -> None:
         assert "node1   Ready" in up.stdout
     finally:
         LocalFabric(tmp_path / "state").down()
+
