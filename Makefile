@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := tshark iptables conntrack tcpdump iproute2
 
-.PHONY: setup up down test e2e lint typecheck bench ci clean
+.PHONY: setup up down test e2e lint typecheck bench ci clean image
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 ci: lint typecheck test e2e
+
+# the Docker image (etcd, node agents, internet process); offline-capable, and a
+# no-op when the image was already built from this tree: see scripts/build-image
+image: setup
+	@scripts/build-image
 
 clean:
 	rm -rf $(VENV) build *.egg-info
