@@ -380,8 +380,11 @@ class Agent:
         if local is None:
             await self._create_local(key, pod)
             return
-        local.pod = pod
-        want = self._running_status(local)
+        if not local.netns:
+            want = local.pod  # it could not be created: its Failed status stands
+        else:
+            local.pod = pod
+            want = self._running_status(local)
         if (pod.phase, pod.pod_ip, pod.host_ip) != (want.phase, want.pod_ip, want.host_ip):
             self._status_dirty.add(key)
 

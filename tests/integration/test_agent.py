@@ -431,3 +431,25 @@ async def test_a_broken_app_fails_its_pod_not_the_agent(cluster: Cluster) -> Non
     assert (await cluster.control(0, "status"))["name"] == cluster.name(0)  # still serving
     await cluster.pod("fine", 0, app="echo")
     await cluster.running("fine")
+
+
+async def test_a_pod_that_cannot_be_created_fails_and_the_agent_lives(cluster: Cluster) -> None:
+    """Issue 11: a Pod named `root` (the node's own namespace) used to come back
+    through the watch with an empty netns and stop the agent; it crash-looped."""
+    await cluster.pod("root", 0, app="echo")
+    got: list[model.Pod] = []
+
+    async def is_failed() -> bool:
+        p = await cluster.reg.get_pod("default", "root")
+        if p is not None and p.phase == model.PodPhase.FAILED:
+            got.append(p)
+            return True
+        return False
+
+    await wait_for(is_failed, 15, "the pod to be Failed")
+    assert "'root' is the node's own namespace" in (got[0].message or "")
+    await asyncio.sleep(1.5)  # its status came back through the watch meanwhile
+    assert cluster.procs[0].returncode is None, cluster.log(0)[-2000:]
+    assert (await cluster.control(0, "status"))["name"] == cluster.name(0)
+    await cluster.pod("fine", 0, app="echo")
+    await cluster.running("fine")
