@@ -67,9 +67,12 @@ REACHABLE_TIME = 30.0
 ARP_QUEUE_MAX = 101
 DELAY_FIRST_PROBE_TIME = 5.0
 NEIGH_GC_THRESH3 = 1024
-# net.ipv4.ipfrag_time, net.ipv4.ipfrag_high_thresh
+# net.ipv4.ipfrag_time, net.ipv4.ipfrag_high_thresh; a queued fragment costs its
+# data plus an skb's overhead (Linux counts truesize), so header-only fragments
+# count too and the number of queues is bounded (4 MiB / 256 B: 16384 at most)
 FRAG_TIMEOUT = 30.0
 FRAG_HIGH_THRESH = 4 * 1024 * 1024
+FRAG_TRUESIZE = 256
 
 
 class NodeContext(Protocol):
@@ -209,13 +212,14 @@ _NO_LEASES: PrefixMap[Any] = PrefixMap()  # the lease table of a flow that needs
 
 
 class _Reassembly:
-    __slots__ = ("first", "frags", "started", "total")
+    __slots__ = ("first", "frags", "size", "started", "total")
 
     def __init__(self, now: float) -> None:
         self.started = now
         self.frags: dict[int, bytes] = {}
         self.total = -1
         self.first: bytearray | None = None
+        self.size = 0  # bytes charged against ipfrag_high_thresh
 
 
 def describe(pkt: bytes | bytearray | memoryview) -> str:
@@ -1331,7 +1335,9 @@ class Namespace:
         As Linux: a fragment ending past 65535 bytes, overlapping another one
         (RFC 5722's rule, applied to IPv4 since Linux 4.19) or contradicting
         the known end discards the whole queue; queues hold at most
-        ``ipfrag_high_thresh`` bytes per namespace, oldest evicted first.
+        ``ipfrag_high_thresh`` bytes per namespace (each fragment charged its data
+        and :data:`FRAG_TRUESIZE`), oldest queue evicted first. Queues are kept in
+        the order they started, so eviction and expiry look at the front only.
         """
         key = (bytes(pkt[12:16]), bytes(pkt[16:20]), (pkt[4] << 8) | pkt[5], pkt[9])
         hlen = (pkt[0] & 0x0F) << 2
@@ -1344,10 +1350,16 @@ class Namespace:
         if end + hlen > 0xFFFF or (more and len(data) % 8):
             self._frag_discard(key, r, iface, now, "fragment beyond 65535 bytes or misaligned")
             return None
+        cost = len(data) + FRAG_TRUESIZE
+        while self._frags and self._frag_bytes + cost > FRAG_HIGH_THRESH:
+            old = next(iter(self._frags))
+            if old == key:  # this queue alone fills the memory: it goes
+                break
+            self._frag_discard(old, self._frags[old], iface, now, "ipfrag_high_thresh")
+        if self._frag_bytes + cost > FRAG_HIGH_THRESH:
+            self._frag_discard(key, r, iface, now, "ipfrag_high_thresh")
+            return None
         if r is None:
-            while self._frags and self._frag_bytes + len(data) > FRAG_HIGH_THRESH:
-                old = next(iter(self._frags))
-                self._frag_discard(old, self._frags[old], iface, now, "ipfrag_high_thresh")
             r = self._frags[key] = _Reassembly(now)
         for off, seen in r.frags.items():
             if off < end and offset < off + len(seen) and (off, seen) != (offset, data):
@@ -1357,7 +1369,8 @@ class Namespace:
             self._frag_discard(key, r, iface, now, "fragments disagree on the end")
             return None
         if offset not in r.frags:
-            self._frag_bytes += len(data)
+            self._frag_bytes += cost
+            r.size += cost
         r.frags[offset] = data
         if offset == 0:
             r.first = pkt
@@ -1373,7 +1386,7 @@ class Namespace:
         if pos < r.total:
             return None
         del self._frags[key]
-        self._frag_bytes -= sum(len(d) for d in r.frags.values())
+        self._frag_bytes -= r.size
         body = bytearray(r.total)
         for off, data in r.frags.items():
             body[off : off + len(data)] = data[: max(0, r.total - off)]
@@ -1400,13 +1413,19 @@ class Namespace:
         why: str,
     ) -> None:
         if r is not None and self._frags.pop(key, None) is r:
-            self._frag_bytes -= sum(len(d) for d in r.frags.values())
+            self._frag_bytes -= r.size
         self.drop(now, iface, Drop.MALFORMED, why)
 
     def expire_fragments(self, now: float) -> None:
-        for key in [k for k, r in self._frags.items() if now - r.started >= FRAG_TIMEOUT]:
-            r = self._frags.pop(key)
-            self._frag_bytes -= sum(len(d) for d in r.frags.values())
+        """Drop the queues older than ipfrag_time: the oldest are at the front."""
+        frags = self._frags
+        while frags:
+            key = next(iter(frags))
+            r = frags[key]
+            if now - r.started < FRAG_TIMEOUT:
+                break
+            del frags[key]
+            self._frag_bytes -= r.size
             # time exceeded only when this host was the destination (a router that
             # defragments for conntrack stays silent: frag_expire_skip_icmp)
             if r.first is not None and bytes(r.first[16:20]) in self.local:
@@ -1445,8 +1464,8 @@ class Namespace:
                 times.append(n.updated + ARP_RETRANS)
             elif n.state in ("DELAY", "PROBE"):
                 times.append(n.probe_at)
-        for r in self._frags.values():
-            times.append(r.started + FRAG_TIMEOUT)
+        if self._frags:  # the oldest queue expires first
+            times.append(next(iter(self._frags.values())).started + FRAG_TIMEOUT)
         for conn in self.tcp_conns.values():
             t = conn.get_timer()
             if t is not None:

@@ -121,6 +121,31 @@ def test_reassembly_memory_is_bounded() -> None:
     assert ns._frag_bytes <= 4 * 1024 * 1024 and len(ns._frags) < 6000
 
 
+def test_header_only_fragments_are_bounded_by_count_and_expire_from_the_front() -> None:
+    """Issue 11: 20-byte fragments hold no data; they used to make unbounded
+    queues, each scanned by every timer computation."""
+    from emunet.dataplane.netns import FRAG_HIGH_THRESH, FRAG_TIMEOUT, FRAG_TRUESIZE
+
+    fab = Fabric(nodes=1, seed=1)
+    pod = fab.add_pod("node1", "a")
+    ns = pod.netns
+    for ident in range(40_000):
+        now = ident * 1e-4  # 4 s of a 10,000/s flood
+        ns.reassemble(pod.eth0, _fragment(pod.ip, "10.244.9.9", ident % 65536, 8, 0, True), now)
+    assert len(ns._frags) == FRAG_HIGH_THRESH // FRAG_TRUESIZE
+    assert ns._frag_bytes <= FRAG_HIGH_THRESH
+    oldest = next(iter(ns._frags.values())).started
+    assert ns.get_timer() == oldest + FRAG_TIMEOUT  # the front is the oldest queue
+    ns.handle_timer(oldest + FRAG_TIMEOUT + 1.0)
+    assert all(r.started > oldest + 1.0 for r in ns._frags.values())
+    ns.handle_timer(100.0)
+    assert ns._frags == {} and ns._frag_bytes == 0
+    # a real datagram still reassembles afterwards
+    for off, size, more in ((0, 800, True), (800, 200, False)):
+        whole = ns.reassemble(pod.eth0, _fragment(pod.ip, "10.244.9.9", 7, off, size, more), 101)
+    assert whole is not None and len(whole) == 1020
+
+
 def test_unsolicited_arp_replies_create_no_neighbours() -> None:
     from emunet.packets import arp
     from emunet.packets.mac import MAC
