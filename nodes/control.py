@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 VERSION = PROTOCOL_VERSION
 STREAM_BUFFER = 4 << 20
 MAX_CONNECTIONS = 256
+MAX_PER_CLIENT = 128  # connections from one address
+GONE_POLL = 0.2  # seconds between checks that a request's client is still there
+BUSY_LINGER = 1.0  # a refused client gets this long to read the busy reply
 MAX_TRACE_HOPS = 2500  # about 600 KiB of hops: a trace reply fits in one frame
 IDLE_TIMEOUT = 300.0  # seconds a connection may sit between requests
 BODY_TIMEOUT = 10.0  # seconds to deliver a frame's body once its length was sent
@@ -69,6 +72,8 @@ class ControlStats:
     errors: dict[str, int] = field(default_factory=dict)
     stream_dropped_bytes: int = 0
     refused_connections: int = 0
+    evicted_idle: int = 0
+    abandoned: int = 0
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -80,6 +85,9 @@ class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self.idle_since: float | None = asyncio.get_running_loop().time()
 
     @property
     def gone(self) -> bool:
@@ -180,7 +188,7 @@ class ControlServer:
         self.stats = ControlStats()
         self._server: asyncio.Server | None = None
         self._trace_lock = asyncio.Lock()
-        self._active: set[asyncio.Task[Any]] = set()
+        self._active: dict[asyncio.Task[Any], _Conn] = {}
         self._ops: dict[str, Callable[[_Conn, Any, dict[str, Any]], Awaitable[Any]]] = {
             "status": self._op_status,
             "dump": self._op_dump,
@@ -227,25 +235,58 @@ class ControlServer:
 
     # ---------------------------------------------------------- connection
 
+    def _admit(self, conn: _Conn) -> str | None:
+        """Make room for a new connection: past a limit (in total, or from the
+        client's address) the connection idle the longest of that group is closed;
+        when every one of them is busy, the reason to refuse."""
+        mine = [(t, c) for t, c in self._active.items() if c.peer == conn.peer]
+        for group, limit, what in (
+            (mine, MAX_PER_CLIENT, f"{MAX_PER_CLIENT} connections open from {conn.peer}"),
+            (list(self._active.items()), MAX_CONNECTIONS, f"{MAX_CONNECTIONS} connections open"),
+        ):
+            if len(group) < limit:
+                continue
+            idle = [(c.idle_since, t) for t, c in group if c.idle_since is not None]
+            if not idle:
+                return what
+            _, oldest = min(idle, key=lambda pair: pair[0])
+            self.stats.evicted_idle += 1
+            self._active.pop(oldest, None)
+            oldest.cancel()
+        return None
+
+    async def _refuse(self, conn: _Conn, why: str) -> None:
+        """A ``busy`` reply the client can read: sent, then what the client sends is
+        read for a moment, so closing does not reset the connection under it."""
+        self.stats.refused_connections += 1
+        with contextlib.suppress(Exception):
+            await conn.send(_error(None, "busy", f"agent busy: {why}; try again"))
+            conn.writer.write_eof()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.reader.read(MAX_FRAME + 4), BUSY_LINGER)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._active) >= MAX_CONNECTIONS:
-            self.stats.refused_connections += 1
-            with contextlib.suppress(Exception):
-                writer.write(pack(_error(None, "busy", f"{MAX_CONNECTIONS} connections open")))
-            writer.close()
+        conn = _Conn(reader, writer)
+        refused = self._admit(conn)
+        if refused is not None:
+            try:
+                await self._refuse(conn, refused)
+            finally:
+                writer.close()
             return
         if task is not None:
-            self._active.add(task)
+            self._active[task] = conn
         self.stats.connections += 1
-        conn = _Conn(reader, writer)
         try:
             while True:
+                conn.idle_since = asyncio.get_running_loop().time()
                 try:
                     # an idle client may keep its connection for a while, not forever
                     head = await asyncio.wait_for(reader.readexactly(4), IDLE_TIMEOUT)
                 except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                     return
+                conn.idle_since = None
                 (length,) = _LEN.unpack(head)
                 if length > MAX_FRAME:
                     self.stats.error("too_large")
@@ -267,7 +308,7 @@ class ControlServer:
             log.exception("control connection failed")
         finally:
             if task is not None:
-                self._active.discard(task)
+                self._active.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -299,7 +340,7 @@ class ControlServer:
             handler = self._ops.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise ControlError("unknown_op", f"unknown op {op!r}; use {', '.join(self._ops)}")
-            result = await handler(conn, rid, args)
+            result = await self._while_connected(conn, handler(conn, rid, args))
             await conn.send({"v": VERSION, "id": rid, "ok": True, "result": result})
         except ControlError as exc:
             self.stats.error(exc.code)
@@ -313,6 +354,25 @@ class ControlServer:
             self.stats.error("internal")
             log.exception("control op failed")
             await conn.send(_error(rid, "internal", f"{type(exc).__name__}: {exc}"))
+
+    async def _while_connected(self, conn: _Conn, work: Awaitable[Any]) -> Any:
+        """Run one op; when its client goes away meanwhile (a capture or trace left
+        behind), cancel it, so its slot and locks are released at once."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=GONE_POLL)
+                if done:
+                    return task.result()
+                if conn.gone:
+                    self.stats.abandoned += 1
+                    _cancel_until_done(task)
+                    with contextlib.suppress(BaseException):
+                        await task
+                    raise ConnectionError("the client went away")
+        finally:
+            if not task.done():
+                _cancel_until_done(task)
 
     # ------------------------------------------------------------------ ops
 
@@ -403,6 +463,9 @@ class ControlServer:
                 "connections": self.stats.connections,
                 "requests": self.stats.requests,
                 "stream_dropped_bytes": self.stats.stream_dropped_bytes,
+                "refused_connections": self.stats.refused_connections,
+                "evicted_idle": self.stats.evicted_idle,
+                "abandoned": self.stats.abandoned,
                 **{f"error_{k}": v for k, v in self.stats.errors.items()},
             },
         }

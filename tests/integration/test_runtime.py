@@ -446,3 +446,64 @@ async def test_shell_ip_neigh_del_and_flush(pair: Pair) -> None:
     assert flush == (255, "", "Flush requires arguments.\n")
     code, _, err = await sh(pair.r1, "a", "ip", "neigh", "d", "10.244.1.1")
     assert (code, err) == (255, "Device and destination are required arguments.\n")
+
+
+def _frame(op: str, args: dict[str, object], rid: int = 1) -> bytes:
+    body = msgpack.packb({"v": 1, "id": rid, "op": op, "args": args})
+    return struct.pack("!I", len(body)) + body
+
+
+async def test_abandoned_capture_and_trace_release_their_slot_and_lock(pair: Pair) -> None:
+    """Issue 11: a capture (no traffic) or a trace whose client went away kept its
+    slot until its timeout, and the trace lock, so the next trace failed."""
+    eth0 = pair.n1.pods["a"].eth0
+    async with ControlServer(pair.r1, IP1, 0) as control:
+        port = control.port
+        _r, w = await asyncio.open_connection(IP1, port)
+        w.write(_frame("capture", {"netns": "a", "iface": "eth0", "count": 5, "timeout": 600}))
+        _r2, w2 = await asyncio.open_connection(IP1, port)
+        w2.write(_frame("trace", {"duration": 30}))
+        await asyncio.sleep(0.2)
+        assert len(eth0.taps) == 1 and control._trace_lock.locked()
+        w.close()
+        w2.close()
+        start = time.monotonic()
+        while (eth0.taps or control._trace_lock.locked()) and time.monotonic() - start < 2:
+            await asyncio.sleep(0.05)
+        assert eth0.taps == [] and not control._trace_lock.locked()
+        assert len(control._active) == 0 and control.stats.abandoned == 2
+        trace = await call(IP1, port, "trace", {"duration": 0.1})
+        assert trace["result"] == ""
+
+
+async def test_idle_connections_cannot_lock_clients_out(pair: Pair) -> None:
+    """Issue 11: 300 idle connections locked every client out for 300 s. The idle
+    ones are closed, oldest first, to make room; a busy agent says so in a frame."""
+    from emunet.nodes import control as control_mod
+
+    async with ControlServer(pair.r1, IP1, 0) as control:
+        port = control.port
+        idle = [await asyncio.open_connection(IP1, port) for _ in range(300)]
+        await asyncio.sleep(0.2)
+        assert len(control._active) <= control_mod.MAX_PER_CLIENT
+        assert (await call(IP1, port, "status"))["name"] == "node1"
+        assert control.stats.evicted_idle >= 300 - control_mod.MAX_PER_CLIENT
+        # every slot busy with a running command: the next client reads `busy`
+        old = control_mod.MAX_PER_CLIENT
+        control_mod.MAX_PER_CLIENT = 2
+        try:
+            for _r, w in idle:
+                w.close()
+            busy = []
+            for _ in range(2):
+                _r, w = await asyncio.open_connection(IP1, port)
+                w.write(_frame("trace", {"duration": 2}))
+                busy.append(w)
+            await asyncio.sleep(0.3)
+            with pytest.raises(ControlError) as err:
+                await call(IP1, port, "status")
+            assert err.value.code == "busy" and "connections open from 127.0.0.1" in str(err.value)
+        finally:
+            control_mod.MAX_PER_CLIENT = old
+            for w in busy:
+                w.close()
