@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import getopt
+import logging
 import math
+import os
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +35,8 @@ from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
 from emunet.errors import EmunetError
 from emunet.packets import ethernet, icmp, ipv4, tcp
 from emunet.packets.mac import MAC
+
+log = logging.getLogger(__name__)
 
 __all__ = ["COMMANDS", "Resolver", "Shell", "run_command"]
 
@@ -102,16 +106,47 @@ def _opts(
     return {k: v for k, v in pairs}, rest
 
 
-def _num(opts: dict[str, str], key: str, default: float, what: str) -> float:
+def _num(opts: dict[str, str], key: str, default: float, what: str, high: float = 1e6) -> float:
+    """A non-negative, finite number of at most ``high`` (seconds, mostly): ``inf``,
+    ``nan``, ``1e400`` and negative values are refused as the tools refuse them."""
     if key not in opts:
         return default
+    text = opts[key]
     try:
-        value = float(opts[key])
+        value = float(text)
     except ValueError:
-        raise UsageError(f"invalid argument for {key}: '{opts[key]}' ({what})") from None
-    if value < 0 or math.isnan(value):
-        raise UsageError(f"invalid argument for {key}: '{opts[key]}' ({what})")
+        raise UsageError(f"invalid argument for {key}: '{_clip(text)}' ({what})") from None
+    if not math.isfinite(value) or value < 0 or value > high:
+        raise UsageError(f"invalid argument for {key}: '{_clip(text)}' ({what}: 0 to {high:g})")
     return value
+
+
+def _int(opts: dict[str, str], key: str, default: int, low: int, high: int) -> int:
+    """A decimal integer in ``[low, high]`` (strtol's way: sign and digits only)."""
+    if key not in opts:
+        return default
+    text = opts[key].strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 12:
+        raise UsageError(f"invalid argument: '{_clip(opts[key])}'")
+    value = int(text)
+    if not low <= value <= high:
+        raise UsageError(
+            f"invalid argument: '{_clip(opts[key])}': out of range: {low} <= value <= {high}"
+        )
+    return value
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """An argument as an error message quotes it: never a whole megabyte."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _why(exc: OSError) -> str:
+    """The C library's text for a socket error (``Network is unreachable``)."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 
 # ---------------------------------------------------------------------- ip
@@ -253,20 +288,14 @@ def icmp_error_text(ev: SocketErrorEvent) -> str:
 async def cmd_ping(sh: Shell, argv: list[str]) -> int:
     try:
         opts, rest = _opts(argv[1:], "c:i:W:t:s:w:qn")
-        count = int(_num(opts, "-c", 4, "count"))
-        interval = _num(opts, "-i", 1.0, "interval")
-        wait = _num(opts, "-W", 1.0, "timeout")
-        ttl = int(_num(opts, "-t", 64, "ttl"))
-        size = int(_num(opts, "-s", 56, "packet size"))
-        deadline = _num(opts, "-w", 0, "deadline")
+        count = _int(opts, "-c", 4, 1, 100_000)
+        interval = _num(opts, "-i", 1.0, "interval", 3600)
+        wait = _num(opts, "-W", 1.0, "timeout", 3600)
+        ttl = _int(opts, "-t", 64, 1, 255)
+        size = _int(opts, "-s", 56, 0, 65507)
+        deadline = _num(opts, "-w", 0, "deadline", 86400)
         if not rest:
             raise UsageError("usage error: Destination address required")
-        if not 1 <= ttl <= 255:
-            raise UsageError(f"invalid argument: '{ttl}': out of range: 1 <= value <= 255")
-        if size > 65507:
-            raise UsageError(f"invalid argument: '{size}': out of range: 0 <= value <= 65507")
-        if not 1 <= count <= 100_000:
-            raise UsageError(f"invalid argument: '{count}': out of range: 1 <= value <= 100000")
         if interval < 0.002:
             # ping's flood floor: the agent's loop must keep serving the other pods
             raise UsageError(f"cannot flood; minimal interval allowed is 2ms, got {interval}")
@@ -307,7 +336,7 @@ async def cmd_ping(sh: Shell, argv: list[str]) -> int:
             try:
                 ep.send(dst, seq, payload, ttl=ttl)
             except OSError as exc:
-                sh.eprint(f"ping: sendmsg: {exc.strerror or exc}")
+                sh.eprint(f"ping: sendmsg: {_why(exc)}")
                 errors += 1
             sent += 1
             last_seq = seq
@@ -362,11 +391,11 @@ _ANNOTATION = {0: " !N", 1: " !H", 2: " !P", 4: " !F", 9: " !X", 10: " !X", 13: 
 async def cmd_traceroute(sh: Shell, argv: list[str]) -> int:
     try:
         opts, rest = _opts(argv[1:], "nIm:q:w:p:f:")
-        max_ttl = int(_num(opts, "-m", 30, "max hops"))
-        nqueries = int(_num(opts, "-q", 3, "queries"))
-        wait = _num(opts, "-w", 1.0, "wait")
-        port = int(_num(opts, "-p", 33434, "port"))
-        first = int(_num(opts, "-f", 1, "first ttl"))
+        max_ttl = _int(opts, "-m", 30, 1, 255)
+        nqueries = _int(opts, "-q", 3, 1, 10)
+        wait = _num(opts, "-w", 1.0, "wait", 60)
+        port = _int(opts, "-p", 33434, 1, 65535)
+        first = _int(opts, "-f", 1, 1, 255)
         if not rest:
             raise UsageError('Specify "host" missing argument.')
         if not 1 <= max_ttl <= 255 or not 1 <= nqueries <= 10 or not 1 <= first <= max_ttl:
@@ -476,8 +505,10 @@ async def cmd_curl(sh: Shell, argv: list[str]) -> int:
         opts, rest = _opts(
             argv[1:], "svim:IXH:A:o:", ["max-time=", "connect-timeout=", "silent", "verbose"]
         )
-        max_time = _num(opts, "-m", 0, "max time") or _num(opts, "--max-time", 0, "max time")
-        connect_timeout = _num(opts, "--connect-timeout", 10.0, "connect timeout")
+        max_time = _num(opts, "-m", 0, "max time", 86400) or _num(
+            opts, "--max-time", 0, "max time", 86400
+        )
+        connect_timeout = _num(opts, "--connect-timeout", 10.0, "connect timeout", 86400)
     except UsageError as exc:
         sh.eprint(f"curl: option: {exc}")
         sh.eprint("curl: try 'curl --help' for more information")
@@ -509,14 +540,14 @@ async def _curl(
 ) -> int:
     if "://" not in url:
         url = "http://" + url
-    parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise CurlError(1, f'Protocol "{parts.scheme}" not supported or disabled in libcurl')
-    host = parts.hostname or ""
     try:
-        port = parts.port or 80
-    except ValueError:
+        parts = urlsplit(url)
+        port = parts.port if parts.port is not None else 80  # :0 is port 0, as curl has it
+    except ValueError:  # an unclosed [, a port that is no number or past 65535
         raise CurlError(3, "URL using bad/illegal format or missing URL") from None
+    if parts.scheme != "http":
+        raise CurlError(1, f'Protocol "{_clip(parts.scheme)}" not supported or disabled in libcurl')
+    host = parts.hostname or ""
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     ip = await sh.resolve(host)
     if ip is None:
@@ -524,6 +555,9 @@ async def _curl(
     if verbose:
         sh.eprint(f"*   Trying {ip}:{port}...")
     t0 = time.monotonic()
+    if port == 0:  # connect(2) to port 0 is refused
+        raise CurlError(7, f"Failed to connect to {host} port 0 after 0 ms: Couldn't connect "
+                        "to server")  # fmt: skip
     try:
         reader, writer = await sh.runtime.open_connection(sh.pod, ip, port, timeout=connect_timeout)
     except TimeoutError:
@@ -623,13 +657,13 @@ async def _read_chunked(reader: Stream) -> bytes:
 async def cmd_nc(sh: Shell, argv: list[str]) -> int:
     try:
         opts, rest = _opts(argv[1:], "uzvw:nN")
-        wait = _num(opts, "-w", 0, "timeout")
+        wait = _num(opts, "-w", 0, "timeout", 86400)
         if len(rest) != 2:
             raise UsageError("missing hostname and port")
+        if not rest[1].isdigit() or not rest[1].isascii() or not 0 < int(rest[1]) < 65536:
+            raise UsageError(f"port number invalid: {_clip(rest[1])}")
         port = int(rest[1])
-        if not 0 < port < 65536:
-            raise UsageError(f"port number invalid: {rest[1]}")
-    except (UsageError, ValueError) as exc:
+    except UsageError as exc:
         sh.eprint(f"nc: {exc}")
         return 1
     host = rest[0]
@@ -645,11 +679,7 @@ async def cmd_nc(sh: Shell, argv: list[str]) -> int:
         why = (
             "Connection refused"
             if isinstance(exc, ConnectionRefusedError)
-            else (
-                "Connection timed out"
-                if isinstance(exc, TimeoutError)
-                else (exc.strerror or str(exc))
-            )
+            else ("Connection timed out" if isinstance(exc, TimeoutError) else _why(exc))
         )
         sh.eprint(f"nc: connect to {host} port {port} (tcp) failed: {why}")
         return 1
@@ -675,7 +705,7 @@ async def cmd_nc(sh: Shell, argv: list[str]) -> int:
         else:
             await pump()
     except OSError as exc:
-        sh.eprint(f"nc: {exc.strerror or exc}")
+        sh.eprint(f"nc: {_why(exc)}")
         return 1
     return 0
 
@@ -705,7 +735,7 @@ async def _nc_udp(
             sh.eprint(f"Connection to {host} {port} port [udp/*] succeeded!")
         return 0
     except OSError as exc:
-        sh.eprint(f"nc: {exc.strerror or exc}")
+        sh.eprint(f"nc: {_why(exc)}")
         return 1
     finally:
         udp.close()
@@ -792,8 +822,8 @@ def _decode_ip(mv: memoryview) -> str:
 async def cmd_tcpdump(sh: Shell, argv: list[str]) -> int:
     try:
         opts, _rest = _opts(argv[1:], "c:ni:evq", ["duration="])
-        count = int(_num(opts, "-c", 10, "count"))
-        duration = _num(opts, "--duration", 10.0, "duration")
+        count = _int(opts, "-c", 10, 1, 1_000_000)
+        duration = _num(opts, "--duration", 10.0, "duration", 3600)
     except UsageError as exc:
         sh.eprint(f"tcpdump: {exc}")
         return 1
@@ -857,9 +887,9 @@ def _rate(bits_per_s: float) -> str:
 async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
     try:
         opts, _rest = _opts(argv[1:], "c:st:p:l:")
-        seconds = _num(opts, "-t", 10.0 if "-c" in opts else 60.0, "time")
-        port = int(_num(opts, "-p", 5001, "port"))
-        chunk = int(_num(opts, "-l", 128 * 1024, "length")) or 128 * 1024
+        seconds = _num(opts, "-t", 10.0 if "-c" in opts else 60.0, "time", 3600)
+        port = _int(opts, "-p", 5001, 1, 65535)
+        chunk = _int(opts, "-l", 128 * 1024, 1, 1 << 20)
     except UsageError as exc:
         sh.eprint(f"iperf: {exc}")
         return 1
@@ -881,7 +911,7 @@ async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
     try:
         reader, writer = await sh.runtime.open_connection(sh.pod, ip, port, timeout=10.0)
     except OSError as exc:
-        sh.eprint(f"connect failed: {exc.strerror or exc}")
+        sh.eprint(f"connect failed: {_why(exc)}")
         return 1
     lip, lport = writer.sockname()
     sh.print(f"[  1] local {lip} port {lport} connected with {ip} port {port}")
@@ -944,7 +974,7 @@ async def _iperf_server(sh: Shell, port: int, seconds: float, bar: str) -> int:
     try:
         server = await sh.runtime.start_server(sh.pod, port, serve)
     except OSError as exc:
-        sh.eprint(f"bind failed: {exc.strerror or exc}")
+        sh.eprint(f"bind failed: {_why(exc)}")
         return 1
     try:
         await asyncio.sleep(seconds)
@@ -1005,6 +1035,13 @@ async def run_command(
         return 0
     entry = COMMANDS.get(argv[0])
     if entry is None:
-        sh.eprint(f"sh: 1: {argv[0]}: not found")
+        sh.eprint(f"sh: 1: {_clip(argv[0])}: not found")
         return 127
-    return await entry[0](sh, argv)
+    try:
+        return await entry[0](sh, argv)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a command's bug is one line, never a traceback
+        log.warning("%s: %s failed: %s: %s", pod, argv[0], type(exc).__name__, exc)
+        sh.eprint(f"{argv[0]}: internal error ({type(exc).__name__})")
+        return 1

@@ -507,3 +507,38 @@ async def test_idle_connections_cannot_lock_clients_out(pair: Pair) -> None:
             control_mod.MAX_PER_CLIENT = old
             for w in busy:
                 w.close()
+
+
+ABSURD = ("inf", "nan", "1e400", "-1", "-inf", "12abc", "0x10", "9" * 30, "")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        *(["ping", opt, v, "10.244.2.2"] for opt in ("-c", "-s", "-t", "-i", "-W") for v in ABSURD),
+        *(["traceroute", opt, v, "10.244.2.2"] for opt in ("-m", "-q", "-p", "-w") for v in ABSURD),
+        *(["tcpdump", "-c", v] for v in ABSURD),
+        *(["iperf", "-c", "10.244.2.2", opt, v] for opt in ("-p", "-t", "-l") for v in ABSURD),
+        *(["curl", "-m", v, "http://10.244.2.2/"] for v in ABSURD),
+        *(["nc", "10.244.2.2", v] for v in ABSURD),
+        ["curl", "http://[::1"],
+        ["curl", "http://10.244.2.2:99999/"],
+        ["curl", "http://10.244.2.2:x/"],
+        ["curl", "ftp://10.244.2.2/"],
+        ["curl", "http://10.244.2.2:0/"],
+        ["nc", "10.244.199.5", "80"],
+    ],
+    ids=lambda argv: " ".join(argv)[:60],
+)
+async def test_absurd_arguments_are_one_line_like_the_tools(
+    pair: Pair, argv: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: inf, nan, 1e400, negative or malformed numbers and bad URLs gave
+    OverflowError/ValueError tracebacks and raw Python messages."""
+    code, out, err = await sh(pair.r1, "a", *argv)
+    assert code != 0, (argv, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) <= 2 and lines, err  # curl adds its "try 'curl --help'" line
+    for text in (err, caplog.text):
+        assert "Traceback" not in text and "Error(" not in text and "internal error" not in text
+    assert "invalid literal" not in err and "[E" not in err and "('" not in err, err
