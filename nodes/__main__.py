@@ -99,6 +99,13 @@ def parser() -> argparse.ArgumentParser:
         default="rr",
         help="IPVS scheduler with --proxy-mode ipvs (rr)",
     )
+    p.add_argument(
+        "--overlay-accept",
+        choices=["any", "leases"],
+        default="any",
+        help="overlay datagrams from any sender, as flanneld takes them (any), or only from "
+        "PublicIPs holding a lease (leases); the others are counted either way",
+    )
     p.add_argument("--node-lease-ttl", type=int, default=10, metavar="SECONDS")
     p.add_argument("--seed", type=int, default=None, help="seed the data plane's randomness")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_mode=args.proxy_mode,
         ipvs_scheduler=args.ipvs_scheduler,
         node_lease_ttl=args.node_lease_ttl,
+        overlay_accept=args.overlay_accept,
         seed=args.seed,
     )
     factory: Callable[[], asyncio.AbstractEventLoop]

@@ -85,6 +85,7 @@ class AgentConfig:
     proxy_debounce: float = 0.1
     node_lease_ttl: int = model.NODE_LEASE_TTL
     seed: int | None = None
+    overlay_accept: str = "any"  # "any" as flanneld, or "leases": refuse other senders
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Agent:
             "pods_created": 0,
             "pods_deleted": 0,
             "app_failures": 0,
+            "leases_refused": 0,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -169,6 +171,7 @@ class Agent:
             ipvs_scheduler=cfg.ipvs_scheduler,
             seed=cfg.seed,
         )
+        self.node.flannel.accept_unknown = cfg.overlay_accept == "any"
         self.runtime = NodeRuntime(self.node, loop, address_map=cfg.address_map)
         await self.runtime.start()
         self.control = ControlServer(
@@ -178,7 +181,7 @@ class Agent:
             status=self._status,
             resolver=self.resolve,
             pod_lookup=self._pod_lookup,
-            extra_counters=lambda: self.counters,
+            extra_counters=self._counters,
         )
         await self.control.start()
         log.info(
@@ -270,10 +273,32 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _counters(self) -> dict[str, int]:
+        out = dict(self.counters)
+        if self.node is not None:
+            out["overlay_from_unknown"] = self.node.flannel.from_unknown
+        if self.runtime is not None:
+            for name, n in self.runtime.kernel_drops().items():
+                out[f"{name}_kernel_drops"] = n
+        return out
+
     async def _watch_leases(self) -> None:
         assert self.subnets is not None and self.node is not None and self.runtime is not None
+        node_network = self.config.node_network
         async for event in self.subnets.watch():
             self.counters["lease_events"] += 1
+            if isinstance(event, LeaseAdded) and event.public_ip not in node_network:
+                # anyone who can write to etcd could point pod traffic anywhere
+                self.counters["leases_refused"] += 1
+                log.warning(
+                    "refusing lease %s: PublicIP %s is outside the node network %s",
+                    event.subnet,
+                    event.public_ip,
+                    node_network,
+                )
+                if self.node.flannel.table.get(event.subnet) is not None:
+                    self.node.remove_lease(event.subnet)
+                continue
             if isinstance(event, LeaseAdded):
                 self.node.set_lease(event.subnet, event.public_ip)
                 log.info("lease added: %s via %s", event.subnet, event.public_ip)

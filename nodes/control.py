@@ -478,6 +478,7 @@ class ControlServer:
         lines += [f"drop {reason}: {n}" for reason, n in sorted(rows_c["drops"].items())]
         lines += [f"runtime {k}: {v}" for k, v in rows_c["runtime"].items()]
         lines += [f"control {k}: {v}" for k, v in rows_c["control"].items()]
+        lines += [f"agent {k}: {v}" for k, v in rows_c.get("agent", {}).items()]
         return {"lines": lines, "rows": rows_c}
 
     async def _op_exec(self, conn: _Conn, rid: Any, args: dict[str, Any]) -> Any:

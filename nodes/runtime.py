@@ -225,6 +225,22 @@ def _udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def read_udp_drops(wanted: dict[str, str], path: str = "/proc/net/udp") -> dict[str, int]:
+    """``{name: drops}`` for the sockets whose ``local_address`` column (``HEXIP:HEXPORT``)
+    is a key of ``wanted``; nothing where the table cannot be read."""
+    out = {name: 0 for name in wanted.values()}
+    try:
+        with open(path) as table:
+            next(table, None)
+            for line in table:
+                cols = line.split()
+                if len(cols) >= 13 and cols[1] in wanted:
+                    out[wanted[cols[1]]] += int(cols[-1])
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 @dataclass(frozen=True)
 class AddressMap:
     """Where emulated node addresses really live: ``172.18.0.0/16=127.0.0.0/16``.
@@ -383,6 +399,21 @@ class NodeRuntime:
         if real is None:
             real = self._to_real[ip] = amap.to_real(ip)
         return real
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Datagrams the kernel dropped in our sockets' receive buffers (the drops
+        column of /proc/net/udp, which counts per socket): a congested node loses
+        packets before the data plane sees them."""
+        wanted: dict[str, str] = {}
+        for name, tr in (("overlay", self._overlay), ("wire", self._wire)):
+            if tr is None:
+                continue
+            sock = tr.get_extra_info("socket")
+            if sock is not None:
+                ip, port = sock.getsockname()[:2]
+                packed = socket.inet_aton(ip)[::-1].hex().upper()
+                wanted[f"{packed}:{port:04X}"] = name
+        return read_udp_drops(wanted)
 
     def _overlay_in(self, data: bytes, addr: tuple[str, int]) -> None:
         self.stats.overlay_rx += 1

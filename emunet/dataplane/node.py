@@ -432,6 +432,12 @@ class Node:
             for tap in eth0.taps:
                 tap(now, outer)
         flannel0 = self.flannel0
+        flannel = self.flannel
+        if src[0] not in flannel.peers:  # a sender that holds no lease
+            flannel.from_unknown += 1
+            if not flannel.accept_unknown:
+                self.root.drop(now, flannel0, Drop.OVERLAY_UNKNOWN_PEER, src[0])
+                return
         if n < 20 or pkt[0] >> 4 != 4:
             self.root.drop(now, flannel0, Drop.MALFORMED, f"overlay payload of {n} bytes")
             return

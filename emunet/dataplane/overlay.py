@@ -44,12 +44,34 @@ class FlannelUDP:
         self.table: PrefixMap[Lease] = PrefixMap()
         self.ttl_drops = 0
         self.no_lease = 0
+        # the PublicIPs holding a lease (text, as a datagram's source arrives), with
+        # how many leases each holds; flanneld accepts any sender, emunet counts the
+        # others (from_unknown) and refuses them when `accept_unknown` is off
+        self.peers: dict[str, int] = {}
+        self.from_unknown = 0
+        self.accept_unknown = True
 
     def set_lease(self, subnet: IPv4Network, public_ip: IPv4Address) -> None:
+        old = self.table.get(subnet)
+        if old is not None:
+            self._forget_peer(old.public_ip)
         self.table.set(subnet, Lease(subnet, public_ip, self.port))
+        key = str(public_ip)
+        self.peers[key] = self.peers.get(key, 0) + 1
 
     def remove_lease(self, subnet: IPv4Network) -> Lease | None:
-        return self.table.remove(subnet)
+        lease = self.table.remove(subnet)
+        if lease is not None:
+            self._forget_peer(lease.public_ip)
+        return lease
+
+    def _forget_peer(self, public_ip: IPv4Address) -> None:
+        key = str(public_ip)
+        left = self.peers.get(key, 0) - 1
+        if left > 0:
+            self.peers[key] = left
+        else:
+            self.peers.pop(key, None)
 
     def leases(self) -> list[Lease]:
         return [lease for group in self.table.by_length() for lease in group]

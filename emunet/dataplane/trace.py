@@ -20,6 +20,7 @@ class Drop(StrEnum):
     TTL_EXCEEDED = "TTL exceeded"
     FLANNEL_TTL_ZERO = "flannel: TTL reached zero, discarded without ICMP"
     FLANNEL_NO_LEASE = "flannel: no lease for destination subnet"
+    OVERLAY_UNKNOWN_PEER = "flannel: datagram from a sender holding no lease (refused)"
     ARP_TIMEOUT = "ARP timeout: neighbour did not answer"
     ARP_QUEUE_FULL = "ARP queue full"
     PORT_UNREACHABLE = "port unreachable: no socket bound"

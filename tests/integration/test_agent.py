@@ -453,3 +453,28 @@ async def test_a_pod_that_cannot_be_created_fails_and_the_agent_lives(cluster: C
     assert (await cluster.control(0, "status"))["name"] == cluster.name(0)
     await cluster.pod("fine", 0, app="echo")
     await cluster.running("fine")
+
+
+async def test_a_lease_outside_the_node_network_is_refused(
+    cluster: Cluster, etcd: EtcdServer
+) -> None:
+    """Issue 11: anyone who can write to etcd could point pod traffic anywhere."""
+    client = aetcd.Client(etcd.host, etcd.client_port, timeout=5)
+    try:
+        await client.put(
+            b"/coreos.com/network/subnets/10.244.200.0-24",
+            b'{"PublicIP":"192.0.2.1","PublicIPv6":null}',
+        )
+    finally:
+        await client.close()
+
+    async def refused() -> bool:
+        counters = await cluster.control(0, "dump", what="counters")
+        return bool(counters["rows"]["agent"]["leases_refused"] == 1)
+
+    await wait_for(refused, 10, "the lease to be refused")
+    leases = (await cluster.control(0, "dump", what="leases"))["lines"]
+    assert not any("10.244.200.0" in line for line in leases), leases
+    assert "refusing lease 10.244.200.0/24: PublicIP 192.0.2.1 is outside" in cluster.log(0)
+    counters = (await cluster.control(0, "dump", what="counters"))["rows"]["agent"]
+    assert counters["overlay_kernel_drops"] == 0 and "overlay_from_unknown" in counters

@@ -542,3 +542,23 @@ async def test_absurd_arguments_are_one_line_like_the_tools(
     for text in (err, caplog.text):
         assert "Traceback" not in text and "Error(" not in text and "internal error" not in text
     assert "invalid literal" not in err and "[E" not in err and "('" not in err, err
+
+
+def test_kernel_receive_buffer_drops_are_read_per_socket() -> None:
+    """Issue 11: datagrams the kernel drops in a full socket buffer were invisible."""
+    from emunet.nodes.runtime import read_udp_drops
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        rx.bind(("127.0.4.9", 0))
+        ip, port = rx.getsockname()
+        key = f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}"
+        assert read_udp_drops({key: "rx"}) == {"rx": 0}
+        for _ in range(200):  # never read: the buffer fills and the kernel drops
+            tx.sendto(bytes(1000), (ip, port))
+        assert read_udp_drops({key: "rx"})["rx"] > 100
+    finally:
+        rx.close()
+        tx.close()
