@@ -106,6 +106,12 @@ def parser() -> argparse.ArgumentParser:
         help="overlay datagrams from any sender, as flanneld takes them (any), or only from "
         "PublicIPs holding a lease (leases); the others are counted either way",
     )
+    p.add_argument(
+        "--allow-module-apps",
+        action="store_true",
+        help="let pods name any module:Class as their app (imported into this agent); "
+        "otherwise only the built-in apps and installed emunet.apps entry points",
+    )
     p.add_argument("--node-lease-ttl", type=int, default=10, metavar="SECONDS")
     p.add_argument("--seed", type=int, default=None, help="seed the data plane's randomness")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -164,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         ipvs_scheduler=args.ipvs_scheduler,
         node_lease_ttl=args.node_lease_ttl,
         overlay_accept=args.overlay_accept,
+        allow_module_apps=args.allow_module_apps,
         seed=args.seed,
     )
     factory: Callable[[], asyncio.AbstractEventLoop]

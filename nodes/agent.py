@@ -86,6 +86,7 @@ class AgentConfig:
     node_lease_ttl: int = model.NODE_LEASE_TTL
     seed: int | None = None
     overlay_accept: str = "any"  # "any" as flanneld, or "leases": refuse other senders
+    allow_module_apps: bool = False  # import any module:Class a pod names
 
 
 @dataclass
@@ -496,7 +497,7 @@ class Agent:
             )
             local.contexts.append(ctx)
             try:
-                app = load_app(c.app)
+                app = load_app(c.app, allow_modules=self.config.allow_module_apps)
             except ConfigError as exc:
                 ctx.stats["failed"] = 1
                 local.failure = f"container {c.name}: {exc}"

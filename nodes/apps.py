@@ -293,11 +293,20 @@ BUILTIN_APPS: dict[str, type[App]] = {
 }
 
 
-def load_app(spec: str) -> Any:
-    """An app instance from a built-in name, ``module:Class`` or an ``emunet.apps`` entry point."""
+def load_app(spec: str, *, allow_modules: bool = False) -> Any:
+    """An app instance from a built-in name, an installed ``emunet.apps`` entry point,
+    or (only when ``allow_modules``: the agent was started with
+    ``--allow-module-apps``) any ``module:Class``. A pod's app comes from the
+    registry, which anyone with etcd access can write: importing whatever module it
+    names (``os:system``) would be running their code in the agent."""
     if not spec:
         return IdleApp()
     cls: Any = BUILTIN_APPS.get(spec)
+    if cls is None and ":" in spec and not allow_modules:
+        raise ConfigError(
+            f"app {spec[:100]!r}: module:Class apps are refused by this agent (start it with "
+            f"--allow-module-apps, or install the app as an {ENTRY_POINT_GROUP!r} entry point)"
+        )
     if cls is None and ":" in spec:
         module, _, attr = spec.partition(":")
         try:

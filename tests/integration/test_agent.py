@@ -191,7 +191,7 @@ async def cluster_of(etcd: EtcdServer, root: Path, *agent_args: str) -> AsyncIte
 
 @pytest.fixture
 async def cluster(etcd: EtcdServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with cluster_of(etcd, tmp_path, "--node-lease-ttl", "3") as c:
+    async with cluster_of(etcd, tmp_path, "--node-lease-ttl", "3", "--allow-module-apps") as c:
         yield c
 
 
@@ -478,3 +478,24 @@ async def test_a_lease_outside_the_node_network_is_refused(
     assert "refusing lease 10.244.200.0/24: PublicIP 192.0.2.1 is outside" in cluster.log(0)
     counters = (await cluster.control(0, "dump", what="counters"))["rows"]["agent"]
     assert counters["overlay_kernel_drops"] == 0 and "overlay_from_unknown" in counters
+
+
+async def test_module_apps_only_when_the_agent_allows_them(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    """Issue 11: a pod naming `os:system` made the agent import any module."""
+    async with cluster_of(etcd, tmp_path, "--node-lease-ttl", "3") as c:
+        await c.pod("evil", 0, app="os:system")
+        got: list[model.Pod] = []
+
+        async def is_failed() -> bool:
+            p = await c.reg.get_pod("default", "evil")
+            if p is not None and p.phase == model.PodPhase.FAILED:
+                got.append(p)
+                return True
+            return False
+
+        await wait_for(is_failed, 15, "the pod to be Failed")
+        assert "module:Class apps are refused by this agent" in (got[0].message or "")
+        await c.pod("fine", 1, app="echo")
+        await c.running("fine")
