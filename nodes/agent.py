@@ -411,7 +411,7 @@ class Agent:
         else:
             local.pod = pod
             want = self._running_status(local)
-        if (pod.phase, pod.pod_ip, pod.host_ip) != (want.phase, want.pod_ip, want.host_ip):
+        if _status_of(pod) != _status_of(want):  # e.g. marked not ready while we were away
             self._status_dirty.add(key)
 
     def _running_status(self, local: _LocalPod) -> model.Pod:
@@ -420,7 +420,11 @@ class Agent:
         failed = [c for c in local.contexts if c.stats.get("failed")]
         if failed:
             return local.pod.with_status(
-                model.PodPhase.FAILED, ip, self.config.node_ip, local.failure or "an app failed"
+                model.PodPhase.FAILED,
+                ip,
+                self.config.node_ip,
+                local.failure or "an app failed",
+                reason="Error",
             )
         return local.pod.with_status(model.PodPhase.RUNNING, ip, self.config.node_ip)
 
@@ -478,7 +482,9 @@ class Agent:
             )
         except ConfigError as exc:
             log.error("pod %s/%s cannot be created: %s", pod.namespace, pod.name, exc)
-            failed = pod.with_status(model.PodPhase.FAILED, None, self.config.node_ip, str(exc))
+            failed = pod.with_status(
+                model.PodPhase.FAILED, None, self.config.node_ip, str(exc), reason="CreateFailed"
+            )
             self.local[key] = _LocalPod(pod.uid, "", failed)
             self._status_dirty.add(key)
             return
@@ -617,6 +623,10 @@ class Agent:
         n_ep = sum(len(v) for v in endpoints.values())
         log.info("kube-proxy synced %d services, %d endpoints", len(services), n_ep)
         rt.poke()
+
+
+def _status_of(pod: model.Pod) -> tuple[object, ...]:
+    return (pod.phase, pod.pod_ip, pod.host_ip, pod.ready, pod.reason)
 
 
 def _safe(name: str, namespace: str) -> bool:

@@ -238,15 +238,24 @@ class Registry:
             raise ConfigError(f"node lease ttl: {ttl} s is too short (at least 2 s)")
         with self._errors():
             await self.client.put(model.node_key(node.name).encode(), node.to_json().encode())
-        await self._grant_node_lease(node.name, ttl)
-        old = self._keepalives.pop(node.name, None)
+        await self.hold_lease(model.node_lease_key(node.name), node.name, ttl)
+
+    async def hold_lease(self, key: str, holder: str, ttl: int) -> None:
+        """Put ``key`` (a Lease object naming ``holder``) on an etcd lease of ``ttl``
+        seconds and keep it alive: it vanishes ``ttl`` seconds after its holder."""
+        await self._grant_lease(key, holder, ttl)
+        old = self._keepalives.pop(key, None)
         if old is not None:
             old.cancel()
-        self._keepalives[node.name] = asyncio.get_running_loop().create_task(
-            self._keepalive(node.name, ttl), name=f"node-lease-{node.name}"
+        self._keepalives[key] = asyncio.get_running_loop().create_task(
+            self._keepalive(key, holder, ttl), name=f"lease-{holder}"
         )
 
-    async def _grant_node_lease(self, name: str, ttl: int) -> None:
+    async def lease_held(self, key: str) -> bool:
+        """Whether somebody holds the lease key ``key`` now."""
+        return await self._get(key) is not None
+
+    async def _grant_lease(self, key: str, name: str, ttl: int) -> None:
         value = json.dumps(
             {
                 "holderIdentity": name,
@@ -257,34 +266,33 @@ class Registry:
         )
         with self._errors():
             lease = await self.client.lease(ttl)
-            await self.client.put(
-                model.node_lease_key(name).encode(), value.encode(), lease=lease.id
-            )
-        self._lease_ids[name] = lease.id
+            await self.client.put(key.encode(), value.encode(), lease=lease.id)
+        self._lease_ids[key] = lease.id
 
-    async def _keepalive(self, name: str, ttl: int) -> None:
+    async def _keepalive(self, key: str, name: str, ttl: int) -> None:
         interval = max(ttl / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
             try:
                 with self._errors():
-                    reply = await self.client.refresh_lease(self._lease_ids[name])
+                    reply = await self.client.refresh_lease(self._lease_ids[key])
                 if reply is None or reply.TTL <= 0:
-                    log.warning("node lease of %s expired; granting a new one", name)
+                    log.warning("the lease of %s expired; granting a new one", name)
                     self.lease_regrants += 1
-                    await self._grant_node_lease(name, ttl)
+                    await self._grant_lease(key, name, ttl)
             except EtcdError as exc:
-                log.warning("cannot renew the node lease of %s: %s", name, exc)
+                log.warning("cannot renew the lease of %s: %s", name, exc)
 
     async def unregister_node(self, name: str, *, delete: bool = False) -> None:
         """Stop keeping ``name`` alive and revoke its lease (it turns NotReady at
         once); ``delete`` also removes the Node object."""
-        task = self._keepalives.pop(name, None)
+        key = model.node_lease_key(name)
+        task = self._keepalives.pop(key, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        lease_id = self._lease_ids.pop(name, None)
+        lease_id = self._lease_ids.pop(key, None)
         with self._errors():
             if lease_id is not None:
                 with contextlib.suppress(aetcd.ClientError):

@@ -123,6 +123,8 @@ def netns_name(namespace: str, name: str) -> str:
 DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
 NODE_PORT_RANGE = (30000, 32767)
 NODE_LEASE_TTL = 10
+MAX_REPLICAS = 1000
+"""A Deployment's replicas at most: more than any fabric here can hold (3 x 253)."""
 """Seconds of the etcd lease under a node's ``kube-node-lease`` key."""
 
 # .0 is the network, .1 the `kubernetes` Service, .10 kube-dns (kubeadm's choice)
@@ -753,6 +755,8 @@ class Pod:
     owner: str = ""  # name of the Deployment that owns this pod, "" if none
     message: str = ""  # status.message (why it failed...)
     created: str = ""  # metadata.creationTimestamp (RFC 3339), set by the writer
+    reason: str = ""  # status.reason (Unschedulable, NodeNotReady, ...)
+    ready: bool = True  # status.conditions Ready; False takes it out of the endpoints
 
     @property
     def key(self) -> str:
@@ -764,8 +768,26 @@ class Pod:
         pod_ip: IPv4Address | None = None,
         host_ip: IPv4Address | None = None,
         message: str = "",
+        *,
+        reason: str = "",
+        ready: bool = True,
     ) -> Pod:
-        return replace(self, phase=phase, pod_ip=pod_ip, host_ip=host_ip, message=message)
+        return replace(
+            self,
+            phase=phase,
+            pod_ip=pod_ip,
+            host_ip=host_ip,
+            message=message,
+            reason=reason,
+            ready=ready,
+        )
+
+    @property
+    def status_text(self) -> str:
+        """What ``kubectl get pods`` shows in STATUS: the reason when there is one."""
+        if self.phase == PodPhase.RUNNING and not self.ready:
+            return f"Running ({self.reason or 'NotReady'})"
+        return self.reason or self.phase.value
 
     def container_port(self, name: str, protocol: str) -> int | None:
         """The number of a named container port (for a Service's named targetPort)."""
@@ -799,8 +821,14 @@ class Pod:
         if self.node_name:
             spec["nodeName"] = self.node_name
         status: dict[str, Any] = {"phase": self.phase.value}
+        if self.reason:
+            status["reason"] = self.reason
         if self.message:
             status["message"] = self.message
+        if not self.ready:
+            status["conditions"] = [
+                {"type": "Ready", "status": "False", "reason": self.reason or "NotReady"}
+            ]
         if self.host_ip is not None:
             status["hostIP"] = str(self.host_ip)
         if self.pod_ip is not None:
@@ -830,6 +858,11 @@ class Pod:
         spec = r.obj("spec")
         status = r.obj("status")
         status.ignore("podIPs")
+        ready = True
+        for cond in status.objs("conditions"):
+            if cond.text("type", "") == "Ready":
+                ready = cond.text("status", "True") != "False"
+            cond.ignore("reason", "status", "lastTransitionTime", "message")
         pod = cls(
             name=meta.text("name"),
             namespace=meta.text("namespace", DEFAULT_NAMESPACE),
@@ -843,6 +876,8 @@ class Pod:
             owner=owner,
             message=status.text("message", ""),
             created=meta.text("creationTimestamp", ""),
+            reason=status.text("reason", ""),
+            ready=ready,
         )
         pod.validate()
         return pod
@@ -1132,8 +1167,8 @@ class Deployment:
         _check_dns_label("metadata.name", self.name)
         _check_dns_label("metadata.namespace", self.namespace)
         _check_labels("metadata.labels", self.labels)
-        if self.replicas < 0:
-            raise ConfigError(f"spec.replicas: must be 0 or more, got {self.replicas}")
+        if not 0 <= self.replicas <= MAX_REPLICAS:
+            raise ConfigError(f"spec.replicas: must be 0 to {MAX_REPLICAS}, got {self.replicas}")
         if not self.selector:
             raise ConfigError("spec.selector.matchLabels: required")
         _check_labels("spec.selector.matchLabels", self.selector)
@@ -1215,6 +1250,7 @@ def endpoints_for(service: Service, pods: Iterable[Pod]) -> list[kubeproxy.Endpo
         if (
             pod.namespace != service.namespace
             or pod.phase != PodPhase.RUNNING
+            or not pod.ready
             or pod.pod_ip is None
             or not selector_matches(service.selector, pod.labels)
         ):

@@ -188,7 +188,7 @@ BAD: list[tuple[str, str, str]] = [
     (
         "replicas",
         WEB.replace("replicas: 3", "replicas: -2"),
-        "document 1 (Deployment web): spec.replicas: must be 0 or more, got -2",
+        "document 1 (Deployment web): spec.replicas: must be 0 to 1000, got -2",
     ),
     (
         "unknown image",

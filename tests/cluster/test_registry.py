@@ -262,7 +262,7 @@ INVALID: list[tuple[str, Callable[[], Any], str]] = [
     ("no app", lambda: pod("w", containers=(Container("c", ""),)).validate(),
      "spec.containers[0].app: required"),
     ("replicas", lambda: replace(OBJECTS[8], replicas=-1).validate(),
-     "spec.replicas: must be 0 or more, got -1"),
+     "spec.replicas: must be 0 to 1000, got -1"),
     ("selector mismatch", lambda: replace(OBJECTS[8], selector={"app": "other"}).validate(),
      "spec.template.metadata.labels: `selector` does not match template `labels`"),
     ("no selector", lambda: replace(OBJECTS[8], selector={}).validate(),
