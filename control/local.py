@@ -69,7 +69,7 @@ STATE_FILE = "state.json"
 _STATE_VERSION = 1
 
 
-_NOT_NODES = ("etcd", "internet")
+_NOT_NODES = ("etcd", "internet", "controller-manager")
 
 
 class AlreadyUp(EmunetError):
@@ -266,6 +266,7 @@ class LocalFabric:
         network: str = DEFAULT_NETWORK,
         control_port: int = CONTROL_PORT,
         agent_args: Sequence[str] = (),
+        controller_args: Sequence[str] = (),
         ready_timeout: float = 60.0,
         stop_timeout: float = 5.0,
     ) -> None:
@@ -274,6 +275,7 @@ class LocalFabric:
         self.network = network
         self.control_port = control_port
         self.agent_args = list(agent_args)
+        self.controller_args = list(controller_args)
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
 
@@ -347,6 +349,20 @@ class LocalFabric:
             str(self.control_port),
             "--state-dir",
             str(self.state_dir / "internet"),
+        ]
+
+    def controller_argv(self, etcd: str) -> list[str]:
+        """The controller manager, with Kubernetes' periods unless given
+        (``controller_args``)."""
+        return [
+            self.python,
+            "-m",
+            "emunet.nodes.controller_manager",
+            "--etcd",
+            etcd,
+            "--state-dir",
+            str(self.state_dir / "controller-manager"),
+            *self.controller_args,
         ]
 
     def _etcd_argv(self, binary: str, client_port: int, peer_port: int) -> list[str]:
@@ -453,7 +469,17 @@ class LocalFabric:
                 )
             )
             self._save(state)
-            say(f"started {nodes} node agent(s) and the internet; waiting for them to be Ready")
+            argv = self.controller_argv(endpoint)
+            log = logs / "controller-manager.log"
+            marker = str(self.state_dir / "controller-manager")
+            state.processes.append(
+                ProcessRecord("controller-manager", _spawn(argv, log), marker, str(log), argv)
+            )
+            self._save(state)
+            say(
+                f"started {nodes} node agent(s), the internet and the controller manager; "
+                "waiting for them to be Ready"
+            )
             return await self._wait_ready(state, [f"node{i}" for i in range(1, nodes + 1)], say)
         except BaseException:
             self.down()
@@ -515,10 +541,13 @@ class LocalFabric:
                 await asyncio.sleep(0.2)
 
     def _internet_ready(self, state: LocalState) -> bool:
-        """The internet process recorded its hosts (or this fabric has none)."""
-        if not any(p.name == "internet" for p in state.processes):
-            return True
-        return (self.state_dir / "internet" / "ready").exists()
+        """The internet process recorded its hosts and the controller manager holds
+        its lease (each writes a ready file; a fabric without them has none)."""
+        return all(
+            (self.state_dir / p.name / "ready").exists()
+            for p in state.processes
+            if p.name in ("internet", "controller-manager")
+        )
 
     # -- down ------------------------------------------------------------------
 

@@ -499,3 +499,89 @@ async def test_module_apps_only_when_the_agent_allows_them(
         assert "module:Class apps are refused by this agent" in (got[0].message or "")
         await c.pod("fine", 1, app="echo")
         await c.running("fine")
+
+
+async def test_a_dead_node_leaves_the_endpoints_then_its_pods_move(
+    cluster: Cluster, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    """Issue 11 acceptance 5 with short periods (node lease 3 s, grace 2 s,
+    toleration 4 s): kill -9 of an agent; within the grace period plus 5 s its
+    pods leave every endpoint and the Service answers 30 of 30; after the
+    toleration the Deployment runs on the other nodes; the node's return
+    changes nothing else."""
+    log = open(tmp_path / "controller-manager.log", "a")  # noqa: SIM115
+    cm = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "emunet.nodes.controller_manager", "--etcd", etcd.endpoint,
+        "--state-dir", str(tmp_path / "cm"), "--node-monitor-grace-period", "2",
+        "--pod-eviction-timeout", "4", "--sync-period", "0.2", "--seed", "1",
+        stdout=log, stderr=log, cwd=tmp_path,
+    )  # fmt: skip
+    log.close()
+    try:
+        template = model.PodTemplate({"app": "web"}, (model.Container("main", "http"),))
+        await cluster.reg.put_deployment(
+            model.Deployment("web", replicas=3, selector={"app": "web"}, template=template)
+        )
+        await cluster.reg.create_service(
+            model.Service("web", selector={"app": "web"}, ports=(model.ServicePortSpec(80, 80),))
+        )
+        await cluster.pod("client", 0, app="none")
+        await cluster.running("client")
+
+        async def web_pods() -> list[model.Pod]:
+            return [p for p in await cluster.reg.list_pods("default") if p.owner == "web"]
+
+        async def three_running() -> bool:
+            pods = await web_pods()
+            return len(pods) == 3 and all(p.phase == model.PodPhase.RUNNING for p in pods)
+
+        await wait_for(three_running, 20, "the controller to run 3 pods")
+        pods = await web_pods()
+        assert sorted(p.node_name for p in pods) == ["node1", "node2", "node3"]
+        victim = next(p for p in pods if p.node_name == "node2")
+
+        async def endpoints(node: int) -> str:
+            return "\n".join((await cluster.control(node, "dump", what="iptables"))["lines"])
+
+        async def synced() -> bool:
+            rules = await endpoints(0)
+            return all(str(p.pod_ip) in rules for p in pods)
+
+        await wait_for(synced, 10, "node1's kube-proxy to have the 3 endpoints")
+        await cluster.kill(1)
+        t0 = time.monotonic()
+
+        async def gone_everywhere() -> bool:
+            rules = [await endpoints(i) for i in (0, 2)]
+            return all(str(victim.pod_ip) not in r for r in rules)
+
+        await wait_for(gone_everywhere, 3 + 2 + 5, "node2's pod to leave the endpoints")
+        left = time.monotonic() - t0
+        for _ in range(30):
+            code, out = await cluster.exec(0, "client", "curl", "-s", "-m", "2", "http://web/")
+            assert code == 0 and out.startswith("Hostname: web-"), out
+        marked = await cluster.reg.get_pod("default", victim.name)
+        assert marked is not None and not marked.ready and marked.reason == "NodeNotReady"
+
+        async def moved() -> bool:
+            pods = await web_pods()
+            return (
+                len(pods) == 3
+                and all(p.phase == model.PodPhase.RUNNING for p in pods)
+                and "node2" not in {p.node_name for p in pods}
+            )
+
+        await wait_for(moved, 20, "the Deployment's pods on the other nodes")
+        before = sorted((p.name, p.node_name) for p in await web_pods())
+        await cluster.start_agent(1)
+        await wait_for(lambda: _ready(cluster, 3), 20, "node2 back")
+        await asyncio.sleep(2.0)
+        assert sorted((p.name, p.node_name) for p in await web_pods()) == before
+        print(f"\nnode2's pod left the endpoints {left:.1f} s after kill -9")
+    finally:
+        cm.terminate()
+        await cm.wait()
+
+
+async def _ready(cluster: Cluster, n: int) -> bool:
+    return len(await cluster.ready_nodes()) == n
