@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml emunet emunet/packets emunet/dataplane emunet/cluster n
 	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict
 	@touch $(STAMP)
 
+# the compose fabric where a Docker engine answers (image first), else local mode;
+# EMUNET_FABRIC=compose|local chooses. `make down` stops whichever runs.
 up: setup
-	$(BIN)/emunet up --local
+	@BIN=$(BIN) MAKE="$(MAKE)" scripts/fabric-up
 
 down: setup
 	$(BIN)/emunet down

@@ -1,7 +1,7 @@
 """The ``emunet`` command line (typer + rich).
 
-Fabric: ``up --local [--nodes N]``, ``down``, ``status``.
-Objects: ``get nodes|pods|services|endpoints|deployments [NAME] [-o json|yaml|wide]``,
+Fabric: ``up [--local|--compose] [--nodes N]``, ``down``, ``status``.
+Objects: ``get nodes|pods|services|endpoints|deployments|hosts [NAME] [-o json|yaml|wide]``,
 ``describe pod|service|node|deployment NAME``, ``run``, ``expose``, ``delete``,
 ``scale``, ``apply -f FILE``.
 Node state (through each agent's control API): ``trace``, ``capture``,
@@ -11,9 +11,12 @@ The CLI plays the Deployment controller: ``run``, ``scale``, ``apply`` and
 ``delete pod`` create or delete a Deployment's pods so that ``replicas`` run,
 each scheduled on the Ready node with the fewest pods (``registry.schedule``).
 
-The etcd endpoint is ``--etcd``, else ``$EMUNET_ETCD``, else the one of the
-local fabric recorded in the state directory (``--state-dir``,
-``$EMUNET_STATE``, ``./.emunet``).
+The fabric (its etcd endpoint, and how to reach the agents' control endpoints)
+is chosen once per invocation by :func:`emunet.control.fabric.select_target`:
+``--fabric local|compose``, else ``--etcd`` (used as given), else
+``$EMUNET_FABRIC`` / ``$EMUNET_ETCD``, else a running local fabric (state
+directory ``--state-dir``, ``$EMUNET_STATE``, ``./.emunet``), else a compose
+fabric found through the Docker SDK.
 
 Every error a user can cause is printed as one line ``error: ...`` on stderr
 with exit status 1, never a traceback (``EMUNET_DEBUG=1`` shows tracebacks).
@@ -38,7 +41,24 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 import yaml
 from emunet.control.client import ControlClient, Frame
-from emunet.control.local import AlreadyUp, LocalFabric, default_state_dir, resolve_etcd
+from emunet.control.compose import (
+    ComposeFabric,
+    default_project,
+    find_compose_file,
+    image_name,
+    recorded_files,
+)
+from emunet.control.fabric import (
+    ComposeProject,
+    FabricChoice,
+    FabricKind,
+    FabricTarget,
+    discover_compose,
+    fabric_choice,
+    pick_project,
+    select_target,
+)
+from emunet.control.local import AlreadyUp, LocalFabric, default_state_dir
 from emunet.nodes.registry import AlreadyExists, NotFound, Registry, now_rfc3339
 from rich.console import Console
 from rich.text import Text
@@ -50,6 +70,7 @@ from emunet.cluster.registry import (
     Container,
     ContainerPort,
     Deployment,
+    ExternalHostInfo,
     NodeInfo,
     Pod,
     PodPhase,
@@ -98,7 +119,7 @@ class Proto(StrEnum):
 
 # -- plumbing ------------------------------------------------------------------
 
-_settings: dict[str, Any] = {"etcd": None, "state_dir": None}
+_settings: dict[str, Any] = {"etcd": None, "state_dir": None, "fabric": None, "target": None}
 
 
 def _console() -> Console:
@@ -155,12 +176,33 @@ def _state_dir() -> Path:
     return Path(given) if given else default_state_dir()
 
 
+def _target() -> FabricTarget:
+    """The fabric this invocation talks to (found once, then cached)."""
+    target = _settings.get("target")
+    if target is None:
+        fabric = _settings.get("fabric")
+        target = select_target(
+            fabric=fabric.value if fabric else None,
+            etcd=_settings.get("etcd"),
+            state_dir=_state_dir(),
+        )
+        _settings["target"] = target
+    assert isinstance(target, FabricTarget)
+    return target
+
+
 def _endpoint() -> str:
-    return resolve_etcd(_settings.get("etcd"), _state_dir())
+    return _target().etcd
 
 
 def _registry() -> Registry:
     return Registry(_endpoint(), request_timeout=3.0)
+
+
+def _control(endpoint: str, timeout: float) -> ControlClient:
+    """A client of the control API recorded as ``endpoint``, reached as this host can."""
+    host, port = _target().reach(endpoint)
+    return ControlClient(host, port, timeout=timeout)
 
 
 @app.callback()
@@ -168,7 +210,7 @@ def _root(
     etcd: Annotated[
         str | None,
         typer.Option(
-            "--etcd", help="etcd endpoint host:port (default: $EMUNET_ETCD or the local fabric)"
+            "--etcd", help="etcd endpoint host:port, used as given (default: $EMUNET_ETCD)"
         ),
     ] = None,
     state_dir: Annotated[
@@ -177,10 +219,22 @@ def _root(
             "--state-dir", help="local fabric state directory (default: $EMUNET_STATE or ./.emunet)"
         ),
     ] = None,
+    fabric: Annotated[
+        FabricChoice | None,
+        typer.Option(
+            "--fabric",
+            help="the fabric to talk to: local, compose or auto (default: --etcd, else "
+            "$EMUNET_FABRIC, else $EMUNET_ETCD, else a running local fabric, else a compose "
+            "fabric found through Docker)",
+            case_sensitive=False,
+        ),
+    ] = None,
 ) -> None:
     """emunet: a Kubernetes pod-network fabric emulator."""
     _settings["etcd"] = etcd
     _settings["state_dir"] = state_dir
+    _settings["fabric"] = fabric
+    _settings["target"] = None
 
 
 NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
@@ -256,59 +310,170 @@ def _nodes_table(nodes: Sequence[NodeInfo], wide: bool = False) -> None:
     _print_table(headers, rows)
 
 
+def _progress(text: str) -> None:
+    typer.echo(f"... {text}", err=True)
+
+
+def _running_local() -> bool:
+    _state, alive = LocalFabric(_state_dir()).status()
+    return any(alive.values())
+
+
 @app.command()
 @handled
 def up(
     local: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--local/--no-local",
-            help="run the fabric as processes on this machine (the default; the only mode "
-            "until the Docker Compose mode exists)",
+            help="run the fabric as processes on this machine (the default)",
         ),
-    ] = True,
+    ] = None,
+    compose: Annotated[
+        bool,
+        typer.Option(
+            "--compose",
+            help="run the fabric as containers with docker compose (the image: `make image`)",
+        ),
+    ] = False,
     nodes: Annotated[int, typer.Option("--nodes", min=1, help="number of nodes")] = 3,
     agent_arg: Annotated[
         list[str] | None,
-        typer.Option("--agent-arg", help="extra argument for every agent (repeatable)"),
+        typer.Option("--agent-arg", help="extra argument for every agent (repeatable; local)"),
+    ] = None,
+    compose_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--compose-file",
+            help="compose file (default: $EMUNET_COMPOSE_FILE or compose/docker-compose.yml)",
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for Ready nodes")] = 60.0,
 ) -> None:
-    """Start etcd and N node agents, wait until every node is Ready."""
-    if not local:
-        _fail("only local mode is available yet: emunet up [--local] [--nodes N]")
+    """Start etcd and N node agents (processes, or containers with --compose).
+
+    Waits until every node is Ready, then prints the nodes.
+    """
+    if compose and local:
+        _fail("--local and --compose exclude each other")
+    if compose or local is False:
+        if agent_arg:
+            _fail("--agent-arg is for --local (the compose file holds the agents' arguments)")
+        _up_compose(nodes, compose_file, timeout)
+        return
+    if compose_file is not None:
+        _fail("--compose-file is for --compose")
     fabric = LocalFabric(_state_dir(), agent_args=agent_arg or (), ready_timeout=timeout)
-
-    def progress(text: str) -> None:
-        typer.echo(f"... {text}", err=True)
-
     try:
-        ready = run(fabric.up(nodes, progress))
+        ready = run(fabric.up(nodes, _progress))
     except AlreadyUp as exc:
         typer.echo(str(exc))
         return
     _nodes_table(ready)
 
 
+def _up_compose(nodes: int, compose_file: Path | None, timeout: float) -> None:
+    fabric = ComposeFabric(
+        find_compose_file(compose_file),
+        default_project(),
+        image=image_name(),
+        ready_timeout=timeout,
+    )
+    ready = run(fabric.up(nodes, _progress))
+    typer.echo(f"compose fabric (project {fabric.project}); etcd at {fabric.etcd_endpoint}")
+    _nodes_table(ready)
+    if _running_local():
+        _progress(
+            f"a local fabric runs too (state in {_state_dir()}): commands talk to it unless "
+            "--fabric compose (or EMUNET_FABRIC=compose) says otherwise"
+        )
+
+
+def _compose_project() -> tuple[ComposeProject | None, str]:
+    """The compose project to act on, or None and why there is none."""
+    view = discover_compose()
+    if view.error:
+        return None, view.error
+    wanted = os.environ.get("EMUNET_COMPOSE_PROJECT") or None
+    project = pick_project(view.projects, wanted)
+    if project is None:
+        which = f"named {wanted} " if wanted else ""
+        return None, f"no compose project {which}with emunet containers"
+    return project, ""
+
+
 @app.command()
 @handled
-def down() -> None:
-    """Stop every process of the local fabric and remove its state."""
-    fabric = LocalFabric(_state_dir())
-    if fabric.load() is None and not fabric.state_dir.exists():
-        typer.echo(f"no local fabric in {fabric.state_dir}")
+def down(
+    compose_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--compose-file",
+            help="compose file, when the one the project was started with is gone",
+        ),
+    ] = None,
+) -> None:
+    """Stop the fabric that runs: the local one, else the compose project.
+
+    A local fabric's processes are stopped and its state removed; a compose project
+    goes with `down -v --remove-orphans` (containers, network and volumes).
+    """
+    choice = fabric_choice(_settings["fabric"].value if _settings.get("fabric") else None)
+    local = LocalFabric(_state_dir())
+    local_there = local.state_dir.exists()
+    if choice == FabricChoice.LOCAL or (choice == FabricChoice.AUTO and local_there):
+        if not local_there:
+            typer.echo(f"no local fabric in {local.state_dir}")
+            return
+        stopped = local.down()
+        what = ", ".join(stopped) if stopped else "nothing was running"
+        typer.echo(f"stopped: {what}; removed {local.state_dir}")
+        if choice == FabricChoice.AUTO:
+            project, _why = _compose_project()
+            if project is not None:
+                _progress(
+                    f"a compose fabric (project {project.name}) runs too: `emunet down` again "
+                    "stops it"
+                )
         return
-    stopped = fabric.down()
-    what = ", ".join(stopped) if stopped else "nothing was running"
-    typer.echo(f"stopped: {what}; removed {fabric.state_dir}")
+    project, why = _compose_project()
+    if project is None:
+        where = "" if choice == FabricChoice.COMPOSE else f"no local fabric in {local.state_dir}; "
+        typer.echo(f"no fabric to stop ({where}{why})")
+        return
+    recorded = recorded_files(project)
+    base = recorded[0] if recorded else None
+    if compose_file is not None or base is None or not base.is_file():
+        base = find_compose_file(compose_file)
+    fabric = ComposeFabric(base, project.name)
+    run(fabric.down(project, _progress))
+    names = ", ".join(c.name for c in project.containers)
+    typer.echo(
+        f"stopped compose fabric (project {project.name}): {names}; removed its network and volumes"
+    )
 
 
 @app.command()
 @handled
 def status(output: OutputOpt = None) -> None:
-    """What the local fabric runs."""
-    info = LocalFabric(_state_dir()).describe()
-    if output in (Output.JSON, Output.YAML):
+    """Which fabric the commands talk to, and what it runs."""
+    structured = output in (Output.JSON, Output.YAML)
+    try:
+        target = _target()
+    except ConfigError as exc:
+        if structured:
+            _emit([{"fabric": None, "message": str(exc)}], output, True)
+        else:
+            typer.echo(str(exc))
+        return
+    if target.kind == FabricKind.COMPOSE:
+        _compose_status(target, output)
+        return
+    if target.kind == FabricKind.EXPLICIT:
+        _explicit_status(target, output)
+        return
+    info = {"fabric": FabricKind.LOCAL.value, **LocalFabric(_state_dir()).describe()}
+    if structured:
         _emit([info], output, True)
         return
     if not info["processes"]:
@@ -331,6 +496,50 @@ def status(output: OutputOpt = None) -> None:
     )
 
 
+def _compose_status(target: FabricTarget, output: Output | None) -> None:
+    assert target.project is not None
+    info = target.project.describe()
+    if _emit([info], output, True):
+        return
+    up = all(c.ready for c in target.project.containers)
+    state = "up" if up else "degraded (some containers are not healthy)"
+    etcd = target.etcd_endpoint or f"- ({target.problem})"
+    typer.echo(f"compose fabric (project {info['project']}) {state}; etcd at {etcd}")
+    _print_table(
+        ["NAME", "ROLE", "STATE", "HEALTH", "NODE-IP", "PUBLISHED"],
+        [
+            [
+                c["name"],
+                c["role"],
+                c["state"] or "-",
+                c["health"] or "-",
+                c["nodeIP"] or "-",
+                c["published"] or "-",
+            ]
+            for c in info["containers"]
+        ],
+    )
+
+
+def _explicit_status(target: FabricTarget, output: Output | None) -> None:
+    async def go() -> list[NodeInfo]:
+        async with _registry() as reg:
+            return await reg.nodes()
+
+    nodes = run(go())
+    info = {
+        "fabric": FabricKind.EXPLICIT.value,
+        "etcd": target.etcd,
+        "description": target.description,
+        "nodes": [n.to_dict() for n in nodes],
+    }
+    if _emit([info], output, True):
+        return
+    typer.echo(target.description)
+    if nodes:
+        _nodes_table(nodes)
+
+
 # -- get / describe -------------------------------------------------------------
 
 
@@ -340,6 +549,7 @@ class Kind(StrEnum):
     SERVICES = "services"
     ENDPOINTS = "endpoints"
     DEPLOYMENTS = "deployments"
+    HOSTS = "hosts"  # emunet's own kind: the machines outside the cluster
 
 
 _KIND_ALIASES = {
@@ -358,6 +568,8 @@ _KIND_ALIASES = {
     "deployment": Kind.DEPLOYMENTS,
     "deployments": Kind.DEPLOYMENTS,
     "deploy": Kind.DEPLOYMENTS,
+    "host": Kind.HOSTS,
+    "hosts": Kind.HOSTS,
 }
 
 
@@ -381,7 +593,7 @@ def _ports_text(svc: Service) -> str:
 def _external_ip(svc: Service) -> str:
     if svc.type != ServiceType.LOAD_BALANCER:
         return "<none>"
-    return str(svc.load_balancer_ip) if svc.load_balancer_ip else "<pending>"
+    return str(svc.ingress_ip) if svc.ingress_ip else "<pending>"
 
 
 def _endpoints_object(svc: Service, pods: list[Pod]) -> dict[str, Any]:
@@ -415,6 +627,23 @@ def _endpoints_text(svc: Service, pods: list[Pod], wide: bool) -> str:
     return ",".join(texts[:3]) + f" + {len(texts) - 3} more..."
 
 
+def _hosts_table(hosts: Sequence[ExternalHostInfo], wide: bool = False) -> None:
+    headers = ["NAME", "SEGMENT", "IP"]
+    if wide:
+        headers += ["ROLE", "PUBLIC-IP", "APPS"]
+    rows = []
+    for h in hosts:
+        row = [h.name, h.segment, str(h.ip)]
+        if wide:
+            row += [
+                h.role,
+                str(h.public_ip) if h.public_ip else "<none>",
+                ",".join(h.apps) or "<none>",
+            ]
+        rows.append(row)
+    _print_table(headers, rows)
+
+
 async def _get(kind: Kind, name: str | None, namespace: str | None, output: Output | None) -> None:
     wide = output == Output.WIDE
     async with _registry() as reg:
@@ -429,6 +658,18 @@ async def _get(kind: Kind, name: str | None, namespace: str | None, output: Outp
                     typer.echo("No resources found", err=True)
                     return
                 _nodes_table(nodes, wide)
+            return
+        if kind == Kind.HOSTS:
+            hosts = await reg.hosts()
+            if name is not None:
+                hosts = [h for h in hosts if h.name == name]
+                if not hosts:
+                    raise NotFound(f'hosts "{name}" not found')
+            if not _emit([h.to_dict() for h in hosts], output, name is not None):
+                if not hosts:
+                    typer.echo("No resources found (is the internet process running?)", err=True)
+                    return
+                _hosts_table(hosts, wide)
             return
         if kind == Kind.PODS:
             pods = await reg.list_pods(namespace)
@@ -538,7 +779,9 @@ async def _get(kind: Kind, name: str | None, namespace: str | None, output: Outp
 @app.command()
 @handled
 def get(
-    kind: Annotated[str, typer.Argument(help="nodes, pods, services, endpoints or deployments")],
+    kind: Annotated[
+        str, typer.Argument(help="nodes, pods, services, endpoints, deployments or hosts")
+    ],
     name: Annotated[str | None, typer.Argument(help="only this object")] = None,
     output: OutputOpt = None,
     namespace: NamespaceOpt = model.DEFAULT_NAMESPACE,
@@ -593,7 +836,7 @@ async def _describe(kind: Kind, name: str, namespace: str) -> None:
             _kv("Type", svc.type.value)
             _kv("IP", svc.cluster_ip or "<none>")
             if svc.type == ServiceType.LOAD_BALANCER:
-                _kv("LoadBalancer Ingress", svc.load_balancer_ip or "<pending>")
+                _kv("LoadBalancer Ingress", svc.ingress_ip or "<pending>")
             eps = model.endpoints_for(svc, pods)
             for sp in svc.ports:
                 label = sp.name or "<unset>"
@@ -635,8 +878,7 @@ async def _describe(kind: Kind, name: str, namespace: str) -> None:
         _kv("Control Endpoint", node.control_endpoint or "<none>")
         if node.ready and node.control_endpoint:
             try:
-                host, port = node.control_address
-                async with ControlClient(host, port, timeout=3.0) as cc:
+                async with _control(node.control_endpoint, 3.0) as cc:
                     info = await cc.call("status")
                 if isinstance(info, dict):
                     for key in ("subnet", "leases", "pods"):
@@ -1031,8 +1273,7 @@ async def _node_client(reg: Registry, node_name: str) -> ControlClient:
     node = await reg.require_node(node_name)
     if not node.control_endpoint:
         raise NotFound(f"node {node_name} has no control endpoint (is its agent running?)")
-    host, port = node.control_address
-    return ControlClient(host, port, timeout=10.0)
+    return _control(node.control_endpoint, 10.0)
 
 
 def _pod_netns(pod: Pod) -> str:
@@ -1123,9 +1364,8 @@ async def _trace(pod_name: str, dest: str, proto: Proto, namespace: str, duratio
 
     async def observe(node: NodeInfo) -> list[list[Any]]:
         # record the hops this node sees while the probe runs
-        h, p = node.control_address
         try:
-            async with ControlClient(h, p, timeout=duration + 5.0) as c:
+            async with _control(node.control_endpoint, duration + 5.0) as c:
                 result = await c.call("trace", proto=proto.value, duration=duration + 0.5)
         except EmunetError as exc:  # say so: a silent gap would mislead
             return [[node.name, "", "", "hops unavailable", str(exc), 0.0]]
@@ -1137,7 +1377,6 @@ async def _trace(pod_name: str, dest: str, proto: Proto, namespace: str, duratio
         return hops
 
     async def probe(node: NodeInfo) -> dict[str, Any]:
-        h, p = node.control_address
         args: dict[str, Any] = {
             "pod": _pod_netns(pod),
             "dst": host,
@@ -1146,7 +1385,7 @@ async def _trace(pod_name: str, dest: str, proto: Proto, namespace: str, duratio
         }
         if port is not None:
             args["port"] = port
-        async with ControlClient(h, p, timeout=duration + 5.0) as c:
+        async with _control(node.control_endpoint, duration + 5.0) as c:
             result = await c.call("trace", **args)
         return result if isinstance(result, dict) else {"hops": []}
 

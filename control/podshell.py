@@ -1,14 +1,20 @@
-"""``pod-shell``: run commands inside a pod's network namespace.
+"""``pod-shell``: run commands inside a pod's network namespace, or on an external host.
 
 ``pod-shell POD -- CMD ARGS...`` runs one command and exits with its status
 (with ``-i``, standard input is sent to the command: ``echo hi | pod-shell -i
 web-1 -- nc -u 10.244.2.3 7``). Without a command it is an interactive shell:
 prompt ``root@POD:/# ``, readline history in ``<state dir>/pod-shell_history``,
 tab completion of command names, ``exit`` or Ctrl-D to leave.
+``pod-shell --external NAME [-- CMD ...]`` does the same on a machine outside the
+cluster that the internet process runs (``emunet get hosts`` lists them).
 
-The pod's node comes from the registry; the command runs in the node agent
-(control API op ``exec``), which streams its output back. Errors are one line
-on stderr with status 1 (unknown pod, etcd or agent unreachable...).
+The pod's node (or the host's internet process) comes from the registry; the
+command runs there (control API op ``exec``), which streams its output back. The
+fabric is chosen as the ``emunet`` CLI chooses it (``--fabric``, ``--etcd``,
+``$EMUNET_FABRIC``, ``$EMUNET_ETCD``, a running local fabric, a compose fabric
+found through Docker; :mod:`emunet.control.fabric`), and recorded control
+endpoints are reached through it (a compose fabric's published ports). Errors
+are one line on stderr with status 1 (unknown pod, etcd or agent unreachable...).
 """
 
 from __future__ import annotations
@@ -24,34 +30,34 @@ from pathlib import Path
 from typing import Any
 
 from emunet.control.client import ControlClient
-from emunet.control.local import default_state_dir, resolve_etcd
+from emunet.control.fabric import FabricChoice, FabricTarget, select_target
+from emunet.control.local import default_state_dir
 from emunet.nodes.registry import Registry
 
 from emunet.cluster import registry as model
 from emunet.errors import EmunetError
 
-__all__ = ["PodTarget", "find_pod", "main", "run_exec"]
+__all__ = ["PodTarget", "find_host", "find_pod", "main", "run_exec"]
 
 _IDLE_TIMEOUT = 300.0
 _BUILTINS = ("exit", "help")
 
 
 class PodTarget:
-    """Where a pod's commands run: the agent's control endpoint and the pod's
-    name in that agent (``name``, or ``namespace/name`` outside "default")."""
+    """Where commands run: the control endpoint serving ``exec`` (as this process
+    reaches it), the ``pod`` argument of ``exec`` (the pod's name in its agent,
+    ``namespace/name`` outside "default"; an external host's name) and the name the
+    prompt shows."""
 
-    def __init__(self, pod: model.Pod, host: str, port: int) -> None:
-        self.pod = pod
+    def __init__(self, name: str, netns: str, host: str, port: int) -> None:
+        self.name = name
+        self.netns = netns
         self.host = host
         self.port = port
 
-    @property
-    def netns(self) -> str:
-        return model.netns_name(self.pod.namespace, self.pod.name)
 
-
-async def find_pod(endpoint: str, namespace: str, name: str) -> PodTarget:
-    async with Registry(endpoint, request_timeout=3.0) as reg:
+async def find_pod(fabric: FabricTarget, namespace: str, name: str) -> PodTarget:
+    async with Registry(fabric.etcd, request_timeout=3.0) as reg:
         pod = await reg.require_pod(namespace, name)
         if not pod.node_name:
             raise EmunetError(f"pod {name} is not scheduled on a node yet")
@@ -60,8 +66,18 @@ async def find_pod(endpoint: str, namespace: str, name: str) -> PodTarget:
         raise EmunetError(f"pod {name} is {pod.phase.value}, not Running")
     if not node.control_endpoint:
         raise EmunetError(f"node {node.name} has no control endpoint (is its agent running?)")
-    host, port = node.control_address
-    return PodTarget(pod, host, port)
+    host, port = fabric.reach(node.control_endpoint)
+    return PodTarget(pod.name, model.netns_name(pod.namespace, pod.name), host, port)
+
+
+async def find_host(fabric: FabricTarget, name: str) -> PodTarget:
+    """An external host (``emunet get hosts``): its internet process runs the commands."""
+    async with Registry(fabric.etcd, request_timeout=3.0) as reg:
+        host = await reg.require_host(name)
+    if not host.control_endpoint:
+        raise EmunetError(f"host {name} has no control endpoint (is the internet process running?)")
+    address, port = fabric.reach(host.control_endpoint)
+    return PodTarget(host.name, host.name, address, port)
 
 
 async def run_exec(target: PodTarget, argv: Sequence[str], stdin: bytes = b"") -> int:
@@ -122,7 +138,7 @@ def _setup_readline(history: Path) -> Any:
 
 def interactive(target: PodTarget, history: Path) -> int:
     rl = _setup_readline(history)
-    prompt = f"root@{target.pod.name}:/# "
+    prompt = f"root@{target.name}:/# "
     status = 0
     try:
         while True:
@@ -164,13 +180,25 @@ def interactive(target: PodTarget, history: Path) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pod-shell",
-        description="Run commands inside an emunet pod (ip, ping, curl, nc, traceroute, ...).",
-        usage="pod-shell [-i] [-n NAMESPACE] [--etcd HOST:PORT] POD [-- CMD ARGS...]",
+        description="Run commands inside an emunet pod, or on an external host "
+        "(ip, ping, curl, nc, traceroute, ...).",
+        usage="pod-shell [-i] [-n NAMESPACE] [--fabric local|compose] [--etcd HOST:PORT] "
+        "(POD | --external NAME) [-- CMD ARGS...]",
     )
-    p.add_argument("pod", help="pod name")
+    p.add_argument("pod", nargs="?", help="pod name")
+    p.add_argument(
+        "--external", metavar="NAME", default=None, help="an external host (emunet get hosts)"
+    )
     p.add_argument("-i", "--stdin", action="store_true", help="pass standard input to the command")
     p.add_argument("-n", "--namespace", default=model.DEFAULT_NAMESPACE)
-    p.add_argument("--etcd", default=None, help="etcd endpoint (default: $EMUNET_ETCD or local)")
+    p.add_argument(
+        "--fabric",
+        choices=[c.value for c in FabricChoice],
+        default=None,
+        help="the fabric (default: --etcd, else $EMUNET_FABRIC, else $EMUNET_ETCD, else a "
+        "running local fabric, else a compose fabric found through Docker)",
+    )
+    p.add_argument("--etcd", default=None, help="etcd endpoint (default: $EMUNET_ETCD or found)")
     p.add_argument("--state-dir", type=Path, default=None, help="local fabric state directory")
     return p
 
@@ -186,10 +214,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = parser.parse_args(args_list)
     except SystemExit as exc:
         sys.exit(1 if exc.code else 0)
+    if (args.pod is None) == (args.external is None):
+        print("pod-shell: give a POD or --external NAME (one of them)", file=sys.stderr)
+        sys.exit(1)
     state_dir = args.state_dir or default_state_dir()
     try:
-        endpoint = resolve_etcd(args.etcd, state_dir)
-        target = asyncio.run(find_pod(endpoint, args.namespace, args.pod))
+        fabric = select_target(fabric=args.fabric, etcd=args.etcd, state_dir=state_dir)
+        if args.external is not None:
+            target = asyncio.run(find_host(fabric, args.external))
+        else:
+            target = asyncio.run(find_pod(fabric, args.namespace, args.pod))
         if command:
             # like kubectl exec: standard input only with -i
             stdin = sys.stdin.buffer.read() if args.stdin and sys.stdin is not None else b""

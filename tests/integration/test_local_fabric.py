@@ -67,7 +67,8 @@ def test_up_down_three_nodes(state: Path) -> None:
     fabric = LocalFabric(state)
     recorded = fabric.load()
     assert recorded is not None
-    assert [p.name for p in recorded.processes] == ["etcd", "node1", "node2", "node3", "internet"]
+    names = [p.name for p in recorded.processes]
+    assert names == ["etcd", "node1", "node2", "node3", "internet", "controller-manager"]
     assert all(pid_alive(p.pid, p.marker) for p in recorded.processes)
 
     # flannel's schema, byte for byte, as etcdctl prints it
@@ -93,7 +94,10 @@ def test_up_down_three_nodes(state: Path) -> None:
     node_leases = etcdctl(
         recorded.etcd_endpoint, "get", "--prefix", "--keys-only", "/registry/leases/"
     ).split()
-    assert node_leases == [f"/registry/leases/kube-node-lease/node{i}" for i in (1, 2, 3)]
+    assert node_leases == [
+        *(f"/registry/leases/kube-node-lease/node{i}" for i in (1, 2, 3)),
+        "/registry/leases/kube-system/kube-controller-manager",
+    ]
 
     # idempotent: a second `up` says so and changes nothing
     again = emunet(state, "up", "--local", "--nodes", "3")
@@ -102,11 +106,13 @@ def test_up_down_three_nodes(state: Path) -> None:
 
     status = emunet(state, "status")
     assert status.returncode == 0 and status.stdout.startswith("fabric up;")
-    assert status.stdout.count("running") == 5
+    assert status.stdout.count("running") == 6
 
     down = emunet(state, "down")
     assert down.returncode == 0, down.stderr
-    assert down.stdout.startswith("stopped: node1, node2, node3, internet, etcd;")
+    assert down.stdout.startswith(
+        "stopped: node1, node2, node3, internet, controller-manager, etcd;"
+    )
     assert not state.exists()
     assert not any(pid_alive(p.pid, p.marker) for p in recorded.processes)
     for p in recorded.processes:
@@ -273,3 +279,69 @@ def test_up_from_the_source_checkout_as_make_up_runs_it(tmp_path: Path) -> None:
     finally:
         LocalFabric(tmp_path / "state").down()
 
+
+def external_shell(state: Path, host: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EMUNET_STATE": str(state)}
+    env.pop("EMUNET_ETCD", None)
+    code = "from emunet.control.podshell import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "--external", host, "--", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=state.parent,
+        timeout=60,
+    )
+
+
+@pytest.mark.e2e
+def test_the_internet_in_local_mode(state: Path) -> None:
+    """Issue 10 acceptance 2 (external clients) and 3 (pod -> internet) on a local fabric."""
+    assert emunet(state, "up", "--local", "--nodes", "3").returncode == 0
+    hosts = json.loads(emunet(state, "get", "hosts", "-o", "json").stdout)["items"]
+    by_name = {h["metadata"]["name"]: h["spec"] for h in hosts}
+    assert by_name["example"]["ip"] == "203.0.113.10"
+    assert by_name["vm"] == {**by_name["vm"], "ip": "172.18.0.100", "segment": "nodes"}
+    assert by_name["gateway"]["publicIP"] == "198.51.100.1"
+    assert emunet(state, "run", "web", "--app", "http", "--replicas", "3").returncode == 0
+    assert emunet(state, "run", "client", "--app", "none", "--node", "node1").returncode == 0
+    r = emunet(state, "expose", "web", "--port", "80", "--type", "LoadBalancer")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: len(pods(state, "web-")) == 3 and pods(state, "client"), 30, "pods")
+    client = next(iter(pods(state, "client")))
+
+    # pod -> internet: masqueraded by the node (to its IP), then by the gateway
+    r = pod_shell(state, client, "curl", "-s", "-m", "3", "http://203.0.113.10/")
+    assert r.returncode == 0 and "hello from example to 198.51.100.1:" in r.stdout, r
+    r = pod_shell(state, client, "ping", "-c", "1", "203.0.113.10")
+    assert r.returncode == 0 and "1 received" in r.stdout, r
+    ct = emunet(state, "conntrack", "node1").stdout
+    assert re.search(r"dst=203\.0\.113\.10 .* src=203\.0\.113\.10 dst=172\.18\.0\.11 ", ct), ct
+
+    # LoadBalancer: an ingress IP from the pool, reached from an internet host
+    def lb_ip() -> str:
+        svc = json.loads(emunet(state, "get", "svc", "web", "-o", "json").stdout)
+        ingress = svc["status"]["loadBalancer"].get("ingress") or [{}]
+        return str(ingress[0].get("ip", ""))
+
+    wait_until(lambda: lb_ip().startswith("198.51.100."), 15, "an ingress IP")
+    ip = lb_ip()
+    assert ip in emunet(state, "get", "svc").stdout
+    seen = set()
+    for _ in range(12):
+        r = external_shell(state, "client", "curl", "-s", "-m", "3", f"http://{ip}/")
+        assert r.returncode == 0, r
+        seen.add(r.stdout.split("\n", 1)[0])
+    assert len(seen) >= 2 and all(s.startswith("Hostname: web-") for s in seen), seen
+
+    # the node-network host reaches the NodePort at every node IP
+    svc = json.loads(emunet(state, "get", "svc", "web", "-o", "json").stdout)
+    node_port = svc["spec"]["ports"][0]["nodePort"]
+    for node_ip in ("172.18.0.11", "172.18.0.12", "172.18.0.13"):
+        r = external_shell(state, "vm", "curl", "-s", "-m", "3", f"http://{node_ip}:{node_port}/")
+        assert r.returncode == 0 and r.stdout.startswith("Hostname: web-"), (node_ip, r)
+    # ... and an internet host never reaches a private node address
+    r = external_shell(
+        state, "example", "curl", "-s", "-m", "1", f"http://172.18.0.11:{node_port}/"
+    )
+    assert r.returncode != 0
