@@ -341,6 +341,14 @@ def up(
         list[str] | None,
         typer.Option("--agent-arg", help="extra argument for every agent (repeatable; local)"),
     ] = None,
+    controller_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--controller-arg",
+            help="extra argument for the controller manager (repeatable; local), e.g. "
+            "--controller-arg=--node-monitor-grace-period=5",
+        ),
+    ] = None,
     compose_file: Annotated[
         Path | None,
         typer.Option(
@@ -357,13 +365,21 @@ def up(
     if compose and local:
         _fail("--local and --compose exclude each other")
     if compose or local is False:
-        if agent_arg:
-            _fail("--agent-arg is for --local (the compose file holds the agents' arguments)")
+        if agent_arg or controller_arg:
+            _fail(
+                "--agent-arg and --controller-arg are for --local (the compose file holds "
+                "the programs' arguments)"
+            )
         _up_compose(nodes, compose_file, timeout)
         return
     if compose_file is not None:
         _fail("--compose-file is for --compose")
-    fabric = LocalFabric(_state_dir(), agent_args=agent_arg or (), ready_timeout=timeout)
+    fabric = LocalFabric(
+        _state_dir(),
+        agent_args=agent_arg or (),
+        controller_args=controller_arg or (),
+        ready_timeout=timeout,
+    )
     try:
         ready = run(fabric.up(nodes, _progress))
     except AlreadyUp as exc:
@@ -405,6 +421,14 @@ def _compose_project() -> tuple[ComposeProject | None, str]:
 @app.command()
 @handled
 def down(
+    controller_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--controller-arg",
+            help="extra argument for the controller manager (repeatable; local), e.g. "
+            "--controller-arg=--node-monitor-grace-period=5",
+        ),
+    ] = None,
     compose_file: Annotated[
         Path | None,
         typer.Option(
@@ -689,11 +713,11 @@ async def _get(kind: Kind, name: str | None, namespace: str | None, output: Outp
                 headers += ["APP", "HOST-IP", "LABELS"]
             rows = []
             for p in sorted(pods, key=lambda p: (p.namespace, p.name)):
-                ready = len(p.containers) if p.phase == PodPhase.RUNNING else 0
+                ready = len(p.containers) if p.phase == PodPhase.RUNNING and p.ready else 0
                 row = [
                     p.name,
                     f"{ready}/{len(p.containers)}",
-                    p.phase.value,
+                    p.status_text,
                     str(p.pod_ip) if p.pod_ip else "<none>",
                     p.node_name or "<none>",
                     _age(p.created),
@@ -811,6 +835,10 @@ async def _describe(kind: Kind, name: str, namespace: str) -> None:
             _kv("Start Time", pod.created or "<unknown>")
             _kv("Labels", _labels(pod.labels))
             _kv("Status", pod.phase.value)
+            if pod.reason:
+                _kv("Reason", pod.reason)
+            if not pod.ready:
+                _kv("Ready", "False")
             if pod.message:
                 _kv("Message", pod.message)
             _kv("IP", pod.pod_ip or "<none>")
@@ -914,7 +942,11 @@ async def _require_ready(reg: Registry) -> None:
 
 
 async def reconcile(reg: Registry, dep: Deployment, rng: random.Random | None = None) -> None:
-    """Create or delete pods of ``dep`` until ``replicas`` non-terminated pods exist."""
+    """Create or delete pods of ``dep`` until ``replicas`` non-terminated pods exist:
+    the Deployment controller's work, done here only while no controller manager
+    runs (it holds its lease key then, and reconciles by itself)."""
+    if await reg.lease_held(model.controller_lease_key()):
+        return
     rng = rng or random.Random()
     all_pods = await reg.list_pods(None)
     owned = [

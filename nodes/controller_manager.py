@@ -54,7 +54,7 @@ __all__ = ["LEASE_KEY", "ControllerConfig", "ControllerManager", "main"]
 
 log = logging.getLogger("emunet.controller-manager")
 
-LEASE_KEY = f"{model.PREFIX}/leases/kube-system/kube-controller-manager"
+LEASE_KEY = model.controller_lease_key()
 LEASE_TTL = 10
 
 

@@ -210,6 +210,11 @@ def host_key(name: str) -> str:
     return f"{PREFIX}/emunet/hosts/{_seg(name, 'host name')}"
 
 
+def controller_lease_key() -> str:
+    """Held (on an etcd lease) by the running controller manager."""
+    return f"{PREFIX}/leases/kube-system/kube-controller-manager"
+
+
 def cluster_ip_key(ip: IPv4Address) -> str:
     return f"{PREFIX}/ranges/serviceips/{ip}"
 
@@ -785,8 +790,6 @@ class Pod:
     @property
     def status_text(self) -> str:
         """What ``kubectl get pods`` shows in STATUS: the reason when there is one."""
-        if self.phase == PodPhase.RUNNING and not self.ready:
-            return f"Running ({self.reason or 'NotReady'})"
         return self.reason or self.phase.value
 
     def container_port(self, name: str, protocol: str) -> int | None:

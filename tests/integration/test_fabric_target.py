@@ -286,7 +286,9 @@ def test_cli_error_paths_without_docker(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
     monkeypatch.setenv("EMUNET_STATE", str(tmp_path / "state"))
     one_line_error(invoke("up", "--local", "--compose"), "--local and --compose exclude")
-    one_line_error(invoke("up", "--compose", "--agent-arg=-v"), "--agent-arg is for --local")
+    one_line_error(
+        invoke("up", "--compose", "--agent-arg=-v"), "--agent-arg and --controller-arg are for"
+    )
     one_line_error(invoke("up", "--compose-file", "x.yml"), "--compose-file is for --compose")
     one_line_error(
         invoke("up", "--compose", "--compose-file", str(tmp_path / "none.yml")),
