@@ -49,6 +49,7 @@ from emunet.control.compose import (
     recorded_files,
 )
 from emunet.control.fabric import (
+    ETCD_TIMEOUT,
     ComposeProject,
     FabricChoice,
     FabricKind,
@@ -196,7 +197,7 @@ def _endpoint() -> str:
 
 
 def _registry() -> Registry:
-    return Registry(_endpoint(), request_timeout=3.0)
+    return Registry(_endpoint(), request_timeout=ETCD_TIMEOUT)
 
 
 def _control(endpoint: str, timeout: float) -> ControlClient:

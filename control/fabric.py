@@ -49,6 +49,7 @@ from emunet.errors import ConfigError
 __all__ = [
     "CONTROL_PORT_KEY",
     "ETCD_PORT_KEY",
+    "ETCD_TIMEOUT",
     "NAME_LABEL",
     "ROLES",
     "ROLE_LABEL",
@@ -69,6 +70,11 @@ __all__ = [
     "pick_project",
     "select_target",
 ]
+
+ETCD_TIMEOUT = 10.0
+"""Seconds the CLI and pod-shell wait for one etcd answer: a healthy etcd behind a
+machine busy with hundreds of clients answers late, not never (3 s gave false
+"etcd unreachable (no answer)" under load); a refused connection fails at once."""
 
 ROLE_LABEL = "io.emunet.role"
 NAME_LABEL = "io.emunet.name"

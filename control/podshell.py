@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from emunet.control.client import ControlClient
-from emunet.control.fabric import FabricChoice, FabricTarget, select_target
+from emunet.control.fabric import ETCD_TIMEOUT, FabricChoice, FabricTarget, select_target
 from emunet.control.local import default_state_dir
 from emunet.nodes.registry import Registry
 
@@ -57,7 +57,7 @@ class PodTarget:
 
 
 async def find_pod(fabric: FabricTarget, namespace: str, name: str) -> PodTarget:
-    async with Registry(fabric.etcd, request_timeout=3.0) as reg:
+    async with Registry(fabric.etcd, request_timeout=ETCD_TIMEOUT) as reg:
         pod = await reg.require_pod(namespace, name)
         if not pod.node_name:
             raise EmunetError(f"pod {name} is not scheduled on a node yet")
@@ -72,7 +72,7 @@ async def find_pod(fabric: FabricTarget, namespace: str, name: str) -> PodTarget
 
 async def find_host(fabric: FabricTarget, name: str) -> PodTarget:
     """An external host (``emunet get hosts``): its internet process runs the commands."""
-    async with Registry(fabric.etcd, request_timeout=3.0) as reg:
+    async with Registry(fabric.etcd, request_timeout=ETCD_TIMEOUT) as reg:
         host = await reg.require_host(name)
     if not host.control_endpoint:
         raise EmunetError(f"host {name} has no control endpoint (is the internet process running?)")
