@@ -1225,14 +1225,16 @@ async def apply_objects(reg: Registry, objects: Sequence[Pod | Deployment | Serv
                 continue
             if old is not None:
                 obj = replace(obj, uid=old.uid, created=old.created)
-                if old.template != obj.template:
-                    # a new template: replace the old pods (Recreate strategy)
-                    for p in await reg.list_pods(obj.namespace):
-                        if p.owner == obj.name:
-                            await reg.delete_pod(p.namespace, p.name)
             if obj.template.node_name:
                 await reg.require_node(obj.template.node_name)
             stored = await reg.put_deployment(obj)
+            if old is not None and old.template != obj.template:
+                # a new template: replace the old pods (Recreate strategy), once the
+                # Deployment names the new template (a controller that replaces them
+                # meanwhile uses it)
+                for p in await reg.list_pods(obj.namespace):
+                    if p.owner == obj.name:
+                        await reg.delete_pod(p.namespace, p.name)
             await reconcile(reg, stored)
             lines.append(f"deployment.apps/{obj.name} {'configured' if old else 'created'}")
         elif isinstance(obj, Service):

@@ -25,22 +25,27 @@ import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from emunet.control.client import ControlClient
 from emunet.control.fabric import ETCD_TIMEOUT, FabricChoice, FabricTarget, select_target
 from emunet.control.local import default_state_dir
+from emunet.nodes.etcd import EtcdUnavailable
 from emunet.nodes.registry import Registry
 
 from emunet.cluster import registry as model
+from emunet.cluster.registry import ExternalHostInfo, NodeInfo
 from emunet.errors import EmunetError
 
 __all__ = ["PodTarget", "find_host", "find_pod", "main", "run_exec"]
 
 _IDLE_TIMEOUT = 300.0
 _BUILTINS = ("exit", "help")
+_ETCD_PATIENCE = 60.0  # seconds to keep asking an etcd that does not answer in time
+T = TypeVar("T")
 
 
 class PodTarget:
@@ -56,12 +61,29 @@ class PodTarget:
         self.port = port
 
 
+async def _patiently(fn: Callable[[], Awaitable[T]], patience: float = _ETCD_PATIENCE) -> T:
+    """A read that gets no answer in time is asked again, for up to ``patience``
+    seconds: a machine busy with hundreds of clients answers late (a refused
+    connection, or any other error, fails at once)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await fn()
+        except EtcdUnavailable as exc:
+            if "no answer" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def find_pod(fabric: FabricTarget, namespace: str, name: str) -> PodTarget:
-    async with Registry(fabric.etcd, request_timeout=ETCD_TIMEOUT) as reg:
-        pod = await reg.require_pod(namespace, name)
-        if not pod.node_name:
-            raise EmunetError(f"pod {name} is not scheduled on a node yet")
-        node = await reg.require_node(pod.node_name)
+    async def lookup() -> tuple[model.Pod, NodeInfo]:
+        async with Registry(fabric.etcd, request_timeout=ETCD_TIMEOUT) as reg:
+            pod = await reg.require_pod(namespace, name)
+            if not pod.node_name:
+                raise EmunetError(f"pod {name} is not scheduled on a node yet")
+            return pod, await reg.require_node(pod.node_name)
+
+    pod, node = await _patiently(lookup)
     if pod.phase != model.PodPhase.RUNNING:
         raise EmunetError(f"pod {name} is {pod.phase.value}, not Running")
     if not node.control_endpoint:
@@ -72,8 +94,12 @@ async def find_pod(fabric: FabricTarget, namespace: str, name: str) -> PodTarget
 
 async def find_host(fabric: FabricTarget, name: str) -> PodTarget:
     """An external host (``emunet get hosts``): its internet process runs the commands."""
-    async with Registry(fabric.etcd, request_timeout=ETCD_TIMEOUT) as reg:
-        host = await reg.require_host(name)
+
+    async def lookup() -> ExternalHostInfo:
+        async with Registry(fabric.etcd, request_timeout=ETCD_TIMEOUT) as reg:
+            return await reg.require_host(name)
+
+    host = await _patiently(lookup)
     if not host.control_endpoint:
         raise EmunetError(f"host {name} has no control endpoint (is the internet process running?)")
     address, port = fabric.reach(host.control_endpoint)

@@ -86,6 +86,7 @@ class ControllerManager:
             "pods_marked_not_ready": 0,
             "pods_evicted": 0,
             "orphans_deleted": 0,
+            "loop_restarts": 0,
         }
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -110,13 +111,14 @@ class ControllerManager:
         self.ready_file.unlink(missing_ok=True)
         await self.registry.__aenter__()
         loop = asyncio.get_running_loop()
-        for coro, name in (
-            (self._hold(), "lease"),
-            (self._watch(model.deployments_prefix()), "watch-deployments"),
-            (self._watch(model.pods_prefix()), "watch-pods"),
-            (self._loop(), "sync"),
-        ):
-            self._tasks.append(loop.create_task(self._guard(coro, name), name=name))
+        jobs: list[tuple[Callable[[], Any], str]] = [
+            (self._hold, "lease"),
+            (lambda: self._watch(model.deployments_prefix()), "watch-deployments"),
+            (lambda: self._watch(model.pods_prefix()), "watch-pods"),
+            (self._loop, "sync"),
+        ]
+        for make, name in jobs:
+            self._tasks.append(loop.create_task(self._guard(make, name), name=name))
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -129,13 +131,21 @@ class ControllerManager:
         with contextlib.suppress(Exception):
             await self.registry.close()
 
-    async def _guard(self, coro: Any, name: str) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug in one loop is logged; the others go on
-            log.exception("%s failed", name)
+    async def _guard(self, make: Callable[[], Any], name: str) -> None:
+        """Run one loop; a loop that fails is restarted with a backoff (a dead loop
+        behind a held lease would leave Deployments to nobody)."""
+        delay = 0.5
+        while True:
+            try:
+                await make()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["loop_restarts"] += 1
+                log.exception("%s failed; restarting it in %.1f s", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _hold(self) -> None:
         delay = 0.2
@@ -188,7 +198,9 @@ class ControllerManager:
                 log.info("evicted pod %s/%s from NotReady node %s", p.namespace, p.name,
                          p.node_name)  # fmt: skip
             gone.add((p.namespace, p.name))
-        owners = {(d.namespace, d.name) for d in deployments}
+        # owners from the keys, not the decoded objects: a Deployment whose value does
+        # not decode (written by an older version, by hand) still owns its pods
+        owners = await reg.deployment_names()
         for p in pods:
             if (
                 p.owner

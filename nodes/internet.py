@@ -36,7 +36,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, cast
 
@@ -179,7 +179,13 @@ class InternetProcess:
         self.pods: dict[str, model.Pod] = {}
         self._dirty: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self.counters: dict[str, int] = {"lb_syncs": 0, "ingress_writes": 0, "pool_exhausted": 0}
+        self.counters: dict[str, int] = {
+            "lb_syncs": 0,
+            "ingress_writes": 0,
+            "pool_exhausted": 0,
+            "loop_restarts": 0,
+        }
+        self._refused: dict[str, str] = {}  # Service key -> why it has no IP
 
     async def __aenter__(self) -> InternetProcess:
         try:
@@ -214,15 +220,15 @@ class InternetProcess:
         self.registry = Registry(cfg.etcd, request_timeout=3.0)
         await self.registry.__aenter__()
         loop = asyncio.get_running_loop()
-        jobs: list[tuple[Any, str]] = [(self._register(), "register")]
+        jobs: list[tuple[Callable[[], Any], str]] = [(self._register, "register")]
         if self.site.gateway is not None:
             jobs += [
-                (self._watch(model.services_prefix(), self.services), "cloud-services"),
-                (self._watch(model.pods_prefix(), self.pods), "cloud-pods"),
-                (self._cloud_loop(), "cloud-controller"),
+                (lambda: self._watch(model.services_prefix(), self.services), "cloud-services"),
+                (lambda: self._watch(model.pods_prefix(), self.pods), "cloud-pods"),
+                (self._cloud_loop, "cloud-controller"),
             ]
-        for coro, name in jobs:
-            self._tasks.append(loop.create_task(self._guard(coro, name), name=name))
+        for make, name in jobs:
+            self._tasks.append(loop.create_task(self._guard(make, name), name=name))
         log.info(
             "%s up: %s; control %s:%d",
             cfg.name,
@@ -231,13 +237,21 @@ class InternetProcess:
             self.control.port,
         )
 
-    async def _guard(self, coro: Any, name: str) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug in one loop is logged; the data plane keeps running
-            log.exception("%s failed", name)
+    async def _guard(self, make: Callable[[], Any], name: str) -> None:
+        """Run one loop, restarted with a backoff when it fails (the data plane
+        keeps running meanwhile)."""
+        delay = 0.5
+        while True:
+            try:
+                await make()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["loop_restarts"] += 1
+                log.exception("%s failed; restarting it in %.1f s", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -335,16 +349,19 @@ class InternetProcess:
                 used.discard(svc.ingress_ip)
             ip = choose_ingress(self.pool, used, svc.load_balancer_ip)
             if ip is None:
-                self.counters["pool_exhausted"] += 1
-                log.warning(
-                    "LoadBalancer %s/%s: no IP (%s)",
-                    svc.namespace,
-                    svc.name,
+                if svc.ingress_ip is not None:
+                    used.add(svc.ingress_ip)  # it keeps what it has
+                why = (
                     f"{svc.load_balancer_ip} is not a free address of the pool"
                     if svc.load_balancer_ip
-                    else "the pool is exhausted",
+                    else "the pool is exhausted"
                 )
+                if self._refused.get(svc.key) != why:  # said once, not every second
+                    self._refused[svc.key] = why
+                    self.counters["pool_exhausted"] += 1
+                    log.warning("LoadBalancer %s/%s: no IP (%s)", svc.namespace, svc.name, why)
                 continue
+            self._refused.pop(svc.key, None)
             new = await self.registry.set_service_ingress(
                 svc.namespace, svc.name, ip, expect=svc.uid
             )
@@ -377,6 +394,14 @@ def _host(text: str) -> tuple[str, str]:
     if not sep or not name or not ip:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=IP, e.g. example=203.0.113.10")
     return name, ip
+
+
+def _interface(text: str) -> str:
+    try:
+        IPv4Interface(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address/prefix (a.b.c.d/n)") from None
+    return text
 
 
 def _network(text: str) -> IPv4Network:
@@ -426,7 +451,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME=IP",
         help="a host (repeatable): on the node network if IP is in it, else on the internet",
     )
-    p.add_argument("--public", default=DEFAULT_PUBLIC, help=f"gateway wan0 ({DEFAULT_PUBLIC})")
+    p.add_argument(
+        "--public", type=_interface, default=DEFAULT_PUBLIC, help=f"gateway wan0 ({DEFAULT_PUBLIC})"
+    )
     p.add_argument(
         "--lb-pool", default=DEFAULT_LB_POOL, help=f"LoadBalancer IPs ({DEFAULT_LB_POOL})"
     )

@@ -629,6 +629,16 @@ class Registry:
         kvs, _ = await self._list(model.deployments_prefix(namespace))
         return [d for d in self._decode_many(kvs) if isinstance(d, Deployment)]
 
+    async def deployment_names(self) -> set[tuple[str, str]]:
+        """``(namespace, name)`` of every stored Deployment, decodable or not."""
+        kvs, _ = await self._list(model.deployments_prefix())
+        out: set[tuple[str, str]] = set()
+        for kv in kvs:
+            parsed = model.parse_key(kv.key)
+            if parsed is not None:
+                out.add((parsed[1], parsed[2]))
+        return out
+
     async def put_deployment(self, dep: Deployment) -> Deployment:
         dep.validate()
         if not dep.uid or not dep.created:

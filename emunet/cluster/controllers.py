@@ -142,11 +142,16 @@ def plan_deployment(
             budget -= 1
     taken = {(p.namespace, p.name) for p in pods}
     for dep in deployments:
-        owned = [
-            p
-            for p in pods
-            if p.owner == dep.name and p.namespace == dep.namespace and p.phase not in _TERMINATED
-        ]
+        mine = [p for p in pods if p.owner == dep.name and p.namespace == dep.namespace]
+        # a pod of an older template goes (the Recreate strategy): its replacement
+        # comes from the template the Deployment has now
+        current = model.pod_template_hash(dep.template)
+        stale = [p for p in mine if p.labels.get("pod-template-hash", current) != current]
+        plan.delete.extend(stale)
+        # a Failed pod (its app crashed, or it could not be created) still counts: the
+        # kubelet would restart its container in place (CrashLoopBackOff), so the
+        # Deployment does not pile up new pods that fail the same way
+        owned = [p for p in mine if p not in stale and p.phase != PodPhase.SUCCEEDED]
         missing = min(dep.replicas, MAX_REPLICAS) - len(owned)
         if missing > 0:
             names = {n for ns, n in taken if ns == dep.namespace}

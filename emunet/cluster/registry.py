@@ -123,9 +123,9 @@ def netns_name(namespace: str, name: str) -> str:
 DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
 NODE_PORT_RANGE = (30000, 32767)
 NODE_LEASE_TTL = 10
-MAX_REPLICAS = 1000
-"""A Deployment's replicas at most: more than any fabric here can hold (3 x 253)."""
 """Seconds of the etcd lease under a node's ``kube-node-lease`` key."""
+MAX_REPLICAS = 1000
+"""A Deployment's replicas at most (a bound on one request, not on a fabric)."""
 
 # .0 is the network, .1 the `kubernetes` Service, .10 kube-dns (kubeadm's choice)
 _RESERVED_SERVICE_OFFSETS = (0, 1, 10)
@@ -947,11 +947,11 @@ class Service:
 
     @property
     def external_ip(self) -> IPv4Address | None:
-        """The LoadBalancer IP kube-proxy programs: the cloud's ingress once it is
-        set, else the requested ``spec.loadBalancerIP``."""
+        """The LoadBalancer IP kube-proxy programs: ``status.loadBalancer.ingress``,
+        what the cloud assigned (a request it refused is programmed nowhere)."""
         if self.type != ServiceType.LOAD_BALANCER:
             return None
-        return self.ingress_ip or self.load_balancer_ip
+        return self.ingress_ip
 
     @property
     def node_ports(self) -> list[int]:

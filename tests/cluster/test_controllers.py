@@ -121,3 +121,21 @@ def test_node_lifecycle_grace_then_eviction_and_endpoints() -> None:
     assert life.plan(mark, 115.0)[1] == mark  # evicted after the toleration
     life.observe(nodes(), now=116.0)  # the node is back: nothing more happens
     assert life.plan(mark, 200.0) == ([], [])
+
+
+def test_failed_pods_count_and_old_templates_are_replaced() -> None:
+    """A crashing app fails its pod: the Deployment keeps it (as a kubelet restarts
+    a container in place) instead of piling up new pods that fail the same way."""
+    base = plan_deployment([dep(2)], [], nodes(), random.Random(1)).create
+    failed = [replace(p, phase=PodPhase.FAILED, reason="Error") for p in base]
+    again = plan_deployment([dep(2)], failed, nodes(), random.Random(2))
+    assert again.create == [] and again.delete == []
+    # a new template: the old pods go, new ones come from the new template
+    newer = Deployment(
+        "web", replicas=2, selector={"app": "web"},
+        template=PodTemplate({"app": "web"}, (Container("main", "echo"),)),
+    )  # fmt: skip
+    running = [replace(p, phase=PodPhase.RUNNING) for p in base]
+    plan = plan_deployment([newer], running, nodes(), random.Random(3))
+    assert sorted(p.name for p in plan.delete) == sorted(p.name for p in base)
+    assert len(plan.create) == 2 and all(p.containers[0].app == "echo" for p in plan.create)

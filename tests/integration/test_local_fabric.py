@@ -345,3 +345,33 @@ def test_the_internet_in_local_mode(state: Path) -> None:
         state, "example", "curl", "-s", "-m", "1", f"http://172.18.0.11:{node_port}/"
     )
     assert r.returncode != 0
+
+
+@pytest.mark.e2e
+def test_200_concurrent_pod_shells_see_no_false_etcd_outage(state: Path) -> None:
+    """Issue 11 acceptance 6: 200 pod-shells at once on a 2-core machine used to
+    print `etcd unreachable ... (no answer)` 120 times while etcd was healthy."""
+    assert emunet(state, "up", "--local", "--nodes", "3").returncode == 0
+    assert emunet(state, "run", "client", "--app", "none", "--node", "node1").returncode == 0
+    wait_until(lambda: bool(pods(state, "client")), 30, "the client pod")
+    client = next(iter(pods(state, "client")))
+    env = {**os.environ, "EMUNET_STATE": str(state)}
+    env.pop("EMUNET_ETCD", None)
+    code = "from emunet.control.podshell import main; main()"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, client, "--", "hostname"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=state.parent,
+        )
+        for _ in range(200)
+    ]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    failures = [err for rc, _out, err in results if rc != 0]
+    assert not [f for f in failures if "etcd unreachable" in f], failures[:3]
+    busy = [f for f in failures if "busy" in f]
+    assert len(failures) == len(busy), failures[:3]  # a busy agent may say so, in one line
+    assert sum(1 for rc, out, _ in results if rc == 0 and out.strip() == client) >= 150
