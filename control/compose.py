@@ -31,12 +31,14 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 import yaml
 from emunet.control.fabric import (
     NAME_LABEL,
+    PROJECT_LABEL,
     ROLE_LABEL,
     ComposeProject,
     discover_compose,
@@ -238,6 +240,38 @@ def recorded_files(project: ComposeProject) -> list[Path]:
     return out
 
 
+DEFAULT_PREFIX = "172.18.0"
+_PREFIX_CANDIDATES = (DEFAULT_PREFIX, "172.30.250", "172.31.250", "10.250.0", "192.168.250")
+
+
+def node_network_prefix(client: Any, project: str) -> str:
+    """The node network for ``project``: the one it has if it runs, else the compose
+    file's default unless another Docker network overlaps it (the first user network
+    gets 172.18.0.0/16; kind's too), else the first free candidate."""
+    taken: list[IPv4Network] = []
+    try:
+        networks = client.networks.list()
+    except Exception:
+        return DEFAULT_PREFIX
+    for net in networks:
+        attrs = getattr(net, "attrs", {}) or {}
+        configs = (attrs.get("IPAM") or {}).get("Config") or []
+        mine = (attrs.get("Labels") or {}).get(PROJECT_LABEL) == project
+        for config in configs:
+            try:
+                subnet = IPv4Network(config.get("Subnet", ""), strict=False)
+            except ValueError:
+                continue
+            if mine and subnet.prefixlen == 24:
+                return str(subnet.network_address).rsplit(".", 1)[0]
+            taken.append(subnet)
+    for prefix in _PREFIX_CANDIDATES:
+        want = IPv4Network(f"{prefix}.0/24")
+        if not any(want.overlaps(t) for t in taken):
+            return prefix
+    return DEFAULT_PREFIX
+
+
 def compose_command(which: Callable[[str], str | None] = shutil.which) -> list[str]:
     """``docker compose`` (v2) when it answers ``version``, else ``docker-compose``."""
     if which("docker"):
@@ -373,6 +407,11 @@ class ComposeFabric:
     async def up(self, nodes: int, say: Callable[[str], None]) -> list[NodeInfo]:
         client = await asyncio.to_thread(_client)
         await asyncio.to_thread(self.check_image, client)
+        if "EMUNET_NET_PREFIX" not in os.environ:
+            prefix = await asyncio.to_thread(node_network_prefix, client, self.project)
+            if prefix != DEFAULT_PREFIX:
+                say(f"the node network is {prefix}.0/24 ({DEFAULT_PREFIX}.0/24 is taken here)")
+                os.environ["EMUNET_NET_PREFIX"] = prefix  # read by compose's interpolation
         files, services, count = self.plan(nodes)
         argv = [*self.argv(files), "up", "-d", "--remove-orphans", *services]
         say(f"{' '.join(self.command)} up -d: project {self.project}, image {self.image}")

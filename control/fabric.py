@@ -51,6 +51,7 @@ __all__ = [
     "ETCD_PORT_KEY",
     "ETCD_TIMEOUT",
     "NAME_LABEL",
+    "PROJECT_LABEL",
     "ROLES",
     "ROLE_LABEL",
     "ComposeContainer",

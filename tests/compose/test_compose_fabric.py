@@ -2,9 +2,11 @@
 of etcd, three nodes and the internet, driven from the host as a user drives it
 (the emunet CLI and pod-shell find the fabric through the Docker SDK).
 
-The project gets its own name and node network (EMUNET_NET_PREFIX), so a fabric
-the user runs is not touched; it is removed at the end (`down -v`) and the last
-test checks that nothing of it is left.
+The project gets its own name, and the compose file's own node network
+(172.18.0.0/24) unless another network on this engine holds it (a fabric the
+user runs, kind's network): then a free one, as `emunet up --compose` picks it.
+It is removed at the end (`down -v`) and the last test checks that nothing of it
+is left.
 """
 
 from __future__ import annotations
@@ -27,8 +29,21 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
 PROJECT = f"emunet-e2e-{os.getpid()}"
-PREFIX = "172.29.77"  # the test's node network, 172.29.77.0/24
-NODE_IPS = {f"node{i}": f"{PREFIX}.{10 + i}" for i in (1, 2, 3)}
+
+
+def _prefix() -> str:
+    """The compose file's node network where it is free, else a free one."""
+    import docker
+    from emunet.control.compose import node_network_prefix
+
+    return node_network_prefix(docker.from_env(), PROJECT)
+
+
+PREFIX = ["172.18.0"]  # set by the fixture
+
+
+def node_ips() -> dict[str, str]:
+    return {f"node{i}": f"{PREFIX[0]}.{10 + i}" for i in (1, 2, 3)}
 
 
 def _docker_answers() -> bool:
@@ -53,7 +68,7 @@ def compose_command() -> list[str]:
 def env(state: Path) -> dict[str, str]:
     out = {
         **os.environ,
-        "EMUNET_NET_PREFIX": PREFIX,
+        "EMUNET_NET_PREFIX": PREFIX[0],
         "COMPOSE_PROJECT_NAME": PROJECT,
         "EMUNET_FABRIC": "compose",
         "EMUNET_COMPOSE_PROJECT": PROJECT,
@@ -133,9 +148,14 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
     if not _docker_answers():
         pytest.skip("no Docker engine answers here")
     build = subprocess.run(
-        [str(ROOT / "scripts" / "build-image")], capture_output=True, text=True, timeout=900
+        ["make", "--no-print-directory", "image"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
     )
     assert build.returncode == 0, build.stdout + build.stderr
+    PREFIX[0] = _prefix()
     fab = Fabric(tmp_path_factory.mktemp("compose-state"))
     start = time.monotonic()
     up = fab.run(*fab.compose, "up", "-d", timeout=300)
@@ -156,14 +176,14 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
 def test_1_three_nodes_ready_with_flannel_leases_in_etcd(fabric: Fabric) -> None:
     assert fabric.up_seconds < 30, f"up to Ready took {fabric.up_seconds:.1f} s"
     out = fabric.emunet("get", "nodes").stdout
-    for name, ip in NODE_IPS.items():
+    for name, ip in node_ips().items():
         assert re.search(rf"{name}\s+Ready\s+{re.escape(ip)}\s+10\.244\.\d+\.0/24", out), out
     keys = fabric.etcdctl("get", "--prefix", "/coreos.com/network/subnets").splitlines()
     leases = dict(zip(keys[::2], keys[1::2], strict=True))
     assert len(leases) == 3
     for key, value in leases.items():
         assert re.fullmatch(r"/coreos\.com/network/subnets/10\.244\.\d+\.0-24", key), key
-        assert json.loads(value)["PublicIP"] in NODE_IPS.values()
+        assert json.loads(value)["PublicIP"] in node_ips().values()
     config = json.loads(fabric.etcdctl("get", "--print-value-only", "/coreos.com/network/config"))
     assert config["Network"] == "10.244.0.0/16" and config["Backend"]["Type"] == "udp"
     status = fabric.emunet("status")
@@ -180,7 +200,7 @@ def test_2_services_reached_from_pods_the_lan_and_the_internet(fabric: Fabric) -
     assert r.returncode == 0, r.stderr
     wait_until(lambda: len(fabric.pods("web-")) == 3 and fabric.pods("client"), 30, "pods")
     webs = fabric.pods("web-")
-    assert {w["node"] for w in webs.values()} == set(NODE_IPS)  # spread over the nodes
+    assert {w["node"] for w in webs.values()} == set(node_ips())  # spread over the nodes
     client = next(iter(fabric.pods("client")))
 
     svc = json.loads(e("get", "svc", "web-np", "-o", "json").stdout)
@@ -206,7 +226,7 @@ def test_2_services_reached_from_pods_the_lan_and_the_internet(fabric: Fabric) -
     assert r.returncode == 0 and far["ip"] in r.stdout.splitlines()[-1], r.stdout
 
     # a machine on the node network reaches the NodePort at every node IP
-    for ip in NODE_IPS.values():
+    for ip in node_ips().values():
         r = fabric.shell(
             "--external", "vm", "--", "curl", "-s", "-m", "3", f"http://{ip}:{node_port}/"
         )
@@ -223,7 +243,7 @@ def test_2_services_reached_from_pods_the_lan_and_the_internet(fabric: Fabric) -
     r = fabric.shell("--external", "client", "--", "curl", "-s", "-m", "3", f"http://{lb_ip()}/")
     assert r.returncode == 0 and r.stdout.startswith("Hostname: web-"), r
     hosts = e("get", "hosts").stdout
-    assert re.search(r"vm\s+nodes\s+" + re.escape(f"{PREFIX}.100"), hosts), hosts
+    assert re.search(r"vm\s+nodes\s+" + re.escape(f"{PREFIX[0]}.100"), hosts), hosts
 
 
 def test_3_pod_to_internet_is_masqueraded_twice(fabric: Fabric) -> None:
@@ -231,7 +251,7 @@ def test_3_pod_to_internet_is_masqueraded_twice(fabric: Fabric) -> None:
     r = fabric.shell(client, "--", "curl", "-s", "-m", "3", "http://203.0.113.10/")
     assert r.returncode == 0 and "hello from example to 198.51.100.1:" in r.stdout, r
     ct = fabric.emunet("conntrack", "node1").stdout
-    pattern = rf"dst=203\.0\.113\.10 .*src=203\.0\.113\.10 dst={re.escape(NODE_IPS['node1'])} "
+    pattern = rf"dst=203\.0\.113\.10 .*src=203\.0\.113\.10 dst={re.escape(node_ips()['node1'])} "
     assert re.search(pattern, ct), ct
 
 

@@ -217,3 +217,34 @@ def test_compose_command_without_compose() -> None:
     assert compose_command(lambda name: "/x" if name == "docker-compose" else None) == [
         "docker-compose"
     ]
+
+
+class _Net:
+    def __init__(self, subnet: str, project: str = "") -> None:
+        labels = {"com.docker.compose.project": project} if project else {}
+        self.attrs = {"IPAM": {"Config": [{"Subnet": subnet}]}, "Labels": labels}
+
+
+class _Networks:
+    def __init__(self, nets: list[_Net]) -> None:
+        self.nets = nets
+
+    def list(self) -> list[_Net]:
+        return self.nets
+
+
+class _Client:
+    def __init__(self, *nets: _Net) -> None:
+        self.networks = _Networks(list(nets))
+
+
+def test_node_network_avoids_a_taken_subnet_and_keeps_its_own() -> None:
+    from emunet.control.compose import node_network_prefix
+
+    assert node_network_prefix(_Client(_Net("172.17.0.0/16")), "emunet") == "172.18.0"
+    # the first user network (or kind's) holds 172.18.0.0/16: the next candidate
+    taken = _Client(_Net("172.17.0.0/16"), _Net("172.18.0.0/16"))
+    assert node_network_prefix(taken, "emunet") == "172.30.250"
+    # a running project keeps the network it has
+    mine = _Client(_Net("172.18.0.0/16"), _Net("172.30.250.0/24", "emunet"))
+    assert node_network_prefix(mine, "emunet") == "172.30.250"
