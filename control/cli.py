@@ -7,9 +7,11 @@ Objects: ``get nodes|pods|services|endpoints|deployments|hosts [NAME] [-o json|y
 Node state (through each agent's control API): ``trace``, ``capture``,
 ``conntrack``, ``iptables-save``, ``routes``, ``fdb``, ``neigh``, ``counters``.
 
-The CLI plays the Deployment controller: ``run``, ``scale``, ``apply`` and
-``delete pod`` create or delete a Deployment's pods so that ``replicas`` run,
-each scheduled on the Ready node with the fewest pods (``registry.schedule``).
+Deployments are the controller manager's (``emunet-controller-manager``, which
+every fabric runs): ``run``, ``scale`` and ``apply`` write the Deployment and it
+creates, schedules and deletes the pods. Where no controller manager holds its
+lease (a bare etcd), the CLI plays the Deployment controller itself, each pod on
+the Ready node with the fewest pods (``registry.schedule``).
 
 The fabric (its etcd endpoint, and how to reach the agents' control endpoints)
 is chosen once per invocation by :func:`emunet.control.fabric.select_target`:
