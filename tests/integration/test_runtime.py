@@ -7,6 +7,7 @@ Each node binds its overlay port (8285) and underlay wire (8286) on its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import random
@@ -27,6 +28,7 @@ from emunet.nodes.shell import run_command
 from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
 from emunet.packets import ipv4, udp
+from emunet.packets.checksum import internet_checksum
 from emunet.packets.pcap import PcapReader
 
 pytestmark = pytest.mark.integration
@@ -562,3 +564,34 @@ def test_kernel_receive_buffer_drops_are_read_per_socket() -> None:
     finally:
         rx.close()
         tx.close()
+
+
+async def test_a_fragment_flood_does_not_starve_the_node(pair: Pair) -> None:
+    """Issue 11 acceptance 2, loosely (bench_frag_flood prints the figures): header-only
+    fragments on the overlay port used to make unbounded queues that every timer
+    computation scanned; pod ping across the nodes went from 1 ms to seconds."""
+    c = pair.n2.pods["c"].ip
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.setblocking(False)
+    rtts: list[float] = []
+    try:
+        for burst in range(30):
+            for ident in range(1000):  # 30,000 fragments, each a queue of its own
+                frag = bytearray(ipv4.build_fast(b"\x0a\xf4\x01\x09", c.packed, 17, b"", df=False))
+                struct.pack_into("!HH", frag, 4, (burst * 1000 + ident) & 0xFFFF, 0x2000)
+                frag[10:12] = b"\0\0"
+                struct.pack_into("!H", frag, 10, internet_checksum(memoryview(frag)[:20]))
+                with contextlib.suppress(BlockingIOError):
+                    flood.sendto(bytes(frag), (IP2, 8285))
+                if ident % 200 == 199:
+                    await asyncio.sleep(0)  # let node2 read (the kernel buffer is finite)
+            reply = await pair.r1.ping("a", c, seq=burst + 1, timeout=2)
+            assert isinstance(reply, EchoReply), reply
+            rtts.append(reply.rtt)
+    finally:
+        flood.close()
+    rtts.sort()
+    p99 = rtts[int(len(rtts) * 0.99) - 1]
+    assert p99 < 0.25, rtts
+    queued = len(pair.n2.root._frags) + len(pair.n2.pods["c"].netns._frags)
+    assert 5000 < queued <= 16384, queued
