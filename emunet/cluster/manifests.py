@@ -270,8 +270,22 @@ def _document(doc: Any, where: str, namespace: str | None, out: Manifest) -> Non
     out.warnings.extend(f"{where} ({label}): {w}" for w in warnings)
 
 
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_DOCUMENTS = 1000
+
+
 def parse_manifests(text: str, namespace: str | None = None) -> Manifest:
-    """Parse every document of ``text``; ``namespace`` is the default (``-n``)."""
+    """Parse every document of ``text``; ``namespace`` is the default (``-n``).
+
+    At most :data:`MAX_MANIFEST_BYTES` and :data:`MAX_DOCUMENTS`, refused before
+    parsing (a 10 MB file of 33,000 documents took 36 s to refuse)."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ConfigError(
+            f"{len(text)} bytes: a manifest may hold at most {MAX_MANIFEST_BYTES >> 20} MiB"
+        )
+    separators = text.count("\n---") + text.startswith("---")
+    if separators >= MAX_DOCUMENTS:
+        raise ConfigError(f"{separators + 1} documents: at most {MAX_DOCUMENTS} in one manifest")
     try:
         docs = list(yaml.safe_load_all(text))
     except yaml.MarkedYAMLError as exc:

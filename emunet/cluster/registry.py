@@ -450,9 +450,17 @@ def _check_labels(path: str, labels: Mapping[str, str]) -> None:
             or len(name) > 63
             or not (_LABEL_NAME.match(name))
         ):
-            raise ConfigError(f"{path}: {key!r} is not a valid label key")
+            raise ConfigError(f"{path}: {_clip(key)!r} is not a valid label key")
         if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
-            raise ConfigError(f"{path}.{key}: {value!r} is not a valid label value")
+            why = f" ({len(value)} characters, at most 63)" if len(value) > 63 else ""
+            raise ConfigError(
+                f"{path}.{_clip(key)}: {_clip(value)!r} is not a valid label value{why}"
+            )
+
+
+def _clip(text: str, limit: int = 70) -> str:
+    """A value as an error message quotes it: never a whole megabyte."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_port(path: str, port: int) -> None:
