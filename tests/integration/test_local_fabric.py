@@ -375,3 +375,54 @@ def test_200_concurrent_pod_shells_see_no_false_etcd_outage(state: Path) -> None
     busy = [f for f in failures if "busy" in f]
     assert len(failures) == len(busy), failures[:3]  # a busy agent may say so, in one line
     assert sum(1 for rc, out, _ in results if rc == 0 and out.strip() == client) >= 150
+
+
+@pytest.mark.e2e
+def test_impossible_pods_show_a_reason_and_no_agent_dies(state: Path, tmp_path: Path) -> None:
+    """Issue 11 acceptance 1: a Pod named `root`, 255 pods on one node and
+    `--replicas 100000` used to kill every agent, which then crash-looped."""
+    assert emunet(state, "up", "--local", "--nodes", "3").returncode == 0
+    fabric = LocalFabric(state)
+    recorded = fabric.load()
+    assert recorded is not None
+    manifest = tmp_path / "root.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: root}\n"
+        "spec: {containers: [{name: main, image: traefik/whoami}]}\n"
+    )
+    r = emunet(state, "apply", "-f", str(manifest))
+    assert r.returncode == 0, r.stderr
+    r = emunet(state, "run", "big", "--app", "none", "--replicas", "100000")
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r
+    assert "spec.replicas: must be 0 to 1000, got 100000" in r.stderr
+    r = emunet(state, "run", "fill", "--app", "none", "--replicas", "255", "--node", "node3")
+    assert r.returncode == 0, r.stderr
+
+    def listed() -> dict[str, tuple[str, str]]:
+        items = json.loads(emunet(state, "get", "pods", "-o", "json").stdout)["items"]
+        return {
+            p["metadata"]["name"]: (p["status"].get("phase", ""), p["status"].get("reason", ""))
+            for p in items
+        }
+
+    def settled() -> bool:
+        pods = listed()
+        fill = [v for k, v in pods.items() if k.startswith("fill-")]
+        running = sum(1 for phase, _ in fill if phase == "Running")
+        waiting = sum(1 for v in fill if v == ("Pending", "Unschedulable"))
+        return pods.get("root", ("", ""))[0] == "Failed" and running + waiting == 255 and waiting
+
+    wait_until(settled, 120, "the pods to settle")
+    pods = listed()
+    assert pods["root"] == ("Failed", "CreateFailed")
+    fill = [v for k, v in pods.items() if k.startswith("fill-")]
+    assert sum(1 for phase, _ in fill if phase == "Running") == 253  # a /24 less the gateway
+    table = emunet(state, "get", "pods").stdout
+    assert re.search(r"root\s+0/1\s+CreateFailed", table), table
+    assert re.search(r"fill-\S+\s+0/1\s+Unschedulable", table), table
+    described = emunet(state, "describe", "pod", "root").stdout
+    assert "'root' is the node's own namespace" in described
+    alive = [p.name for p in recorded.processes if pid_alive(p.pid, p.marker)]
+    assert alive == [p.name for p in recorded.processes]
+    nodes = emunet(state, "get", "nodes").stdout
+    assert nodes.count(" Ready ") == 3, nodes
