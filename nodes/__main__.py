@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
-from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 
 from emunet.nodes.agent import Agent, AgentConfig
+from emunet.nodes.process import run_main, setup_logging, until_signal
 from emunet.nodes.resolve import resolve_address
 from emunet.nodes.runtime import AddressMap
 
-from emunet.errors import ConfigError, EmunetError
+from emunet.errors import ConfigError
 
 
 def _address_map(text: str) -> AddressMap:
@@ -120,13 +119,9 @@ def parser() -> argparse.ArgumentParser:
 
 async def amain(config: AgentConfig) -> int:
     log = logging.getLogger("emunet.agent")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with Agent(config) as agent:
         waiter = asyncio.create_task(agent.wait())
-        stopper = asyncio.create_task(stop.wait())
+        stopper = asyncio.create_task(until_signal())
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
             log.info("signal received, shutting down")
@@ -139,13 +134,7 @@ async def amain(config: AgentConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level.upper()),
-        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("grpc", "aetcd", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.name, args.log_level)
     if args.lease_ttl < 2 or args.node_lease_ttl < 2:
         print("emunet-node: --lease-ttl and --node-lease-ttl must be at least 2 s", file=sys.stderr)
         return 2
@@ -173,21 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_module_apps=args.allow_module_apps,
         seed=args.seed,
     )
-    factory: Callable[[], asyncio.AbstractEventLoop]
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        factory = asyncio.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(amain(config))
-    except EmunetError as exc:
-        print(f"emunet-node {args.name}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    return run_main(f"emunet-node {args.name}", amain(config))
 
 
 if __name__ == "__main__":

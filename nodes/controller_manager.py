@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emunet.nodes.process import restarting, run_main, setup_logging, until_signal
 from emunet.nodes.registry import AlreadyExists, Registry
 from emunet.nodes.subnets import EtcdError
 
@@ -48,7 +48,6 @@ from emunet.cluster.controllers import (
     NodeLifecycle,
     plan_deployment,
 )
-from emunet.errors import EmunetError
 
 __all__ = ["LEASE_KEY", "ControllerConfig", "ControllerManager", "main"]
 
@@ -132,20 +131,7 @@ class ControllerManager:
             await self.registry.close()
 
     async def _guard(self, make: Callable[[], Any], name: str) -> None:
-        """Run one loop; a loop that fails is restarted with a backoff (a dead loop
-        behind a held lease would leave Deployments to nobody)."""
-        delay = 0.5
-        while True:
-            try:
-                await make()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["loop_restarts"] += 1
-                log.exception("%s failed; restarting it in %.1f s", name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        await restarting(make, name, log, self.counters)
 
     async def _hold(self) -> None:
         delay = 0.2
@@ -272,24 +258,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def amain(config: ControllerConfig) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with ControllerManager(config):
-        await stop.wait()
+        await until_signal()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s controller-manager %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("grpc", "aetcd", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging("controller-manager", args.log_level)
     config = ControllerConfig(
         etcd=args.etcd,
         state_dir=args.state_dir,
@@ -299,21 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         burst=args.burst,
         seed=args.seed,
     )
-    factory: Callable[[], asyncio.AbstractEventLoop]
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        factory = asyncio.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(amain(config))
-    except EmunetError as exc:
-        print(f"emunet-controller-manager: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    return run_main("emunet-controller-manager", amain(config))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from emunet.nodes.control import ControlServer
+from emunet.nodes.process import restarting, run_main, setup_logging, until_signal
 from emunet.nodes.registry import Registry
 from emunet.nodes.resolve import resolve_address
 from emunet.nodes.runtime import (
@@ -57,7 +57,7 @@ from emunet.cluster import registry as model
 from emunet.cluster.registry import ExternalHostInfo, ServiceType
 from emunet.dataplane.node import Node
 from emunet.dataplane.site import APPS, InternetSite, choose_ingress, lb_pool
-from emunet.errors import ConfigError, EmunetError
+from emunet.errors import ConfigError
 
 __all__ = ["InternetConfig", "InternetProcess", "InternetRuntime", "main"]
 
@@ -238,20 +238,7 @@ class InternetProcess:
         )
 
     async def _guard(self, make: Callable[[], Any], name: str) -> None:
-        """Run one loop, restarted with a backoff when it fails (the data plane
-        keeps running meanwhile)."""
-        delay = 0.5
-        while True:
-            try:
-                await make()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["loop_restarts"] += 1
-                log.exception("%s failed; restarting it in %.1f s", name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        await restarting(make, name, log, self.counters)
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -466,25 +453,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def amain(config: InternetConfig) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with InternetProcess(config):
-        await stop.wait()
+        await until_signal()
         log.info("signal received, shutting down")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level.upper()),
-        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("grpc", "aetcd", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.name, args.log_level)
     if args.node_network is None and args.address_map is None:
         print("emunet-internet: --node-network (or --address-map) is required", file=sys.stderr)
         return 2
@@ -512,21 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name,
         seed=args.seed,
     )
-    factory: Callable[[], asyncio.AbstractEventLoop]
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        factory = asyncio.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(amain(config))
-    except EmunetError as exc:
-        print(f"emunet-internet: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    return run_main("emunet-internet", amain(config))
 
 
 if __name__ == "__main__":

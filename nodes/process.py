@@ -1,0 +1,87 @@
+"""What every emunet process (agent, internet, controller manager) does the same
+way: its log lines, its event loop (uvloop), one-line errors and exit codes, its
+stop signals, and loops that restart after a failure instead of dying.
+
+Exit status: 0 after SIGTERM/SIGINT, 1 when the process had to stop (an
+:class:`~emunet.errors.EmunetError`: a port in use, a revoked lease...), 2 for
+bad arguments (argparse's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from typing import Any
+
+from emunet.errors import EmunetError
+
+__all__ = ["restarting", "run_main", "setup_logging", "until_signal"]
+
+_NOISY = ("grpc", "aetcd", "asyncio")
+
+
+def setup_logging(name: str, level: str) -> None:
+    """``<time> <name> <LEVEL> <logger>: <message>`` on stderr; the libraries quiet."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_main(prog: str, coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro`` on uvloop; an EmunetError is one line on stderr and status 1."""
+    factory: Callable[[], asyncio.AbstractEventLoop]
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        factory = asyncio.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coro)
+    except EmunetError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+async def until_signal() -> None:
+    """Return at SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def restarting(
+    make: Callable[[], Awaitable[Any]],
+    name: str,
+    log: logging.Logger,
+    counters: MutableMapping[str, int],
+    *,
+    first_delay: float = 0.5,
+    max_delay: float = 30.0,
+) -> None:
+    """Run the loop ``make()`` returns; when it fails, log it and start it again after a
+    backoff (a dead loop behind a live process would leave its work to nobody)."""
+    delay = first_delay
+    while True:
+        try:
+            await make()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            counters["loop_restarts"] = counters.get("loop_restarts", 0) + 1
+            log.exception("%s failed; restarting it in %.1f s", name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
