@@ -424,14 +424,6 @@ def _compose_project() -> tuple[ComposeProject | None, str]:
 @app.command()
 @handled
 def down(
-    controller_arg: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--controller-arg",
-            help="extra argument for the controller manager (repeatable; local), e.g. "
-            "--controller-arg=--node-monitor-grace-period=5",
-        ),
-    ] = None,
     compose_file: Annotated[
         Path | None,
         typer.Option(

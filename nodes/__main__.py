@@ -20,31 +20,17 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from emunet.nodes.agent import Agent, AgentConfig
-from emunet.nodes.process import run_main, setup_logging, until_signal
+from emunet.nodes.process import (
+    address_map_arg,
+    network_arg,
+    port_arg,
+    run_main,
+    setup_logging,
+    until_signal,
+)
 from emunet.nodes.resolve import resolve_address
-from emunet.nodes.runtime import AddressMap
 
 from emunet.errors import ConfigError
-
-
-def _address_map(text: str) -> AddressMap:
-    try:
-        return AddressMap.parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _network(text: str) -> IPv4Network:
-    try:
-        return IPv4Network(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 network (a.b.c.d/n)") from None
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
-    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,21 +46,21 @@ def parser() -> argparse.ArgumentParser:
         help="node IP (overlay, control): an address, or auto (what the host name resolves to)",
     )
     p.add_argument("--etcd", required=True, metavar="HOST:PORT", help="etcd client endpoint")
-    p.add_argument("--control-port", type=_port, default=10250, help="control API port (10250)")
+    p.add_argument("--control-port", type=port_arg, default=10250, help="control API port (10250)")
     p.add_argument("--state-dir", type=Path, required=True, help="subnet.env, IPAM state")
     p.add_argument(
         "--lease-ttl", type=int, default=86400, metavar="SECONDS", help="subnet lease TTL"
     )
-    p.add_argument("--network", type=_network, default=IPv4Network("10.244.0.0/16"))
+    p.add_argument("--network", type=network_arg, default=IPv4Network("10.244.0.0/16"))
     p.add_argument(
         "--node-network",
-        type=_network,
+        type=network_arg,
         default=IPv4Network("127.0.0.0/8"),
         help="the node network eth0 is on (127.0.0.0/8 in local mode)",
     )
     p.add_argument(
         "--address-map",
-        type=_address_map,
+        type=address_map_arg,
         default=None,
         metavar="EMULATED=REAL",
         help="where node-network addresses really are, e.g. 172.18.0.0/16=127.0.0.0/16 "

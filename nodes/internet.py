@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from emunet.nodes.control import ControlServer
-from emunet.nodes.process import restarting, run_main, setup_logging, until_signal
+from emunet.nodes.process import (
+    address_map_arg,
+    network_arg,
+    port_arg,
+    restarting,
+    run_main,
+    setup_logging,
+    until_signal,
+)
 from emunet.nodes.registry import Registry
 from emunet.nodes.resolve import resolve_address
 from emunet.nodes.runtime import (
@@ -391,26 +399,6 @@ def _interface(text: str) -> str:
     return text
 
 
-def _network(text: str) -> IPv4Network:
-    try:
-        return IPv4Network(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 network (a.b.c.d/n)") from None
-
-
-def _address_map(text: str) -> AddressMap:
-    try:
-        return AddressMap.parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
-    return int(text)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="emunet-internet",
@@ -419,7 +407,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--etcd", required=True, metavar="HOST:PORT", help="etcd client endpoint")
     p.add_argument(
-        "--node-network", type=_network, help="e.g. 172.18.0.0/24 (or from --address-map)"
+        "--node-network", type=network_arg, help="e.g. 172.18.0.0/24 (or from --address-map)"
     )
     p.add_argument("--state-dir", type=Path, required=True, help="the ready file")
     p.add_argument(
@@ -444,8 +432,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lb-pool", default=DEFAULT_LB_POOL, help=f"LoadBalancer IPs ({DEFAULT_LB_POOL})"
     )
-    p.add_argument("--control-port", type=_port, default=10250, help="control API port (10250)")
-    p.add_argument("--address-map", type=_address_map, default=None, metavar="EMULATED=REAL")
+    p.add_argument("--control-port", type=port_arg, default=10250, help="control API port (10250)")
+    p.add_argument("--address-map", type=address_map_arg, default=None, metavar="EMULATED=REAL")
     p.add_argument("--name", default="internet", help="process name in logs (internet)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -9,16 +9,28 @@ bad arguments (argparse's own).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from ipaddress import IPv4Network
 from typing import Any
 
-from emunet.errors import EmunetError
+from emunet.nodes.runtime import AddressMap
 
-__all__ = ["restarting", "run_main", "setup_logging", "until_signal"]
+from emunet.errors import ConfigError, EmunetError
+
+__all__ = [
+    "address_map_arg",
+    "network_arg",
+    "port_arg",
+    "restarting",
+    "run_main",
+    "setup_logging",
+    "until_signal",
+]
 
 _NOISY = ("grpc", "aetcd", "asyncio")
 
@@ -85,3 +97,26 @@ async def restarting(
             log.exception("%s failed; restarting it in %.1f s", name, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
+
+
+# --- argument types shared by the programs' parsers -------------------------------
+
+
+def address_map_arg(text: str) -> AddressMap:
+    try:
+        return AddressMap.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def network_arg(text: str) -> IPv4Network:
+    try:
+        return IPv4Network(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 network (a.b.c.d/n)") from None
+
+
+def port_arg(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return int(text)
