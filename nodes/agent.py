@@ -45,6 +45,7 @@ from typing import Any
 
 from emunet.nodes.apps import AppContext, load_app
 from emunet.nodes.control import ControlServer
+from emunet.nodes.process import Service
 from emunet.nodes.registry import Registry
 from emunet.nodes.runtime import AddressMap, NodeRuntime
 from emunet.nodes.subnets import EtcdError, SubnetManager
@@ -98,7 +99,7 @@ class _LocalPod:
     failure: str = ""  # why an app failed: status.message
 
 
-class Agent:
+class Agent(Service):
     """One node agent; ``async with Agent(config) as agent: await agent.wait()``."""
 
     def __init__(self, config: AgentConfig) -> None:
@@ -133,17 +134,6 @@ class Agent:
         }
 
     # ------------------------------------------------------------ lifecycle
-
-    async def __aenter__(self) -> Agent:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def start(self) -> None:
         cfg = self.config

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emunet.nodes.process import restarting, run_main, setup_logging, until_signal
+from emunet.nodes.process import Service, restarting, run_main, setup_logging, until_signal
 from emunet.nodes.registry import AlreadyExists, Registry
 from emunet.nodes.subnets import EtcdError
 
@@ -68,7 +68,7 @@ class ControllerConfig:
     seed: int | None = None
 
 
-class ControllerManager:
+class ControllerManager(Service):
     """``async with ControllerManager(config): ...`` runs the controllers."""
 
     def __init__(self, config: ControllerConfig) -> None:
@@ -93,17 +93,6 @@ class ControllerManager:
     @property
     def ready_file(self) -> Path:
         return self.config.state_dir / "ready"
-
-    async def __aenter__(self) -> ControllerManager:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def start(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from typing import Any, cast
 
 from emunet.nodes.control import ControlServer
 from emunet.nodes.process import (
+    Service,
     address_map_arg,
     network_arg,
     port_arg,
@@ -162,7 +163,7 @@ class InternetRuntime(NodeRuntime):
         self._arm_timer(floor)
 
 
-class InternetProcess:
+class InternetProcess(Service):
     """The site, its runtime and control API, the hosts' records and the cloud."""
 
     def __init__(self, config: InternetConfig) -> None:
@@ -194,17 +195,6 @@ class InternetProcess:
             "loop_restarts": 0,
         }
         self._refused: dict[str, str] = {}  # Service key -> why it has no IP
-
-    async def __aenter__(self) -> InternetProcess:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     @property
     def ready_file(self) -> Path:

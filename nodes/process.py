@@ -16,13 +16,14 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from ipaddress import IPv4Network
-from typing import Any
+from typing import Any, Self
 
 from emunet.nodes.runtime import AddressMap
 
 from emunet.errors import ConfigError, EmunetError
 
 __all__ = [
+    "Service",
     "address_map_arg",
     "network_arg",
     "port_arg",
@@ -33,6 +34,28 @@ __all__ = [
 ]
 
 _NOISY = ("grpc", "aetcd", "asyncio")
+
+
+class Service:
+    """``async with``: :meth:`start`, and :meth:`close` always (also when starting
+    failed half-way, so nothing it had opened is left behind)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def setup_logging(name: str, level: str) -> None:
