@@ -204,8 +204,9 @@ def _registry() -> Registry:
 
 def _control(endpoint: str, timeout: float) -> ControlClient:
     """A client of the control API recorded as ``endpoint``, reached as this host can."""
-    host, port = _target().reach(endpoint)
-    return ControlClient(host, port, timeout=timeout)
+    target = _target()
+    host, port = target.reach(endpoint)
+    return ControlClient(host, port, timeout=timeout, token=target.token)
 
 
 @app.callback()

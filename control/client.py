@@ -92,9 +92,11 @@ class ControlClient:
         *,
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
+        token: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.token = token
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._reader: asyncio.StreamReader | None = None
@@ -166,7 +168,10 @@ class ControlClient:
         if writer is None:
             raise EmunetError("ControlClient is not open; use `async with ControlClient(...)`")
         request_id = next(self._ids)
-        frame = encode_frame({"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": args})
+        request: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": args}
+        if self.token is not None:
+            request["token"] = self.token
+        frame = encode_frame(request)
         try:
             writer.write(frame)
             await asyncio.wait_for(writer.drain(), self.timeout)

@@ -46,6 +46,7 @@ from emunet.control.fabric import (
 )
 from emunet.nodes.etcd import EtcdError
 from emunet.nodes.registry import Registry
+from emunet.nodes.token import TOKEN_ENV, new_token
 
 from emunet.cluster.registry import NodeInfo
 from emunet.errors import ConfigError, EmunetError
@@ -416,6 +417,11 @@ class ComposeFabric:
         argv = [*self.argv(files), "up", "-d", "--remove-orphans", *services]
         say(f"{' '.join(self.command)} up -d: project {self.project}, image {self.image}")
         before = await asyncio.to_thread(discover_compose, client)
+        if not os.environ.get(TOKEN_ENV):
+            # the control token: the one the project runs with, else a new one (every
+            # container gets it in its environment; clients read it from there)
+            running = before.projects.get(self.project)
+            os.environ[TOKEN_ENV] = (running.token if running else None) or new_token()
         try:
             await self._run("up", argv, say, self.compose_file.parent)
         except EmunetError as exc:

@@ -42,7 +42,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from emunet.control.local import LocalFabric, LocalState, default_state_dir
+from emunet.control.local import TOKEN_FILE, LocalFabric, LocalState, default_state_dir
+from emunet.nodes.token import TOKEN_ENV, read_token
 
 from emunet.errors import ConfigError
 
@@ -141,6 +142,7 @@ class ComposeContainer:
     published: tuple[tuple[str, str, int], ...]  # ("10250/tcp", host address, host port)
     config_files: tuple[str, ...] = ()
     working_dir: str = ""
+    token: str = ""  # EMUNET_CONTROL_TOKEN in its environment
 
     @classmethod
     def from_inspect(cls, attrs: Mapping[str, Any]) -> ComposeContainer | None:
@@ -173,7 +175,12 @@ class ComposeContainer:
                     continue  # an IPv6 binding: the IPv4 one is listed too
                 published.append((key, address, int(port)))
         files = labels.get(CONFIG_FILES_LABEL, "")
+        token = ""
+        for entry in config.get("Env") or ():
+            if isinstance(entry, str) and entry.startswith(f"{TOKEN_ENV}="):
+                token = entry.partition("=")[2]
         return cls(
+            token=token,
             name=str(attrs.get("Name") or "").lstrip("/"),
             project=project,
             service=labels.get(SERVICE_LABEL, ""),
@@ -258,6 +265,14 @@ class ComposeProject:
             f"the etcd container of compose project {self.name} publishes no {ETCD_PORT_KEY} "
             "port on the host (its compose file must have ports: ['127.0.0.1::2379'])"
         )
+
+    @property
+    def token(self) -> str | None:
+        """The control token the project's containers were started with, if any."""
+        for c in self.containers:
+            if c.token:
+                return c.token
+        return None
 
     def translations(self) -> dict[tuple[str, int], tuple[str, int]]:
         """(container IP or name, container port) -> published (host address, port)."""
@@ -383,6 +398,7 @@ class FabricTarget:
     project: ComposeProject | None = None
     state_dir: Path | None = None
     problem: str = ""
+    token: str | None = None  # what every control request presents
 
     @property
     def etcd(self) -> str:
@@ -399,7 +415,12 @@ class FabricTarget:
 
 def explicit_target(etcd: str, source: str) -> FabricTarget:
     parse_endpoint(etcd)
-    return FabricTarget(FabricKind.EXPLICIT, f"the fabric of etcd {etcd} (from {source})", etcd)
+    return FabricTarget(
+        FabricKind.EXPLICIT,
+        f"the fabric of etcd {etcd} (from {source})",
+        etcd,
+        token=os.environ.get(TOKEN_ENV) or None,
+    )
 
 
 def local_target(state_dir: Path, state: LocalState) -> FabricTarget:
@@ -408,6 +429,7 @@ def local_target(state_dir: Path, state: LocalState) -> FabricTarget:
         f"local fabric in {state_dir}",
         state.etcd_endpoint,
         state_dir=state_dir,
+        token=read_token(state_dir / TOKEN_FILE),
     )
 
 
@@ -419,6 +441,7 @@ def compose_target(project: ComposeProject) -> FabricTarget:
         project.translations(),
         project=project,
         problem=project.etcd_problem,
+        token=project.token,
     )
 
 

@@ -45,6 +45,7 @@ from emunet.nodes.etcd_server import find_etcd_binary
 from emunet.nodes.registry import Registry
 from emunet.nodes.runtime import WIRE_PORT
 from emunet.nodes.subnets import EtcdError, SubnetManager
+from emunet.nodes.token import new_token, write_token
 
 from emunet.cluster.flannel import NetworkConfig
 from emunet.cluster.registry import NodeInfo
@@ -53,6 +54,7 @@ from emunet.errors import ConfigError, EmunetError
 __all__ = [
     "CONTROL_PORT",
     "DEFAULT_NETWORK",
+    "TOKEN_FILE",
     "AlreadyUp",
     "LocalFabric",
     "LocalState",
@@ -70,6 +72,7 @@ _STATE_VERSION = 1
 
 
 _NOT_NODES = ("etcd", "internet", "controller-manager")
+TOKEN_FILE = "token"  # the control API's token (0600), made by `up`
 
 
 class AlreadyUp(EmunetError):
@@ -328,6 +331,8 @@ class LocalFabric:
             str(self.control_port),
             "--state-dir",
             str(self.state_dir / "nodes" / name),
+            "--token-file",
+            str(self.state_dir / TOKEN_FILE),
             *self.agent_args,
         ]
 
@@ -349,6 +354,8 @@ class LocalFabric:
             str(self.control_port),
             "--state-dir",
             str(self.state_dir / "internet"),
+            "--token-file",
+            str(self.state_dir / TOKEN_FILE),
         ]
 
     def controller_argv(self, etcd: str) -> list[str]:
@@ -439,6 +446,7 @@ class LocalFabric:
         )
         state = LocalState(endpoint, self.network, [etcd], time.time())
         self._save(state)
+        write_token(self.state_dir / TOKEN_FILE, new_token())
         try:
             say(f"etcd starting on {endpoint}")
             await self._wait_etcd(etcd, endpoint)

@@ -54,7 +54,10 @@ class PodTarget:
     ``namespace/name`` outside "default"; an external host's name) and the name the
     prompt shows."""
 
-    def __init__(self, name: str, netns: str, host: str, port: int) -> None:
+    def __init__(
+        self, name: str, netns: str, host: str, port: int, token: str | None = None
+    ) -> None:
+        self.token = token
         self.name = name
         self.netns = netns
         self.host = host
@@ -89,7 +92,8 @@ async def find_pod(fabric: FabricTarget, namespace: str, name: str) -> PodTarget
     if not node.control_endpoint:
         raise EmunetError(f"node {node.name} has no control endpoint (is its agent running?)")
     host, port = fabric.reach(node.control_endpoint)
-    return PodTarget(pod.name, model.netns_name(pod.namespace, pod.name), host, port)
+    netns = model.netns_name(pod.namespace, pod.name)
+    return PodTarget(pod.name, netns, host, port, fabric.token)
 
 
 async def find_host(fabric: FabricTarget, name: str) -> PodTarget:
@@ -103,7 +107,7 @@ async def find_host(fabric: FabricTarget, name: str) -> PodTarget:
     if not host.control_endpoint:
         raise EmunetError(f"host {name} has no control endpoint (is the internet process running?)")
     address, port = fabric.reach(host.control_endpoint)
-    return PodTarget(host.name, host.name, address, port)
+    return PodTarget(host.name, host.name, address, port, fabric.token)
 
 
 async def run_exec(target: PodTarget, argv: Sequence[str], stdin: bytes = b"") -> int:
@@ -112,7 +116,7 @@ async def run_exec(target: PodTarget, argv: Sequence[str], stdin: bytes = b"") -
     if stdin:
         args["stdin"] = stdin
     code = 1
-    async with ControlClient(target.host, target.port, timeout=10.0) as client:
+    async with ControlClient(target.host, target.port, timeout=10.0, token=target.token) as client:
         async for frame in client.stream("exec", idle_timeout=_IDLE_TIMEOUT, **args):
             if frame.kind == "stream" and isinstance(frame.data, dict):
                 for key, stream in (("out", sys.stdout), ("err", sys.stderr)):

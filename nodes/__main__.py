@@ -21,11 +21,13 @@ from pathlib import Path
 
 from emunet.nodes.agent import Agent, AgentConfig
 from emunet.nodes.process import (
+    add_token_option,
     address_map_arg,
     network_arg,
     port_arg,
     run_main,
     setup_logging,
+    token_from_args,
     until_signal,
 )
 from emunet.nodes.resolve import resolve_address
@@ -100,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-lease-ttl", type=int, default=10, metavar="SECONDS")
     p.add_argument("--seed", type=int, default=None, help="seed the data plane's randomness")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_token_option(p)
     return p
 
 
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node_ip = resolve_address(args.node_ip)
         gateway = resolve_address(args.gateway) if args.gateway else None
+        token = token_from_args(args.token_file)
     except ConfigError as exc:
         print(f"emunet-node {args.name}: {exc}", file=sys.stderr)
         return 2
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         node_lease_ttl=args.node_lease_ttl,
         overlay_accept=args.overlay_accept,
         allow_module_apps=args.allow_module_apps,
+        token=token,
         seed=args.seed,
     )
     return run_main(f"emunet-node {args.name}", amain(config))

@@ -88,6 +88,7 @@ class AgentConfig:
     seed: int | None = None
     overlay_accept: str = "any"  # "any" as flanneld, or "leases": refuse other senders
     allow_module_apps: bool = False  # import any module:Class a pod names
+    token: str | None = None  # the control API's token (None: no token asked)
 
 
 @dataclass
@@ -173,6 +174,7 @@ class Agent(Service):
             resolver=self.resolve,
             pod_lookup=self._pod_lookup,
             extra_counters=self._counters,
+            token=cfg.token,
         )
         await self.control.start()
         log.info(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import io
 import logging
 import struct
@@ -177,8 +178,10 @@ class ControlServer:
         resolver: Resolver | None = None,
         pod_lookup: Callable[[str], str | None] | None = None,
         extra_counters: Callable[[], Mapping[str, int]] | None = None,
+        token: str | None = None,
     ) -> None:
         self.runtime = runtime
+        self._token = token
         self.host = host
         self.port = port
         self._status = status
@@ -331,6 +334,16 @@ class ControlServer:
                 raise ControlError(
                     "unsupported_version", f"v: {req.get('v')!r} (this agent speaks {VERSION})"
                 )
+            if self._token is not None:
+                given = req.get("token")
+                if not isinstance(given, str) or not hmac.compare_digest(
+                    given.encode(), self._token.encode()
+                ):
+                    raise ControlError(
+                        "unauthorized",
+                        "this agent requires its control token (created by `emunet up`; "
+                        "the CLI and pod-shell present it)",
+                    )
             op = req.get("op")
             args = req.get("args", {})
             if args is None:
@@ -685,6 +698,7 @@ async def call(
     *,
     on_stream: Callable[[Mapping[str, Any]], None] | None = None,
     timeout: float = 30.0,
+    token: str | None = None,
 ) -> Any:
     """A minimal client: one request, streams to ``on_stream``, returns the result.
 
@@ -695,7 +709,10 @@ async def call(
     async def run() -> Any:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(pack({"v": VERSION, "id": 1, "op": op, "args": dict(args or {})}))
+            request: dict[str, Any] = {"v": VERSION, "id": 1, "op": op, "args": dict(args or {})}
+            if token is not None:
+                request["token"] = token
+            writer.write(pack(request))
             await writer.drain()
             while True:
                 (length,) = _LEN.unpack(await reader.readexactly(4))

@@ -42,12 +42,14 @@ from typing import Any, cast
 from emunet.nodes.control import ControlServer
 from emunet.nodes.process import (
     Service,
+    add_token_option,
     address_map_arg,
     network_arg,
     port_arg,
     restarting,
     run_main,
     setup_logging,
+    token_from_args,
     until_signal,
 )
 from emunet.nodes.registry import Registry
@@ -91,6 +93,7 @@ class InternetConfig:
     address_map: AddressMap | None = None
     name: str = "internet"
     seed: int = 0
+    token: str | None = None  # the control API's token
 
 
 class InternetRuntime(NodeRuntime):
@@ -213,6 +216,7 @@ class InternetProcess(Service):
             status=self._status,
             pod_lookup=lambda name: name if name in self.site.pods else None,
             extra_counters=lambda: self.counters,
+            token=cfg.token,
         )
         await self.control.start()
         self.registry = Registry(cfg.etcd, request_timeout=3.0)
@@ -427,6 +431,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="internet", help="process name in logs (internet)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_token_option(p)
     return p
 
 
@@ -450,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway = resolve_address(args.gateway) if args.gateway else None
         gateway_via = resolve_address(args.gateway_ip) if args.gateway_ip else None
         hosts = [(name, resolve_address(ip)) for name, ip in args.host]
+        token = token_from_args(args.token_file)
     except ConfigError as exc:
         print(f"emunet-internet: {exc}", file=sys.stderr)
         return 2
@@ -466,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         address_map=args.address_map,
         name=args.name,
         seed=args.seed,
+        token=token,
     )
     return run_main("emunet-internet", amain(config))
 

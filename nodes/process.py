@@ -12,24 +12,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from ipaddress import IPv4Network
+from pathlib import Path
 from typing import Any, Self
 
 from emunet.nodes.runtime import AddressMap
+from emunet.nodes.token import TOKEN_ENV, read_token
 
 from emunet.errors import ConfigError, EmunetError
 
 __all__ = [
     "Service",
+    "add_token_option",
     "address_map_arg",
     "network_arg",
     "port_arg",
     "restarting",
     "run_main",
     "setup_logging",
+    "token_from_args",
     "until_signal",
 ]
 
@@ -143,3 +148,24 @@ def port_arg(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
     return int(text)
+
+
+def add_token_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the control API's token (every request must present it); without it, "
+        f"${TOKEN_ENV} if set, else no token is asked",
+    )
+
+
+def token_from_args(path: Path | None) -> str | None:
+    """The token of ``--token-file``, else of the environment, else None."""
+    if path is not None:
+        token = read_token(path)
+        if token is None:
+            raise ConfigError(f"--token-file {path}: no such file")
+        return token
+    return os.environ.get(TOKEN_ENV) or None

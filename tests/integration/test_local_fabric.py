@@ -426,3 +426,21 @@ def test_impossible_pods_show_a_reason_and_no_agent_dies(state: Path, tmp_path: 
     assert alive == [p.name for p in recorded.processes]
     nodes = emunet(state, "get", "nodes").stdout
     assert nodes.count(" Ready ") == 3, nodes
+
+
+def test_local_mode_makes_a_control_token_every_client_presents(state: Path) -> None:
+    """Issue 11 acceptance 7: `up` creates the token (0600); the CLI presents it, a
+    request without it is refused."""
+    import asyncio
+
+    from emunet.nodes.control import ControlError, call
+
+    assert emunet(state, "up", "--local", "--nodes", "1").returncode == 0
+    token_file = state / "token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert emunet(state, "counters", "node1").returncode == 0  # the CLI presents it
+    with pytest.raises(ControlError) as err:
+        asyncio.run(call("127.0.0.11", 10250, "status"))
+    assert err.value.code == "unauthorized"
+    assert asyncio.run(call("127.0.0.11", 10250, "status", token=token))["name"] == "node1"

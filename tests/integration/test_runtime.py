@@ -595,3 +595,22 @@ async def test_a_fragment_flood_does_not_starve_the_node(pair: Pair) -> None:
     assert p99 < 0.25, rtts
     queued = len(pair.n2.root._frags) + len(pair.n2.pods["c"].netns._frags)
     assert 5000 < queued <= 16384, queued
+
+
+async def test_a_request_without_the_control_token_is_refused(pair: Pair, tmp_path: object) -> None:
+    """Issue 11 acceptance 7: the control API had no authentication."""
+    from emunet.control.client import ControlClient
+
+    async with ControlServer(pair.r1, IP1, 0, token="s3cret") as control:
+        port = control.port
+        with pytest.raises(ControlError) as err:
+            await call(IP1, port, "status")
+        assert err.value.code == "unauthorized"
+        with pytest.raises(ControlError):
+            await call(IP1, port, "status", token="wrong")
+        assert (await call(IP1, port, "status", token="s3cret"))["name"] == "node1"
+        async with ControlClient(IP1, port, token="s3cret") as client:
+            assert (await client.call("status"))["name"] == "node1"
+        async with ControlClient(IP1, port) as client:
+            with pytest.raises(ControlError, match="requires its control token"):
+                await client.call("status")
