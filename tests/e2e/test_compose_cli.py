@@ -211,6 +211,7 @@ def test_every_recorded_endpoint_is_reached_on_loopback(fabric: Fabric) -> None:
     env = {k: v for k, v in fabric.env.items() if k.startswith("EMUNET_")}
     target = select_target(env=env)
     assert target.kind == FabricKind.COMPOSE and target.etcd.startswith("127.0.0.1:")
+    assert target.token, "emunet up --compose gives every container a control token"
 
     async def check() -> list[str]:
         seen = []
@@ -222,7 +223,7 @@ def test_every_recorded_endpoint_is_reached_on_loopback(fabric: Fabric) -> None:
             assert endpoint.startswith(f"{PREFIX}.")  # what the processes record
             host, port = target.reach(endpoint)
             assert host == "127.0.0.1" and port != 10250
-            async with ControlClient(host, port, timeout=5.0) as c:
+            async with ControlClient(host, port, timeout=5.0, token=target.token) as c:
                 status = await c.call("status")
             seen.append(str(status.get("name", "")) if isinstance(status, dict) else "")
         return seen

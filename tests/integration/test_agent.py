@@ -585,3 +585,36 @@ async def test_a_dead_node_leaves_the_endpoints_then_its_pods_move(
 
 async def _ready(cluster: Cluster, n: int) -> bool:
     return len(await cluster.ready_nodes()) == n
+
+
+@pytest.mark.parametrize("how", ["SIGSTOP", "SIGKILL"])
+async def test_etcd_frozen_or_killed_the_data_plane_goes_on(cluster: Cluster, how: str) -> None:
+    """Issue 11's chaos probes: etcd frozen (SIGSTOP) for 5 s, or killed with -9 and
+    started again: pods keep talking across nodes meanwhile, no agent dies, and the
+    cluster takes new pods afterwards."""
+    await cluster.pod("client", 0, app="none")
+    await cluster.pod("server", 1)
+    srv = await cluster.running("server")
+    await cluster.running("client")
+    proc = cluster.etcd._process
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP if how == "SIGSTOP" else signal.SIGKILL)
+    try:
+        for _ in range(5):
+            code, out = await cluster.exec(
+                0, "client", "curl", "-s", "-m", "2", f"http://{srv.pod_ip}/"
+            )
+            assert code == 0 and "Hostname: server" in out, out
+            await asyncio.sleep(1.0)
+    finally:
+        if how == "SIGSTOP":
+            os.kill(proc.pid, signal.SIGCONT)
+        else:
+            await proc.wait()
+            cluster.etcd._process = None
+            await cluster.etcd.start()
+    assert all(p.returncode is None for p in cluster.procs.values())
+    await cluster.pod("late", 2)
+    late = await cluster.running("late", timeout=30)
+    code, out = await cluster.exec(0, "client", "curl", "-s", "-m", "5", f"http://{late.pod_ip}/")
+    assert code == 0 and f"IP: {late.pod_ip}" in out, out

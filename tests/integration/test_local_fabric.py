@@ -444,3 +444,24 @@ def test_local_mode_makes_a_control_token_every_client_presents(state: Path) -> 
         asyncio.run(call("127.0.0.11", 10250, "status"))
     assert err.value.code == "unauthorized"
     assert asyncio.run(call("127.0.0.11", 10250, "status", token=token))["name"] == "node1"
+
+
+@pytest.mark.e2e
+def test_300_idle_connections_do_not_lock_pod_shell_out(state: Path) -> None:
+    """Issue 11 acceptance 3, as a user meets it: 300 idle connections to node1's
+    control API locked every client out for up to 300 s."""
+    import socket
+
+    assert emunet(state, "up", "--local", "--nodes", "1").returncode == 0
+    assert emunet(state, "run", "client", "--app", "none").returncode == 0
+    wait_until(lambda: bool(pods(state, "client")), 30, "the client pod")
+    client = next(iter(pods(state, "client")))
+    idle = [socket.create_connection(("127.0.0.11", 10250), timeout=5) for _ in range(300)]
+    try:
+        r = pod_shell(state, client, "hostname")
+        assert r.returncode == 0 and r.stdout.strip() == client, r
+        r = emunet(state, "counters", "node1")
+        assert r.returncode == 0 and "control evicted_idle:" in r.stdout, r
+    finally:
+        for sock in idle:
+            sock.close()
