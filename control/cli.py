@@ -1382,15 +1382,15 @@ def _split_dest(dest: str) -> tuple[str, int | None]:
 
 async def _trace(pod_name: str, dest: str, proto: Proto, namespace: str, duration: float) -> Any:
     host, port = _split_dest(dest)
-    if proto == Proto.ICMP and port is not None:
-        raise ConfigError("DEST: a port makes no sense with --proto icmp")
-    async with _registry() as reg:
+    async with _registry() as reg:  # the pod first: a missing one is the error to name
         pod = await reg.require_pod(namespace, pod_name)
         if not pod.node_name:
             raise ConfigError(f"pod {pod_name} is not scheduled on a node yet")
         nodes = [n for n in await reg.nodes() if n.ready and n.control_endpoint]
         if pod.node_name not in {n.name for n in nodes}:
             raise ConfigError(f"node {pod.node_name} of pod {pod_name} is not Ready")
+    if proto == Proto.ICMP and port is not None:
+        raise ConfigError("DEST: a port makes no sense with --proto icmp")
 
     async def observe(node: NodeInfo) -> list[list[Any]]:
         # record the hops this node sees while the probe runs

@@ -233,6 +233,8 @@ async def test_one_line_errors(
         await cli("run", "web", "--node", "node9", ok=False), "no such node: node9 (nodes: node1"
     )
     one_line_error(await cli("routes", "node9", ok=False), "no such node: node9")
+    # issue 11: a missing pod is the error, not the port that --proto icmp ignores
+    one_line_error(await cli("trace", "nosuch", "web:80", ok=False), 'pods "nosuch" not found')
     one_line_error(await cli("get", "widgets", ok=False), "unknown resource type 'widgets'")
     bad = tmp_path / "bad.yaml"
     bad.write_text(MANIFEST.replace("- {port: 80, targetPort: 80}", "- {port: 70000}"))
