@@ -67,9 +67,11 @@ from rich.console import Console
 from rich.text import Text
 
 from emunet.cluster import registry as model
+from emunet.cluster.controllers import plan_deployment
 from emunet.cluster.kubeproxy import DEFAULT_AFFINITY_TIMEOUT
 from emunet.cluster.manifests import parse_manifests
 from emunet.cluster.registry import (
+    MAX_REPLICAS,
     Container,
     ContainerPort,
     Deployment,
@@ -938,52 +940,24 @@ async def _require_ready(reg: Registry) -> None:
 
 
 async def reconcile(reg: Registry, dep: Deployment, rng: random.Random | None = None) -> None:
-    """Create or delete pods of ``dep`` until ``replicas`` non-terminated pods exist:
-    the Deployment controller's work, done here only while no controller manager
-    runs (it holds its lease key then, and reconciles by itself)."""
+    """The Deployment controller's work for ``dep`` (``controllers.plan_deployment``,
+    the controller manager's own decisions), done here only while no controller
+    manager runs (it holds its lease key then, and reconciles by itself)."""
     if await reg.lease_held(model.controller_lease_key()):
         return
-    rng = rng or random.Random()
     all_pods = await reg.list_pods(None)
-    owned = [
-        p
-        for p in all_pods
-        if p.owner == dep.name
-        and p.namespace == dep.namespace
-        and p.phase not in (PodPhase.FAILED, PodPhase.SUCCEEDED)
-    ]
-    missing = dep.replicas - len(owned)
-    if missing > 0:
-        nodes = await reg.nodes()
-        if dep.template.node_name and not any(n.name == dep.template.node_name for n in nodes):
-            raise NotFound(f"no such node: {dep.template.node_name}")
-        taken = {p.name for p in all_pods if p.namespace == dep.namespace}
-        for _ in range(missing):
-            node = dep.template.node_name or model.schedule(all_pods, nodes)
-            pod = model.pod_for_deployment(dep, node, rng, taken=taken)
-            pod = await reg.create_pod(pod)
-            taken.add(pod.name)
-            all_pods.append(pod)
-    elif missing < 0:
-        counts: dict[str, int] = {}
-        for p in owned:
-            counts[p.node_name] = counts.get(p.node_name, 0) + 1
-        # like the ReplicaSet controller: not running first, then the busiest nodes, newest
-        victims = sorted(
-            owned,
-            key=lambda p: (
-                p.phase == PodPhase.RUNNING,
-                -counts.get(p.node_name, 0),
-                _neg(p.created),
-                p.name,
-            ),
-        )[:-missing]
-        for p in victims:
-            await reg.delete_pod(p.namespace, p.name)
-
-
-def _neg(created: str) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in created)
+    nodes = await reg.nodes()
+    if dep.template.node_name and not any(n.name == dep.template.node_name for n in nodes):
+        raise NotFound(f"no such node: {dep.template.node_name}")
+    plan = plan_deployment([dep], all_pods, nodes, rng or random.Random(), burst=MAX_REPLICAS)
+    if any(not p.node_name for p in plan.create) and not any(n.ready for n in nodes):
+        model.schedule(all_pods, nodes)  # raises: no Ready node (is the fabric up?)
+    for p in plan.create:
+        await reg.create_pod(p)
+    for p in plan.bind:
+        await reg.update_pod_if_exists(p)
+    for p in plan.delete:
+        await reg.delete_pod(p.namespace, p.name)
 
 
 def _app_container(name: str, app_name: str, port: int | None) -> Container:

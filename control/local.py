@@ -538,7 +538,7 @@ class LocalFabric:
                 if ready != last:
                     say(f"{ready}/{len(names)} nodes Ready")
                     last = ready
-                if ready == len(names) and self._internet_ready(state):
+                if ready == len(names) and self._helpers_ready(state):
                     return nodes
                 if time.monotonic() > deadline:
                     missing = sorted(set(names) - {n.name for n in nodes if n.ready})
@@ -548,7 +548,7 @@ class LocalFabric:
                     )
                 await asyncio.sleep(0.2)
 
-    def _internet_ready(self, state: LocalState) -> bool:
+    def _helpers_ready(self, state: LocalState) -> bool:
         """The internet process recorded its hosts and the controller manager holds
         its lease (each writes a ready file; a fabric without them has none)."""
         return all(

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -109,8 +110,6 @@ class InternetRuntime(NodeRuntime):
         self._local_real: dict[str, IPv4Address] = {}
 
     async def start(self) -> None:
-        import time
-
         self._wall_offset = time.time() - time.monotonic()
         self.started_at = self.now()
         for addr in self.site.wire_addresses():
