@@ -19,9 +19,12 @@ import aetcd
 
 from emunet.errors import ConfigError, EmunetError
 
+# Quick reconnects after etcd comes back (the first retry after 100 ms, then at
+# most every second). Not grpc.min_reconnect_backoff_ms: gRPC uses it as the
+# connect timeout too (20 s by default), and at 100 ms a machine busy with 200
+# clients timed out waiting for etcd's first HTTP/2 frame ("no answer").
 CHANNEL_OPTIONS = {
     "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
 }
 

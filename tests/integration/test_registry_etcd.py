@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 from dataclasses import replace
@@ -244,3 +245,35 @@ async def test_unreachable_is_one_line(free_port: object) -> None:
             await reg.nodes()
     assert str(info.value).startswith(f"etcd unreachable at 127.0.0.1:{port}")
     assert "\n" not in str(info.value)
+
+
+async def test_a_slow_handshake_is_waited_for_not_called_unreachable(etcd: EtcdServer) -> None:
+    """A machine busy with hundreds of clients sends etcd's first HTTP/2 frame late.
+
+    The connection attempt waits for it as long as the request may take (gRPC's
+    default, 20 s at least); a 100 ms connect timeout made 97 of 200 concurrent
+    pod-shells print `etcd unreachable (no answer)` while etcd was healthy.
+    """
+    delay = 2.0
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wait: float) -> None:
+        await asyncio.sleep(wait)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(etcd.host, etcd.client_port)
+        await asyncio.gather(pipe(client_r, server_w, 0.0), pipe(server_r, client_w, delay))
+
+    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        async with Registry(f"127.0.0.1:{port}", request_timeout=10.0) as reg:
+            started = asyncio.get_running_loop().time()
+            assert await reg.nodes() == []
+            assert asyncio.get_running_loop().time() - started >= delay
+    finally:
+        proxy.close()
