@@ -25,7 +25,7 @@ import time
 import uvloop
 from emunet.nodes.runtime import NodeRuntime
 
-from emunet.dataplane.netns import FRAG_HIGH_THRESH, FRAG_TRUESIZE
+from emunet.dataplane.frag import FRAG_HIGH_THRESH, FRAG_TRUESIZE
 from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply
 from emunet.packets import ipv4
@@ -106,7 +106,7 @@ async def main(fragments: int, rate: int) -> None:
         await asyncio.sleep(0.5)
         stop.set()
         flooded = await flood_pings
-        queues = len(n2.root._frags) + len(n2.pods["c"].netns._frags)
+        queues = len(n2.root.defrag.queues) + len(n2.pods["c"].netns.defrag.queues)
         taken = r2.stats.overlay_rx
 
     p99_base, text_base = _describe("baseline (no flood)", baseline)

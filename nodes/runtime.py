@@ -59,6 +59,7 @@ from emunet.dataplane.netns import Namespace
 from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply, PingSocket, SocketErrorEvent, UDPSocket
 from emunet.dataplane.tcp import TCPConnection, TCPListener, TCPState
+from emunet.dataplane.trace import Drop
 from emunet.errors import ConfigError, EmunetError, SocketError
 
 __all__ = [
@@ -429,7 +430,7 @@ class NodeRuntime:
     def _wire_in(self, data: bytes, addr: tuple[str, int]) -> None:
         self.stats.wire_rx += 1
         if len(data) < 20:
-            self.node.root.drop(self.now(), self.node.eth0, "malformed", "wire datagram")
+            self.node.root.drop(self.now(), self.node.eth0, Drop.MALFORMED, "wire datagram")
             return
         self.node.underlay_received(data, self.now())
         self.poke()

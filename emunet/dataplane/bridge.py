@@ -6,19 +6,19 @@ The bridge device's own MAC is a permanent *local* entry: frames to it go up
 to the root namespace's IP stack. Broadcast, multicast and unknown unicast are
 flooded to every port but the ingress one (the local device gets broadcast and
 multicast too).
+
+A port's frames arrive at :meth:`Bridge.port_rx` (its rx_handler, as Linux's
+``br_handle_frame``); the bridge device's own transmit is :meth:`Bridge.xmit`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from emunet.dataplane.interfaces import Interface, RxHandler
+from emunet.dataplane.trace import Drop, Tracer
 from emunet.packets.mac import MAC
-
-if TYPE_CHECKING:
-    from emunet.dataplane.interfaces import Interface
-    from emunet.dataplane.trace import Tracer
 
 DEFAULT_AGEING = 300.0
 FORGOTTEN = -math.inf  # the update time of a removed entry: older than any ageing
@@ -37,37 +37,64 @@ class FdbEntry:
 class Bridge:
     """Holds the FDB and forwards frames between its ports.
 
-    ``deliver(port, frame)`` transmits on a port (the node queues it);
-    ``local(frame)`` hands a frame to the bridge device's own stack;
-    ``trace(event, detail, iface)`` reports a hop when tracing is on.
+    ``device``: the bridge device (``cni0``), whose MAC is the bridge's;
+    ``deliver(port, frame, now)`` transmits on a port (the namespace's L2 transmit);
+    ``local(device, frame, now)`` hands a frame to the bridge device's own stack;
+    ``trace(now, event, detail, iface)`` reports a hop when tracing is on;
+    ``drop(now, iface, reason, detail)`` counts a frame the bridge cannot take.
     """
 
     def __init__(
         self,
-        name: str,
-        mac: MAC,
+        device: Interface,
         *,
-        deliver: Callable[[Interface, bytes | bytearray, float], None],
-        local: Callable[[bytes | bytearray, float], None],
+        deliver: RxHandler,
+        local: RxHandler,
         trace: Callable[[float, str, str, str], None],
+        drop: Callable[[float, Interface | None, Drop, str], None],
         tracer: Tracer,
         ageing_time: float = DEFAULT_AGEING,
     ) -> None:
-        self.name = name
-        self.mac = mac
+        assert device.mac is not None
+        self.name = device.name
+        self.device = device
+        self.mac = device.mac
         self.ports: list[Interface] = []
         self.fdb: dict[bytes, FdbEntry] = {}
         self.ageing_time = ageing_time
         self._deliver = deliver
         self._local = local
         self._trace = trace
+        self._drop = drop
         self._tracer = tracer
+        device.start_xmit = self.xmit
         # br_netfilter: IPv4 frames bridged between two ports cross the root
         # namespace's netfilter hooks; the hook returns the (rewritten) frame or None
         self.nf_hook: NfHook | None = None
 
     def add_port(self, port: Interface) -> None:
+        """``ip link set PORT master BRIDGE``: the port's frames come to :meth:`port_rx`."""
+        port.enslave(self.device, self.port_rx)
         self.ports.append(port)
+
+    def port_rx(self, port: Interface, frame: bytes | bytearray, now: float) -> None:
+        """A frame received on a port (a veth enslaved to the bridge)."""
+        size = len(frame)
+        port.rx_packets += 1
+        port.rx_bytes += size
+        if port.taps:
+            for tap in port.taps:
+                tap(now, frame)
+        if size < 14:
+            self._drop(now, port, Drop.MALFORMED, f"ethernet frame of {size} bytes")
+            return
+        if self._tracer.enabled:
+            self._trace(now, "rx", f"bridge port of {self.name}", port.name)
+        self.input(port, frame, now)
+
+    def xmit(self, frame: bytes | bytearray, now: float) -> None:
+        """The bridge device transmits: the frame enters the bridge from its local port."""
+        self.input(None, frame, now)
 
     def remove_port(self, port: Interface) -> None:
         if port in self.ports:
@@ -103,7 +130,7 @@ class Bridge:
                 )
             self._flood(port, frame, now)
             if port is not None:
-                self._local(frame, now)
+                self._local(self.device, frame, now)
             return
         if dst == self.mac:
             if port is not None:
@@ -111,7 +138,7 @@ class Bridge:
                     self._trace(
                         now, "fdb local", f"{MAC(dst)} is {self.name}: up to the IP stack", ""
                     )
-                self._local(frame, now)
+                self._local(self.device, frame, now)
             return
         if port is not None and self.nf_hook is not None and frame[12:14] == b"\x08\x00":
             hooked = self.nf_hook(port, frame, now)

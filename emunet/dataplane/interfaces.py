@@ -19,13 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from ipaddress import IPv4Interface
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from emunet.packets.mac import MAC
-
-if TYPE_CHECKING:
-    from emunet.dataplane.bridge import Bridge
-    from emunet.dataplane.netns import Namespace
 
 LOOPBACK = "loopback"
 VETH = "veth"
@@ -38,12 +34,27 @@ L2_KINDS = frozenset({VETH, BRIDGE})
 
 # A tap sees (now, bytes) for every frame/packet received or sent.
 Tap = Callable[[float, bytes | bytearray], None]
+# What takes a frame arriving on an L2 interface (Linux's rx_handler).
+RxHandler = Callable[["Interface", bytes | bytearray, float], None]
+# A driver's transmit of an L2 device (the bridge device: into the bridge).
+StartXmit = Callable[[bytes | bytearray, float], None]
+# A driver's transmit of an L3 device (a packet and its next hop): flanneld
+# reading flannel0, or the node's eth0 putting it on the node network.
+L3Xmit = Callable[[bytearray, bytes, float], None]
+
+
+class Stack(Protocol):
+    """The namespace an interface belongs to, as the interface sees it."""
+
+    name: str
+
+    def rx_frame(self, iface: Interface, frame: bytes | bytearray, now: float) -> None: ...
 
 
 class Interface:
     __slots__ = (
         "addresses",
-        "bridge",
+        "driver",
         "index",
         "kind",
         "mac",
@@ -56,6 +67,7 @@ class Interface:
         "rx_bytes",
         "rx_dropped",
         "rx_packets",
+        "start_xmit",
         "taps",
         "tx_bytes",
         "tx_dropped",
@@ -65,7 +77,7 @@ class Interface:
 
     def __init__(
         self,
-        netns: Namespace,
+        netns: Stack,
         name: str,
         kind: str,
         *,
@@ -83,11 +95,12 @@ class Interface:
         self.addresses: list[IPv4Interface] = []
         self.peer: Interface | None = None
         self.master: Interface | None = None  # the bridge device this port belongs to
-        self.bridge: Bridge | None = None  # set on the bridge device itself
+        self.start_xmit: StartXmit | None = None  # the bridge device: into its bridge
+        self.driver: L3Xmit | None = None  # flannel0 (flanneld), eth0 (the node network)
         self.taps: list[Tap] = []
         # what takes a frame arriving on this L2 interface: its namespace's
-        # rx_frame, or bridge_port_rx once it is a bridge port (enslave)
-        self.receive: Callable[[Interface, bytes | bytearray, float], None] = netns.rx_frame
+        # rx_frame, or its bridge's port_rx once it is a bridge port (enslave)
+        self.receive: RxHandler = netns.rx_frame
         self.rx_packets = 0
         self.rx_bytes = 0
         self.rx_dropped = 0
@@ -95,10 +108,11 @@ class Interface:
         self.tx_bytes = 0
         self.tx_dropped = 0
 
-    def enslave(self, master: Interface) -> None:
-        """``ip link set dev VETH master BRIDGE``: a bridge port from now on."""
+    def enslave(self, master: Interface, rx_handler: RxHandler) -> None:
+        """``ip link set dev VETH master BRIDGE``: a bridge port from now on, its
+        frames taken by the bridge's ``rx_handler``."""
         self.master = master
-        self.receive = self.netns.bridge_port_rx
+        self.receive = rx_handler
 
     @property
     def is_l2(self) -> bool:

@@ -306,9 +306,9 @@ class Netfilter:
         one state update (no rule matches a packet that is not NEW, and a
         connection without a NAT binding is not rewritten): conntrack's
         :meth:`ConntrackTable.refresh_established`, and forgetting :attr:`left`
-        as any packet entering the hooks does (a flow cache may do these two
-        itself). Returns the entry and the packet's direction, or None, having
-        changed nothing, when the packet needs the full hooks: not tracked yet,
+        as any packet entering the hooks does (:meth:`flow_refresh`). Returns the
+        entry and the packet's direction, or None, having changed nothing, when
+        the packet needs the full hooks: not tracked yet,
         NEW (no reply seen), NATed or marked, or a TCP segment whose flags could
         move the state (SYN, FIN, RST).
         """
@@ -323,10 +323,19 @@ class Netfilter:
         hit = self.conntrack.lookup((proto, src, dst, sport, dport), now)
         if hit is None:
             return None
-        if not self.conntrack.refresh_established(hit[0], pkt[ihl + 13] if proto == 6 else 0, now):
+        if not self.flow_refresh(hit[0], pkt[ihl + 13] if proto == 6 else 0, now):
             return None
-        self.left = None
         return hit
+
+    def flow_refresh(self, ct: ConntrackEntry, flags: int, now: float) -> bool:
+        """The hooks' whole work for a packet of an ESTABLISHED, un-NATed connection
+        whose entry the caller holds (a flow table's): conntrack's refresh, and
+        :attr:`left` forgotten as any packet entering the hooks does. False, having
+        changed nothing, when the packet needs the full hooks."""
+        if not self.conntrack.refresh_established(ct, flags, now):
+            return False
+        self.left = None
+        return True
 
     def input(self, pkt: bytearray, in_iface: str, now: float) -> Verdict:
         if pkt is not self._skb:

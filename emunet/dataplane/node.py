@@ -27,23 +27,23 @@ dropped with reason ``internal error``, so one bad packet never stops a node.
 from __future__ import annotations
 
 import random
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from emunet.cluster.kubeproxy import EndpointsMap, Service
-from emunet.dataplane.actions import Action, UnderlayPacket
+from emunet.dataplane.actions import UnderlayPacket
+from emunet.dataplane.br_netfilter import BrNetfilter
 from emunet.dataplane.bridge import DEFAULT_AGEING, Bridge
 from emunet.dataplane.interfaces import BRIDGE, DUMMY, TUN, UNDERLAY, VETH, Interface
-from emunet.dataplane.lpm import PrefixMap
-from emunet.dataplane.netfilter import Netfilter, Verdict
-from emunet.dataplane.netns import Namespace, describe, fragment
-from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP, Lease
+from emunet.dataplane.machine import Machine
+from emunet.dataplane.netfilter import Netfilter
+from emunet.dataplane.netns import Namespace
+from emunet.dataplane.overlay import DEFAULT_PORT, OVERHEAD, FlannelUDP
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError
-from emunet.packets import arp, ethernet, icmp, ipv4, udp
+from emunet.packets import arp, ethernet
 from emunet.packets.ethernet import ETH_P_ARP
 from emunet.packets.mac import MAC
 
@@ -69,7 +69,7 @@ class Pod:
         return self.netns.interfaces["eth0"]
 
 
-class Node:
+class Node(Machine):
     """A node's data plane: root namespace, pods, cni0, flannel0, eth0."""
 
     def __init__(
@@ -95,20 +95,13 @@ class Node:
         seed: int | None = None,
         strict: bool = False,
     ) -> None:
-        self.name = name
         self.node_ip = IPv4Address(node_ip)
         self.subnet = IPv4Network(subnet)
         self.network = IPv4Network(network)
         if not self.subnet.subnet_of(self.network):
             raise ConfigError(f"node {name}: subnet {self.subnet} is not inside {self.network}")
-        self.tracer = tracer or Tracer()
-        self.strict = strict
-        self.rng = random.Random(seed)
-        self.actions: list[Action] = []
+        super().__init__(name, tracer, random.Random(seed), strict)
         self.internal_errors = 0
-        self.queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
-        self._running = False
-        self._ident = self.rng.randrange(0x10000)
         self._mac_seq = 0
 
         self.root = Namespace(self, "root", ip_forward=True)
@@ -116,6 +109,7 @@ class Node:
         # eth0: the node's link to the node network (docker network, loopback...)
         node_net = IPv4Network(node_network)
         self.eth0 = root.add_interface("eth0", UNDERLAY, mtu=underlay_mtu)
+        self.eth0.driver = self.underlay_xmit
         root.add_address(self.eth0, IPv4Interface(f"{self.node_ip}/{node_net.prefixlen}"))
         if gateway is not None:
             root.add_route("0.0.0.0/0", self.eth0, via=gateway)
@@ -123,21 +117,29 @@ class Node:
         self.gateway_ip = next(self.subnet.hosts())
         self.pod_mtu = pod_mtu if pod_mtu is not None else underlay_mtu - OVERHEAD
         self.cni0 = root.add_interface("cni0", BRIDGE, mac=self._new_mac(), mtu=self.pod_mtu)
-        assert self.cni0.mac is not None
         self.bridge = Bridge(
-            "cni0",
-            self.cni0.mac,
-            deliver=self._bridge_deliver,
-            local=self._bridge_local,
+            self.cni0,
+            deliver=root.l2_xmit,
+            local=root.rx_frame,
             trace=self._bridge_trace,
+            drop=root.drop,
             tracer=self.tracer,
             ageing_time=ageing_time,
         )
-        self.cni0.bridge = self.bridge
         root.add_address(self.cni0, IPv4Interface(f"{self.gateway_ip}/{self.subnet.prefixlen}"))
         # flannel0: TUN with the subnet's network address as /32, the Network routed to it
-        self.flannel = FlannelUDP(self.subnet, flannel_port)
         self.flannel0 = root.add_interface("flannel0", TUN, mtu=underlay_mtu - OVERHEAD)
+        self.flannel = FlannelUDP(
+            self.subnet,
+            self.node_ip,
+            root=root,
+            flannel0=self.flannel0,
+            eth0=self.eth0,
+            emit=self.actions.append,
+            enqueue=self.enqueue,
+            tracer=self.tracer,
+            port=flannel_port,
+        )
         root.add_address(self.flannel0, IPv4Interface(f"{self.subnet.network_address}/32"))
         root.add_route(self.network, self.flannel0)
         self.pods: dict[str, Pod] = {}
@@ -165,12 +167,20 @@ class Node:
                 ipvs_scheduler=ipvs_scheduler,
             )
             root.netfilter = self.netfilter
-            self.bridge.nf_hook = self._br_netfilter
+            self.bridge.nf_hook = BrNetfilter(
+                self.netfilter,
+                root,
+                self.cni0,
+                self.gateway_ip,
+                forward=self.bridge.forward,
+                enqueue=self.enqueue,
+                tracer=self.tracer,
+            ).hook
             if self.netfilter.mode == "ipvs":
                 # IPVS mode binds every ClusterIP to this dummy device
                 self.kube_ipvs0 = root.add_interface("kube-ipvs0", DUMMY)
             if flow_cache:
-                root.flows = {}
+                root.enable_flows(self.netfilter)
 
     # --------------------------------------------------------- context API
 
@@ -182,147 +192,16 @@ class Node:
             + bytes((self._mac_seq & 0xFF,))
         )
 
-    def next_ident(self) -> int:
-        self._ident = (self._ident + 1) & 0xFFFF
-        return self._ident
-
-    def random_port(self, low: int, high: int) -> int:
-        return self.rng.randint(low, high)
-
-    def tcp_iss(self) -> int:
-        return self.rng.randrange(1 << 32)
-
-    def enqueue(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` after what is already queued (at the next :meth:`process`)."""
-        self.queue.append((fn, args))
-
-    def process(self) -> None:
-        """Run the node's queue to completion.
-
-        Entry points call it; after socket calls made by applications (which
-        only queue work, so an app is never re-entered from inside its own
-        call) the owner of the node calls it, as the fabric and the agent do.
-        """
-        if self._running:
-            return
-        self._running = True
-        queue = self.queue
-        strict = self.strict
-        try:
-            while queue:  # as _drain, inlined: every packet comes this way
-                step, a = queue.popleft()
-                if strict:
-                    step(*a)
-                    continue
-                try:
-                    step(*a)
-                except Exception as exc:  # a bad packet must not stop a node
-                    self._internal_error(exc, a)
-        finally:
-            self._running = False
-
-    def run(self, fn: Callable[..., None], *args: Any) -> None:
-        """``enqueue(fn, *args)`` then :meth:`process`, without the queue's round
-        trip when it is idle and empty (the same order, one step less)."""
-        if self._running or self.queue:
-            self.queue.append((fn, args))
-            self.process()
-            return
-        self._running = True
-        try:
-            if self.strict:
-                fn(*args)
-            else:
-                try:
-                    fn(*args)
-                except Exception as exc:  # a bad packet must not stop a node
-                    self._internal_error(exc, args)
-            self._drain()
-        finally:
-            self._running = False
-
-    def _drain(self) -> None:
-        queue = self.queue
-        strict = self.strict
-        while queue:
-            step, a = queue.popleft()
-            if strict:
-                step(*a)
-                continue
-            try:
-                step(*a)
-            except Exception as exc:  # a bad packet must not stop a node
-                self._internal_error(exc, a)
-
-    def _internal_error(self, exc: Exception, a: tuple[Any, ...]) -> None:
+    def step_failed(self, exc: Exception, args: tuple[Any, ...]) -> None:
+        """A step raised: counted, and the packet dropped with reason ``internal error``."""
         self.internal_errors += 1
-        now = a[-1] if a and isinstance(a[-1], float) else 0.0
-        self.root.drop(now, None, "internal error", repr(exc))
+        now = args[-1] if args and isinstance(args[-1], float) else 0.0
+        self.root.drop(now, None, Drop.INTERNAL_ERROR, repr(exc))
 
     # ------------------------------------------------------------ bridge glue
 
-    # The bridge hands frames on by direct calls: neither transmitting on a port
-    # (the veth hop into a pod is queued) nor the root stack's receive can call
-    # an app back synchronously, so no app is re-entered from its own call.
-
-    def _bridge_deliver(self, port: Interface, frame: bytes | bytearray, now: float) -> None:
-        self.root.l2_xmit(port, frame, now)
-
-    def _bridge_local(self, frame: bytes | bytearray, now: float) -> None:
-        self.root.rx_frame(self.cni0, frame, now)
-
     def _bridge_trace(self, now: float, event: str, detail: str, iface: str) -> None:
         self.tracer.hop(now, self.name, "root", iface or "cni0", event, detail)
-
-    def _br_netfilter(
-        self, port: Interface, frame: bytes | bytearray, now: float
-    ) -> bytes | bytearray | None:
-        """br_netfilter: an IPv4 frame bridged between pods crosses the iptables hooks.
-
-        Kubernetes requires ``bridge-nf-call-iptables=1``: without it the reply
-        of a same-node Service endpoint would skip conntrack's reverse DNAT.
-        """
-        nf = self.netfilter
-        assert nf is not None
-        pkt = bytearray(memoryview(frame)[14:])
-        n = len(pkt)
-        if n < 20 or pkt[0] >> 4 != 4 or (pkt[2] << 8 | pkt[3]) > n:
-            return frame  # not for the hooks: the receiving stack drops it with a reason
-        total = pkt[2] << 8 | pkt[3]
-        if total < n:
-            del pkt[total:]
-        root, cni0 = self.root, self.cni0
-        if not self.tracer.enabled and nf.fast_forward(pkt, now) is not None:
-            return frame  # established, un-NATed: the hooks would change nothing
-        fragmented = bool(pkt[6] & 0x3F or pkt[7])
-        if fragmented:
-            # nf_defrag: the hooks see whole packets; refragmented after POSTROUTING
-            whole = root.reassemble(port, pkt, now)
-            if whole is None:
-                return None
-            pkt = whole
-        old_dst = bytes(pkt[16:20])
-        verdict = nf.prerouting(pkt, "cni0", now)
-        if verdict != Verdict.ACCEPT:
-            root._nf_refused(port, pkt, verdict, now)
-            return None
-        if bytes(pkt[16:20]) != old_dst:
-            # DNAT'd: no longer a bridging decision, the root namespace routes it
-            self.enqueue(root.route_input, cni0, pkt, now)
-            return None
-        verdict = nf.forward(pkt, "cni0", "cni0", now)
-        if verdict == Verdict.ACCEPT:
-            verdict = nf.postrouting(pkt, "cni0", self.gateway_ip, now)
-        if verdict != Verdict.ACCEPT:
-            root._nf_refused(port, pkt, verdict, now)
-            return None
-        header = bytes(memoryview(frame)[:14])
-        if not fragmented:
-            return header + pkt
-        pieces = fragment(pkt, cni0.mtu) if len(pkt) > cni0.mtu else [pkt]
-        for piece in pieces:
-            self.bridge.forward(port, header[:6], header + piece, now)
-        return None
 
     def set_services(
         self, services: Sequence[Service], endpoints: EndpointsMap, now: float
@@ -351,69 +230,8 @@ class Node:
 
     # ------------------------------------------------------------- overlay
 
-    def tun_xmit(self, dev: Interface, pkt: bytearray, now: float) -> None:
-        """flanneld read a packet from flannel0 (``tun_to_udp``): route, then TTL."""
-        lease = self.flannel.lookup(bytes(pkt[16:20]))
-        if lease is None:
-            self.flannel.no_lease += 1
-            # written back into the TUN: arrives on flannel0 from the flannel0 address
-            self._flannel_unreachable(pkt, now)
-            self.root.drop(now, dev, Drop.FLANNEL_NO_LEASE, str(IPv4Address(bytes(pkt[16:20]))))
-            return
-        if not FlannelUDP.decrement_ttl(pkt):  # zero means discard, without ICMP
-            self.flannel.ttl_drops += 1
-            self.root.drop(
-                now, dev, Drop.FLANNEL_TTL_ZERO, describe(pkt) if self.tracer.enabled else ""
-            )
-            return
-        if self.tracer.enabled:
-            self.root.trace(
-                now,
-                "flannel0",
-                "encapsulate",
-                f"udp {self.node_ip}:{self.flannel.port} > {lease.addr[0]}:{lease.addr[1]} "
-                f"(lease {lease.subnet})",
-            )
-        eth0 = self.eth0
-        if self.tracer.enabled:
-            self.root.trace(
-                now,
-                "eth0",
-                "tx",
-                f"{self.node_ip} > {lease.public_ip}: udp 8285 > {lease.addr[1]}"
-                f" len {len(pkt)} (flannel udp, inner {describe(pkt)})",
-            )
-        eth0.tx_packets += 1
-        eth0.tx_bytes += len(pkt) + OVERHEAD
-        if eth0.taps:
-            outer = self._outer(self.node_ip, lease.public_ip, pkt)
-            for tap in eth0.taps:
-                tap(now, outer)
-        self.actions.append((lease.addr, pkt))  # an overlay datagram
-
-    def tun_flow_target(self) -> tuple[PrefixMap[Lease], Interface]:
-        """For the flow cache's replay of :meth:`tun_xmit`: flanneld's lease table
-        (a flow keeps its lease per version of it) and eth0."""
-        return self.flannel.table, self.eth0
-
-    def _flannel_unreachable(self, pkt: bytearray, now: float) -> None:
-        """flanneld's ``send_net_unreachable``: never about any ICMP packet (not only
-        errors) nor a non-first fragment; TTL 8, id 0, no DF; from flannel0's address."""
-        if pkt[6] & 0x1F or pkt[7] or pkt[9] == ipv4.PROTO_ICMP:
-            return
-        msg = icmp.error(icmp.DEST_UNREACH, icmp.NET_UNREACH, pkt)
-        src = self.subnet.network_address.packed
-        reply = ipv4.build_fast(src, bytes(pkt[12:16]), ipv4.PROTO_ICMP, msg, ttl=8, df=False)
-        self.enqueue(self.root.rx_packet, self.flannel0, reply, now)
-
-    @staticmethod
-    def _outer(src: IPv4Address, dst: IPv4Address, inner: bytes | bytearray) -> bytearray:
-        """The underlay datagram as it appears on eth0 (for captures only)."""
-        port = DEFAULT_PORT
-        seg = udp.build_fast(port, port, inner, src.packed, dst.packed)
-        return ipv4.build_fast(src.packed, dst.packed, ipv4.PROTO_UDP, seg, df=False)
-
-    def underlay_xmit(self, dev: Interface, next_hop: bytes, pkt: bytearray, now: float) -> None:
+    def underlay_xmit(self, pkt: bytearray, next_hop: bytes, now: float) -> None:
+        """eth0's driver: a packet for the node network leaves the node."""
         self.actions.append(UnderlayPacket(IPv4Address(next_hop), pkt))
 
     # -------------------------------------------------------- entry points
@@ -422,63 +240,7 @@ class Node:
         self, src: tuple[str, int], payload: bytes | bytearray, now: float
     ) -> None:
         """A UDP datagram arrived on the flannel port (flanneld's ``udp_to_tun``)."""
-        n = len(payload)
-        eth0 = self.eth0
-        eth0.rx_packets += 1
-        eth0.rx_bytes += n + OVERHEAD
-        pkt = bytearray(payload)
-        if eth0.taps:
-            outer = self._outer(IPv4Address(src[0]), self.node_ip, pkt)
-            for tap in eth0.taps:
-                tap(now, outer)
-        flannel0 = self.flannel0
-        flannel = self.flannel
-        if src[0] not in flannel.peers:  # a sender that holds no lease
-            flannel.from_unknown += 1
-            if not flannel.accept_unknown:
-                self.root.drop(now, flannel0, Drop.OVERLAY_UNKNOWN_PEER, src[0])
-                return
-        if n < 20 or pkt[0] >> 4 != 4:
-            self.root.drop(now, flannel0, Drop.MALFORMED, f"overlay payload of {n} bytes")
-            return
-        if n > flannel0.mtu:
-            # flanneld reads into a buffer of flannel0's MTU: the rest is cut off and
-            # the kernel drops what it writes into the TUN
-            self.root.drop(
-                now,
-                flannel0,
-                Drop.MALFORMED,
-                f"overlay datagram of {n} bytes > flannel0 mtu {flannel0.mtu}",
-            )
-            return
-        if self.tracer.enabled:
-            self.root.trace(
-                now,
-                "eth0",
-                "rx",
-                f"{src[0]} > {self.node_ip}: udp {src[1]} > "
-                f"{self.flannel.port} len {len(pkt)} (flannel udp)",
-            )
-            self.root.trace(now, "flannel0", "decapsulate", f"udp from {src[0]}:{src[1]}")
-        if pkt[8] <= 1:  # flannel's decrement_ttl would reach zero: discard
-            self.flannel.ttl_drops += 1
-            self.root.drop(
-                now,
-                flannel0,
-                Drop.FLANNEL_TTL_ZERO,
-                describe(pkt) if self.tracer.enabled else "",
-            )
-            return
-        root = self.root
-        if root.flows is not None and not self.tracer.enabled and not flannel0.taps:
-            # rx_packet's work (count, then ip_rcv) with the decrement left to
-            # ip_rcv, to be done with FORWARD's (see its ``pending``)
-            flannel0.rx_packets += 1
-            flannel0.rx_bytes += n
-            self.run(root.ip_rcv, flannel0, pkt, now, 1)
-            return
-        ipv4.decrement_ttl(pkt)
-        self.run(root.rx_packet, flannel0, pkt, now)
+        self.run(self.flannel.udp_to_tun, src, payload, now)
 
     def underlay_received(self, packet: bytes | bytearray, now: float) -> None:
         """An IPv4 packet arrived on eth0 from the node network (not the overlay)."""
@@ -494,12 +256,6 @@ class Node:
         else:
             self.enqueue(ns.rx_packet, dev, bytearray(data), now)
         self.process()
-
-    def take_actions(self) -> list[Action]:
-        """Run what is queued, then hand over what must leave the node."""
-        self.process()
-        out, self.actions = self.actions, []
-        return out
 
     # ---------------------------------------------------------------- leases
 
@@ -546,7 +302,6 @@ class Node:
         ns.add_route("0.0.0.0/0", eth0, via=self.gateway_ip)
         veth_name = "veth" + self.rng.randbytes(4).hex()
         veth = self.root.add_interface(veth_name, VETH, mac=self._new_mac(), mtu=self.pod_mtu)
-        veth.enslave(self.cni0)
         eth0.peer, veth.peer = veth, eth0
         self.bridge.add_port(veth)
         pod = Pod(name, namespace, ns, addr, mac, veth_name, tuple(containers), dict(labels or {}))

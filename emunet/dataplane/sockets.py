@@ -13,13 +13,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from emunet.errors import SocketError
 from emunet.packets import icmp
-
-if TYPE_CHECKING:
-    from emunet.dataplane.netns import Namespace
 
 ANY = IPv4Address(0)
 RCVBUF_DATAGRAMS = 4096
@@ -74,8 +71,28 @@ class EchoReply:
     rtt: float
 
 
+class SocketLayer(Protocol):
+    """What a socket calls in its namespace's transport layer."""
+
+    def bind_port(
+        self, proto: int, addr: IPv4Address, port: int, sock: Any
+    ) -> tuple[IPv4Address, int]: ...
+
+    def unbind_port(self, proto: int, local: tuple[IPv4Address, int]) -> None: ...
+
+    def udp_send(
+        self, sock: UDPSocket, data: bytes, dst: IPv4Address, dport: int, now: float
+    ) -> None: ...
+
+    def ping_send(
+        self, sock: PingSocket, dst: IPv4Address, msg: bytes, now: float, ttl: int, df: bool
+    ) -> None: ...
+
+    def ping_closed(self, sock: PingSocket) -> None: ...
+
+
 class _Socket:
-    def __init__(self, ns: Namespace) -> None:
+    def __init__(self, ns: SocketLayer) -> None:
         self.ns = ns
         self.errors: deque[SocketErrorEvent] = deque(maxlen=256)
         self.on_event: Callable[[], None] | None = None
@@ -93,7 +110,7 @@ class _Socket:
 class UDPSocket(_Socket):
     """A UDP socket: bind, sendto, recvfrom; ``ttl`` and ``df`` like IP_TTL/IP_MTU_DISCOVER."""
 
-    def __init__(self, ns: Namespace) -> None:
+    def __init__(self, ns: SocketLayer) -> None:
         super().__init__(ns)
         self.local: tuple[IPv4Address, int] | None = None
         self.rx: deque[tuple[bytes, tuple[IPv4Address, int]]] = deque()
@@ -136,7 +153,7 @@ class UDPSocket(_Socket):
 class PingSocket(_Socket):
     """An ICMP echo socket (like Linux's ``SOCK_DGRAM``/``IPPROTO_ICMP`` ping socket)."""
 
-    def __init__(self, ns: Namespace, ident: int) -> None:
+    def __init__(self, ns: SocketLayer, ident: int) -> None:
         super().__init__(ns)
         self.ident = ident
         self.replies: deque[EchoReply] = deque()
@@ -157,9 +174,7 @@ class PingSocket(_Socket):
             raise SocketError("EBADF", "socket is closed")
         self.sent[seq & 0xFFFF] = now
         msg = icmp.echo(icmp.ECHO_REQUEST, self.ident, seq, payload)
-        self.ns.ip_send_local(
-            1, None, IPv4Address(dst), msg, now, ttl=ttl or self.ttl, df=df, owner=self
-        )
+        self.ns.ping_send(self, IPv4Address(dst), msg, now, ttl or self.ttl, df)
 
     def reply_received(self, seq: int, src: IPv4Address, ttl: int, size: int, now: float) -> None:
         sent = self.sent.pop(seq, None)
@@ -170,4 +185,4 @@ class PingSocket(_Socket):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.ns.ping_sockets.pop(self.ident, None)
+            self.ns.ping_closed(self)

@@ -309,3 +309,34 @@ def test_flow_cache_follows_every_change_it_was_decided_with() -> None:
         assert a == b, i
     for key in ("counters", "drops", "conntrack"):
         assert fast[key] == slow[key], key
+
+
+def test_a_connection_to_the_node_itself_is_delivered_not_forwarded() -> None:
+    """An established, un-NATed connection from a pod to a socket of the node's own
+    root namespace must never get a flow: its packets are for this host (the
+    route table alone would send them back out of cni0)."""
+    fab = Fabric(nodes=1, seed=5)
+    node = fab.node("node1")
+    pod = fab.add_pod("node1", "a")
+    lst = node.root.tcp_listen(7000)
+    got = bytearray()
+    conns: list[TCPConnection] = []
+
+    def accept() -> None:
+        while (conn := lst.accept()) is not None:
+            conns.append(conn)
+
+            def drain(conn: TCPConnection = conn) -> None:
+                got.extend(conn.recv())
+
+            conn.on_event = drain
+
+    lst.on_event = accept
+    client = pod.netns.tcp_connect(node.gateway_ip, 7000, fab.now)
+    fab.run(0.2)
+    for i in range(20):
+        client.send(b"x" * 1000, fab.now)
+        fab.run(0.01)
+    fab.run(1.0)
+    assert bytes(got) == b"x" * 20000 and not node.drops()
+    assert node.root.flows is not None and len(node.root.flows) == 0

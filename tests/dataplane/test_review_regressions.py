@@ -108,7 +108,7 @@ def test_reassembly_rejects_oversized_and_overlapping_fragments() -> None:
             ns.reassemble(
                 pod.eth0, _fragment(pod.ip, "10.244.9.9", ident, off, size, more), fab.now
             )
-    assert ns._frags == {} and ns._frag_bytes == 0
+    assert ns.defrag.queues == {} and ns.defrag.bytes == 0
     assert node.drops()["malformed"] == 3
 
 
@@ -118,13 +118,13 @@ def test_reassembly_memory_is_bounded() -> None:
     ns = pod.netns
     for ident in range(6000):  # first fragments only: 6000 x 1400 bytes = 8.4 MB
         ns.reassemble(pod.eth0, _fragment(pod.ip, "10.244.9.9", ident, 0, 1400, True), fab.now)
-    assert ns._frag_bytes <= 4 * 1024 * 1024 and len(ns._frags) < 6000
+    assert ns.defrag.bytes <= 4 * 1024 * 1024 and len(ns.defrag.queues) < 6000
 
 
 def test_header_only_fragments_are_bounded_by_count_and_expire_from_the_front() -> None:
     """Issue 11: 20-byte fragments hold no data; they used to make unbounded
     queues, each scanned by every timer computation."""
-    from emunet.dataplane.netns import FRAG_HIGH_THRESH, FRAG_TIMEOUT, FRAG_TRUESIZE
+    from emunet.dataplane.frag import FRAG_HIGH_THRESH, FRAG_TIMEOUT, FRAG_TRUESIZE
 
     fab = Fabric(nodes=1, seed=1)
     pod = fab.add_pod("node1", "a")
@@ -132,14 +132,14 @@ def test_header_only_fragments_are_bounded_by_count_and_expire_from_the_front() 
     for ident in range(40_000):
         now = ident * 1e-4  # 4 s of a 10,000/s flood
         ns.reassemble(pod.eth0, _fragment(pod.ip, "10.244.9.9", ident % 65536, 8, 0, True), now)
-    assert len(ns._frags) == FRAG_HIGH_THRESH // FRAG_TRUESIZE
-    assert ns._frag_bytes <= FRAG_HIGH_THRESH
-    oldest = next(iter(ns._frags.values())).started
+    assert len(ns.defrag.queues) == FRAG_HIGH_THRESH // FRAG_TRUESIZE
+    assert ns.defrag.bytes <= FRAG_HIGH_THRESH
+    oldest = next(iter(ns.defrag.queues.values())).started
     assert ns.get_timer() == oldest + FRAG_TIMEOUT  # the front is the oldest queue
     ns.handle_timer(oldest + FRAG_TIMEOUT + 1.0)
-    assert all(r.started > oldest + 1.0 for r in ns._frags.values())
+    assert all(r.started > oldest + 1.0 for r in ns.defrag.queues.values())
     ns.handle_timer(100.0)
-    assert ns._frags == {} and ns._frag_bytes == 0
+    assert ns.defrag.queues == {} and ns.defrag.bytes == 0
     # a real datagram still reassembles afterwards
     for off, size, more in ((0, 800, True), (800, 200, False)):
         whole = ns.reassemble(pod.eth0, _fragment(pod.ip, "10.244.9.9", 7, off, size, more), 101)

@@ -593,7 +593,7 @@ async def test_a_fragment_flood_does_not_starve_the_node(pair: Pair) -> None:
     rtts.sort()
     p99 = rtts[int(len(rtts) * 0.99) - 1]
     assert p99 < 0.25, rtts
-    queued = len(pair.n2.root._frags) + len(pair.n2.pods["c"].netns._frags)
+    queued = len(pair.n2.root.defrag.queues) + len(pair.n2.pods["c"].netns.defrag.queues)
     assert 5000 < queued <= 16384, queued
 
 

@@ -1,0 +1,101 @@
+"""The flow table of a forwarding namespace, as Linux's ``nf_flowtable``.
+
+An ESTABLISHED, un-NATed TCP or UDP connection crosses the netfilter hooks the
+same way for every packet: one conntrack lookup and a state refresh, nothing
+rewritten (``Netfilter.fast_forward`` says when that holds). The first such
+packet of a connection seen here gets a flow: its conntrack entry and the
+route it was forwarded by. Later packets of the connection find the flow by
+their tuple and, while the route table is the one the flow was decided with
+and conntrack still calls the connection established and un-NATed, skip the
+hooks and the route lookup. As nf_flowtable's offload path, the namespace then
+decrements the TTL and hands the packet to the route's device, the output
+function every packet ends in (neighbours, the bridge, flanneld); a packet
+whose TTL or size the flow cannot take goes through forwarding, with the
+flow's route and without the hooks. Nothing else is kept, so nothing else can
+go stale.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Protocol
+
+from emunet.dataplane.routing import Route, RouteTable
+
+FLOW_TABLE_MAX = 65536
+_FLOW_KEY = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports) of a 20-byte header
+_DST = struct.Struct("!16x4s")
+
+
+class FlowHooks(Protocol):
+    """What the flow table asks of netfilter."""
+
+    def fast_forward(self, pkt: bytearray, now: float) -> tuple[Any, int] | None: ...
+
+    def flow_refresh(self, ct: Any, flags: int, now: float) -> bool: ...
+
+
+class Flow:
+    """One direction of a connection: its conntrack entry and its route
+    (``next_hop``: the route's gateway, packed; None for a direct route)."""
+
+    __slots__ = ("ct", "next_hop", "route", "version")
+
+    def __init__(self, ct: Any, route: Route | None, version: int) -> None:
+        self.ct = ct
+        self.route = route
+        self.version = version
+        self.next_hop = route.via.packed if route is not None and route.via is not None else None
+
+
+class FlowTable:
+    """The flows of one namespace, bounded (cleared whole when full)."""
+
+    def __init__(self, routes: RouteTable, local: dict[bytes, Any], hooks: FlowHooks) -> None:
+        self._routes = routes
+        self._prefixes = routes.prefixes  # its version changes with every route or address
+        self._local = local
+        self._hooks = hooks
+        self.flows: dict[tuple[int, bytes], Flow] = {}
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def lookup(self, pkt: bytearray, size: int, now: float) -> Flow | None:
+        """The flow of a packet to forward (a 20-byte header, checked, no fragment),
+        the hooks' work for it done; None, having changed nothing, when the packet
+        takes the full path. A flow whose route is None found none: the full
+        path's forwarding says what happens to the packet, without the hooks."""
+        proto = pkt[9]
+        if proto == 17:
+            if size < 28:
+                return None
+            flags = 0
+        elif proto == 6:
+            if size < 40:
+                return None
+            flags = pkt[33]
+        else:
+            return None
+        key = _FLOW_KEY.unpack_from(pkt)
+        flows = self.flows
+        flow = flows.get(key)
+        if flow is not None:
+            if flow.version == self._prefixes.version and self._hooks.flow_refresh(
+                flow.ct, flags, now
+            ):
+                return flow
+            del flows[key]
+            return None
+        dst = _DST.unpack_from(pkt)[0]
+        if dst in self._local:
+            return None
+        hit = self._hooks.fast_forward(pkt, now)
+        if hit is None:
+            return None
+        flow = Flow(hit[0], self._routes.lookup(dst), self._prefixes.version)
+        if flow.route is not None:
+            if len(flows) >= FLOW_TABLE_MAX:
+                flows.clear()
+            flows[key] = flow
+        return flow
