@@ -396,6 +396,23 @@ class ConntrackTable:
             e.expires = now + self.timeouts.generic
         return True
 
+    def track(
+        self, t: Tuple, flags: int, now: float
+    ) -> tuple[ConntrackEntry, int, TcpVerdict] | None:
+        """A packet of tuple ``t`` (TCP ``flags``) meets its connection: the live
+        entry, the packet's direction and :meth:`update`'s verdict; None when there
+        is none, or when the packet reopens it (a SYN on TIME_WAIT/CLOSE: the old
+        entry is removed, the packet starts a new one)."""
+        hit = self.lookup(t, now)
+        if hit is None:
+            return None
+        e, d = hit
+        v = self.update(e, d, flags, now)
+        if v == TcpVerdict.REOPEN:
+            self.remove(e)
+            return None
+        return e, d, v
+
     def update(self, e: ConntrackEntry, direction: int, flags: int, now: float) -> TcpVerdict:
         """Advance the state for a packet of an existing connection and refresh its timer."""
         if direction == REPLY and not e.status & _SEEN_REPLY:

@@ -31,7 +31,6 @@ from emunet.dataplane.conntrack import (
     ConntrackEntry,
     ConntrackTable,
     Status,
-    TcpVerdict,
 )
 from emunet.dataplane.netfilter import Verdict
 from emunet.dataplane.trace import Drop, Tracer
@@ -165,18 +164,15 @@ class GatewayNAT:
         src, dst = _II.unpack_from(pkt, 12)
         t = (proto, src, dst, sport, dport)
         table = self.conntrack
-        hit = table.lookup(t, now)
-        if hit is not None:
-            e, d = hit
-            v = table.update(e, d, flags, now)
-            if v != TcpVerdict.REOPEN:
-                self._ct, self._dir = e, d
-                other = e.tuples[1 - d]
-                if other[1] != dst or other[3] != dport:
-                    nat.manip(pkt, 0, end, False, other[1], other[3])
-                    self._hop(now, iface, "un-SNAT" if d else "DNAT", t, other)
-                return ACCEPT
-            table.remove(e)
+        tracked = table.track(t, flags, now)
+        if tracked is not None:  # established or not, the connection's NAT applies
+            e, d, _ = tracked
+            self._ct, self._dir = e, d
+            other = e.tuples[1 - d]
+            if other[1] != dst or other[3] != dport:
+                nat.manip(pkt, 0, end, False, other[1], other[3])
+                self._hop(now, iface, "un-SNAT" if d else "DNAT", t, other)
+            return ACCEPT
         if proto == 1 and pkt[ihl] not in _ICMP_QUERIES:
             return ACCEPT
         e2 = table.allocate(t, now)
@@ -239,10 +235,8 @@ class GatewayNAT:
         taken = self.conntrack.is_taken
         port = rdp
         if taken((p, rs, addr, rsp if p != 1 else port, port)):
-            lo, hi = (1, 511) if rdp < 512 else (600, 1023) if rdp < 1024 else (1024, 65535)
-            if p == 1:
-                lo, hi = 0, 65535
-            for cand in range(lo, hi + 1):
+            lo, size = nat.port_range(p, rdp)
+            for cand in range(lo, lo + size):
                 if not taken((p, rs, addr, rsp if p != 1 else cand, cand)):
                     port = cand
                     break
@@ -255,43 +249,23 @@ class GatewayNAT:
                             f"source -> {self.public_ip}:{port}")  # fmt: skip
 
     def _related(self, pkt: bytearray, ihl: int, end: int, iface: str, now: float) -> None:
-        ioff = ihl + 8
-        if end < ioff + 28:
+        quoted = nat.quoted_tuple(pkt, ihl, end)
+        if quoted is None:
             return
-        iihl = (pkt[ioff] & 0x0F) << 2
-        iproto = pkt[ioff + 9]
-        isrc, idst = _II.unpack_from(pkt, ioff + 12)
-        l4 = ioff + iihl
-        if end < l4 + 8:
-            return
-        if iproto == 6 or iproto == 17:
-            isport, idport = _HH.unpack_from(pkt, l4)
-        elif iproto == 1:
-            isport = idport = _U16.unpack_from(pkt, l4 + 4)[0]
-        else:
-            return
-        hit = self.conntrack.lookup((iproto, idst, isrc, idport, isport), now)
+        ioff, t = quoted
+        hit = self.conntrack.lookup(t, now)
         if hit is None:
             return
         e, d = hit
         self._ct, self._dir, self._inner = e, d, ioff
-        self._related_manip(pkt, end, e, d, False)
-        if self.tracer.enabled:
+        if self._related_manip(pkt, end, e, d, False) and self.tracer.enabled:
             self.tracer.hop(now, self.name, "root", iface, "NAT ICMP error",
                             "translated with its connection (RELATED)")  # fmt: skip
 
     def _related_manip(
         self, pkt: bytearray, end: int, e: ConntrackEntry, d: int, is_src: bool
-    ) -> None:
-        other = e.tuples[1 - d]
-        ioff = self._inner
-        if is_src:
-            nat.manip(pkt, ioff, end, False, other[2], other[4])
-            nat.manip_addr(pkt, 0, True, other[2])
-        else:
-            nat.manip(pkt, ioff, end, True, other[1], other[3])
-            nat.manip_addr(pkt, 0, False, other[1])
-        nat.fix_icmp_checksum(pkt, ((pkt[0] & 0x0F) << 2), end)
+    ) -> bool:
+        return nat.icmp_reply_translation(pkt, self._inner, end, e.tuples, e.status, d, is_src)
 
     def _hop(
         self, now: float, iface: str, what: str, t: tuple[int, ...], o: tuple[int, ...]

@@ -20,6 +20,7 @@ that comes out 0 is sent as 0xFFFF.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from emunet.packets.checksum import incremental_update, internet_checksum
 from emunet.packets.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
@@ -101,3 +102,80 @@ def fix_icmp_checksum(pkt: bytearray, icmp_off: int, end: int) -> None:
     """Recompute the ICMP checksum over ``pkt[icmp_off:end]``."""
     _U16.pack_into(pkt, icmp_off + 2, 0)
     _U16.pack_into(pkt, icmp_off + 2, internet_checksum(memoryview(pkt)[icmp_off:end]))
+
+
+# ---------------------------------------------------------------- ICMP errors
+# shared by every NAT engine (the node's netfilter, the internet gateway)
+
+_II = struct.Struct("!II")
+_HH = struct.Struct("!HH")
+_ICMP_QUERIES = frozenset({8, 13, 15, 17})
+_ICMP_REPLIES = frozenset({0, 14, 16, 18})
+SRC_NAT, DST_NAT = 1 << 4, 1 << 5  # conntrack's IPS_SRC_NAT, IPS_DST_NAT status bits
+
+
+def quoted_tuple(
+    pkt: bytes | bytearray, ihl: int, end: int
+) -> tuple[int, tuple[int, int, int, int, int]] | None:
+    """The ICMP error in ``pkt`` (IP header of ``ihl`` bytes): where its quoted
+    packet starts and that packet's tuple *inverted* (the quoted packet went the
+    other way, so its inverse is the error's direction); None when the quote is
+    too short or holds nothing conntrack tracks."""
+    ioff = ihl + 8
+    if end < ioff + 20:
+        return None
+    iihl = (pkt[ioff] & 0x0F) << 2
+    iproto = pkt[ioff + 9]
+    isrc, idst = _II.unpack_from(pkt, ioff + 12)
+    l4 = ioff + iihl
+    if iproto in (PROTO_TCP, PROTO_UDP):
+        if end < l4 + 4:
+            return None
+        isport, idport = _HH.unpack_from(pkt, l4)
+    elif iproto == PROTO_ICMP:
+        if end < l4 + 8 or (pkt[l4] not in _ICMP_QUERIES and pkt[l4] not in _ICMP_REPLIES):
+            return None
+        isport = idport = _U16.unpack_from(pkt, l4 + 4)[0]
+    else:
+        return None
+    return ioff, (iproto, idst, isrc, idport, isport)
+
+
+def icmp_reply_translation(
+    pkt: bytearray,
+    ioff: int,
+    end: int,
+    tuples: Sequence[tuple[int, int, int, int, int]],
+    status: int,
+    direction: int,
+    is_src: bool,
+) -> bool:
+    """Linux's ``nf_nat_icmp_reply_translation`` for one manip type: an ICMP error
+    travelling in ``direction`` of a connection (its ``tuples`` and NAT ``status``)
+    is rewritten as the packet it quotes was: the quoted packet with the inverse
+    manip, the error's own addresses, then the error's checksum. True if rewritten."""
+    bit = SRC_NAT if is_src else DST_NAT
+    if direction:  # REPLY
+        bit = DST_NAT if is_src else SRC_NAT
+    if not status & bit:
+        return False
+    other = tuples[1 - direction]
+    if is_src:
+        manip(pkt, ioff, end, False, other[2], other[4])
+    else:
+        manip(pkt, ioff, end, True, other[1], other[3])
+    manip_addr(pkt, 0, is_src, other[2] if is_src else other[1])
+    fix_icmp_checksum(pkt, ioff - 8, end)
+    return True
+
+
+def port_range(proto: int, port: int) -> tuple[int, int]:
+    """The (first, count) of the class of ``port`` a source NAT keeps a port in:
+    1-511, 600-1023, 1024-65535 (Linux's), or every ICMP identifier."""
+    if proto == PROTO_ICMP:
+        return 0, 65536
+    if port < 512:
+        return 1, 511
+    if port < 1024:
+        return 600, 424
+    return 1024, 64512

@@ -15,9 +15,8 @@ hooks of one packet's path (it stands for ``skb->_nfct``)::
     delivered:     prerouting(...) -> route -> input(pkt, in_iface, now)
     sent locally:  output(pkt, now) -> route -> postrouting(...)
 
-Bridged IPv4 between pods of one node must go through the same hooks
-(br_netfilter, ``bridge-nf-call-iptables=1`` as Kubernetes requires), or
-replies from a same-node endpoint bypass the un-DNAT.
+Bridged IPv4 between pods of one node goes through the same hooks
+(:mod:`~emunet.dataplane.br_netfilter`).
 
 ``Verdict.DROP``: ``last_drop`` holds the :class:`Drop` reason (already traced).
 ``Verdict.REJECT``: the node sends ``last_reject`` = ICMP (type, code) =
@@ -35,10 +34,9 @@ nat PREROUTING/OUTPUT, NEW packets only: KUBE-SERVICES is one lookup
 ``(proto, dst, dport)`` in the ClusterIP and LoadBalancer tables, then, if the
 destination is a local address, ``(proto, dport)`` in the NodePort table
 (KUBE-NODEPORTS, ``--dst-type LOCAL``). KUBE-SVC: ``! -s clusterCIDR`` marks
-for masquerade; ClientIP affinity rules (``recent --rcheck``) in endpoint order;
-then rule i of n matches with the kernel's 31-bit threshold for
-``--probability 1/(n-i)`` drawn from the injected ``random.Random``. KUBE-SEP:
-``-s endpoint`` marks (hairpin); ``recent --set``; DNAT. KUBE-EXT: Cluster
+for masquerade; the endpoint is :mod:`~emunet.dataplane.services`'s choice
+(affinity, then the rules' probabilities). KUBE-SEP: ``-s endpoint`` marks
+(hairpin); DNAT. KUBE-EXT: Cluster
 policy marks and goes to KUBE-SVC; Local policy sends pod sources to KUBE-SVC,
 marks LOCAL sources and sends them to KUBE-SVC, others to KUBE-SVL (local
 endpoints) or falls through (then the filter table DROPs). The mark 0x4000 is
@@ -59,23 +57,21 @@ without (local) endpoints REJECT/DROP. filter OUTPUT: as FORWARD's
 KUBE-SERVICES.
 
 IPVS mode keeps the same NAT and masquerade decisions (kube-proxy's IPVS
-proxier marks the same traffic) and replaces the endpoint choice by the
-scheduler: rr, lc (fewest conntrack entries), sh (source hash), dh
-(destination hash), with IPVS's multiplicative hash over 256 buckets. The DNAT
-is done at PREROUTING/OUTPUT here (real IPVS does it at LOCAL_IN on the
-kube-ipvs0 addresses); ``iptables_save`` shows the iptables-mode rules only.
+proxier marks the same traffic); only the endpoint choice is the scheduler's.
+The DNAT is done at PREROUTING/OUTPUT here (real IPVS does it at LOCAL_IN on
+the kube-ipvs0 addresses); ``iptables_save`` shows the iptables-mode rules only.
 """
 
 from __future__ import annotations
 
 import random
 import struct
-from collections import OrderedDict
 from collections.abc import Sequence
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Protocol
 
-from emunet.cluster import kubeproxy
+from emunet.cluster import iptables, kubeproxy
 from emunet.cluster.kubeproxy import (
     EndpointInfo,
     EndpointsMap,
@@ -97,6 +93,14 @@ from emunet.dataplane.conntrack import (
     Timeouts,
     Tuple,
 )
+from emunet.dataplane.services import (
+    RECENT_LIST_TOT,
+    Balancer,
+    Mode,
+    Scheduler,
+    ServiceFilters,
+    stale_udp,
+)
 from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import ConfigError
 
@@ -112,9 +116,6 @@ _ICMP_QUERIES = frozenset({8, 13, 15, 17})  # may open a connection
 _ICMP_REPLIES = frozenset({0, 14, 16, 18})
 _MULTICAST = (0xE0000000, 0xF0000000)  # 224.0.0.0/4
 
-RECENT_LIST_TOT = 100
-"""xt_recent's default ``ip_list_tot``: addresses remembered per list (oldest forgotten)."""
-
 
 class Verdict(IntEnum):
     ACCEPT = 0
@@ -122,20 +123,26 @@ class Verdict(IntEnum):
     REJECT = 2
 
 
-class Mode(StrEnum):
-    IPTABLES = "iptables"
-    IPVS = "ipvs"
+class NetfilterHooks(Protocol):
+    """The hook points a namespace calls (the netfilter engine, or a gateway's NAT).
 
+    A refused packet's reason is ``last_drop``; a REJECT's ICMP error ``last_reject``.
+    """
 
-class Scheduler(StrEnum):
-    RR = "rr"
-    LC = "lc"
-    SH = "sh"
-    DH = "dh"
+    last_reject: tuple[int, int] | None
+    last_drop: Any
 
+    def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
 
-def _ip_hash(addr: int) -> int:
-    return (addr * 2654435761) & 0xFFFFFFFF
+    def input(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
+
+    def forward(self, pkt: bytearray, in_iface: str, out_iface: str, now: float) -> int: ...
+
+    def output(self, pkt: bytearray, now: float) -> int: ...
+
+    def postrouting(
+        self, pkt: bytearray, out_iface: str, out_src: IPv4Address, now: float
+    ) -> int: ...
 
 
 class Netfilter:
@@ -183,12 +190,8 @@ class Netfilter:
         self.services: list[Service] = []
         self.endpoints: EndpointsMap = {}
         self._table = ServiceTable({}, {}, {}, [])
-        self._reject_cluster: dict[tuple[int, int, int], ServicePortInfo] = {}
-        self._ext_ip_filter: dict[tuple[int, int, int], tuple[Verdict, ServicePortInfo]] = {}
-        self._ext_np_filter: dict[tuple[int, int], tuple[Verdict, ServicePortInfo]] = {}
-        self._recent: dict[str, OrderedDict[int, float]] = {}
-        self._rr: dict[str, int] = {}
-        self._lc: dict[str, dict[str, int]] = {}
+        self._filters = ServiceFilters(self._table)
+        self.balancer = Balancer(self.mode, self.scheduler, rng)
         # the packet in flight ("skb"): its conntrack entry and what we know of it
         self._skb: bytearray | None = None
         self._ct: ConntrackEntry | None = None
@@ -217,58 +220,13 @@ class Netfilter:
         self.services = list(services)
         self.endpoints = endpoints
         self._table = new
-        rej: dict[tuple[int, int, int], ServicePortInfo] = {}
-        ext_ip: dict[tuple[int, int, int], tuple[Verdict, ServicePortInfo]] = {}
-        ext_np: dict[tuple[int, int], tuple[Verdict, ServicePortInfo]] = {}
-        for sp in new.ports:
-            if not sp.has_endpoints:
-                rej[(sp.proto, sp.cluster_ip, sp.port)] = sp
-            if not sp.has_external_endpoints:
-                v = Verdict.REJECT if not sp.has_endpoints else Verdict.DROP
-                if sp.lb_ip:
-                    ext_ip[(sp.proto, sp.lb_ip, sp.port)] = (v, sp)
-                if sp.node_port:
-                    ext_np[(sp.proto, sp.node_port)] = (v, sp)
-        self._reject_cluster = rej
-        self._ext_ip_filter = ext_ip
-        self._ext_np_filter = ext_np
+        self._filters = ServiceFilters(new)
         self._flush_stale_udp(old, new, now)
 
     def _flush_stale_udp(self, old: ServiceTable, new: ServiceTable, now: float) -> None:
-        """kube-proxy's CleanStaleEntries: UDP entries DNAT'd to an endpoint that
-        went away, and UDP entries to a service IP that just got endpoints."""
-        stale: set[tuple[int, int, int, int]] = set()
-        for sp in old.ports:
-            if sp.proto != 17 or not sp.endpoints:
-                continue
-            nsp = new.by_cluster_ip.get((17, sp.cluster_ip, sp.port))
-            alive = {(e.ip, e.port) for e in nsp.endpoints} if nsp is not None else set()
-            for ep in sp.endpoints:
-                if (ep.ip, ep.port) in alive:
-                    continue
-                stale.add((ep.ip, ep.port, sp.cluster_ip, sp.port))
-                if sp.lb_ip:
-                    stale.add((ep.ip, ep.port, sp.lb_ip, sp.port))
-                if sp.node_port:
-                    stale.add((ep.ip, ep.port, -1, sp.node_port))
-        woke: set[tuple[int, int]] = set()
-        for sp in new.ports:
-            if sp.proto == 17 and sp.endpoints:
-                osp = old.by_cluster_ip.get((17, sp.cluster_ip, sp.port))
-                if osp is None or not osp.endpoints:
-                    woke.add((sp.cluster_ip, sp.port))
-        if not stale and not woke:
-            return
-
-        def doomed(e: ConntrackEntry) -> bool:
-            if e.proto != 17:
-                return False
-            o, r = e.tuples
-            if (o[2], o[4]) in woke and not e.status & _DST_NAT:
-                return True
-            return (r[1], r[3], o[2], o[4]) in stale or (r[1], r[3], -1, o[4]) in stale
-
-        n = self.conntrack.flush(doomed)
+        """kube-proxy's CleanStaleEntries (:func:`stale_udp`)."""
+        doomed = stale_udp(old, new)
+        n = self.conntrack.flush(doomed) if doomed is not None else 0
         if n and self.tracer.enabled:
             self.tracer.hop(now, self.node, "root", "", "conntrack flush", f"{n} stale UDP")
 
@@ -367,8 +325,8 @@ class Netfilter:
     def iptables_save(self) -> str:
         return self.ruleset().iptables_save()
 
-    def ruleset(self) -> kubeproxy.Ruleset:
-        return kubeproxy.build_ruleset(
+    def ruleset(self) -> iptables.Ruleset:
+        return iptables.build_ruleset(
             self.services,
             self.endpoints,
             node=self.node,
@@ -425,10 +383,9 @@ class Netfilter:
         self._sport = sport
         t = (proto, src, dst, sport, dport)
         table = self.conntrack
-        hit = table.lookup(t, now)
-        if hit is not None:
-            e, d = hit
-            v = table.update(e, d, flags, now)
+        tracked = table.track(t, flags, now)
+        if tracked is not None:
+            e, d, v = tracked
             if v == TcpVerdict.OK:
                 self._ct = e
                 self._dir = d
@@ -443,12 +400,10 @@ class Netfilter:
                     if self.tracer.enabled:
                         self._trace_manip(now, iface, "un-SNAT" if d else "DNAT", t, other)
                 return Verdict.ACCEPT
-            if v == TcpVerdict.INVALID:
-                if self.tracer.enabled:
-                    why = f"{self._tuple_str(t)} in {TcpState(e.state).name}"
-                    self.tracer.hop(now, self.node, "root", iface, "conntrack invalid", why)
-                return Verdict.ACCEPT
-            table.remove(e)  # REOPEN: a SYN on TIME_WAIT/CLOSE starts over
+            if self.tracer.enabled:  # INVALID
+                why = f"{self._tuple_str(t)} in {TcpState(e.state).name}"
+                self.tracer.hop(now, self.node, "root", iface, "conntrack invalid", why)
+            return Verdict.ACCEPT
         if proto == 1 and typ not in _ICMP_QUERIES:
             return Verdict.ACCEPT  # unsolicited ICMP reply: INVALID
         e2 = table.allocate(t, now)
@@ -470,24 +425,11 @@ class Netfilter:
 
     def _enter_related(self, pkt: bytearray, ihl: int, end: int, iface: str, now: float) -> Verdict:
         """An ICMP error: find the connection of the packet it quotes (RELATED)."""
-        ioff = ihl + 8
-        if end < ioff + 20:
+        quoted = nat.quoted_tuple(pkt, ihl, end)
+        if quoted is None:
             return Verdict.ACCEPT  # INVALID
-        iihl = (pkt[ioff] & 0x0F) << 2
-        iproto = pkt[ioff + 9]
-        isrc, idst = _II.unpack_from(pkt, ioff + 12)
-        isport = idport = 0
-        l4 = ioff + iihl
-        if iproto == 6 or iproto == 17:
-            if end < l4 + 4:
-                return Verdict.ACCEPT
-            isport, idport = _HH.unpack_from(pkt, l4)
-        elif iproto == 1:
-            if end < l4 + 8 or (pkt[l4] not in _ICMP_QUERIES and pkt[l4] not in _ICMP_REPLIES):
-                return Verdict.ACCEPT
-            isport = idport = _U16.unpack_from(pkt, l4 + 4)[0]
-        # the quoted packet went the other way: its inverse is our direction
-        hit = self.conntrack.lookup((iproto, idst, isrc, idport, isport), now)
+        ioff, t = quoted
+        hit = self.conntrack.lookup(t, now)
         if hit is None:
             return Verdict.ACCEPT
         e, d = hit
@@ -509,22 +451,8 @@ class Netfilter:
         now: float,
     ) -> None:
         """Linux nf_nat_icmp_reply_translation for one manip type."""
-        bit = _SRC_NAT if is_src else _DST_NAT
-        if d == REPLY:
-            bit = _DST_NAT if is_src else _SRC_NAT
-        if not e.status & bit:
-            return
-        other = e.tuples[1 - d]
-        ioff = self._inner
-        # inner: the inverse manip, towards tuples[!d] itself
-        if is_src:
-            nat.manip(pkt, ioff, end, False, other[2], other[4])
-        else:
-            nat.manip(pkt, ioff, end, True, other[1], other[3])
-        # outer: addresses only, towards invert(tuples[!d])
-        nat.manip_addr(pkt, 0, is_src, other[2] if is_src else other[1])
-        nat.fix_icmp_checksum(pkt, ioff - 8, end)
-        if self.tracer.enabled:
+        done = nat.icmp_reply_translation(pkt, self._inner, end, e.tuples, e.status, d, is_src)
+        if done and self.tracer.enabled:
             self.tracer.hop(now, self.node, "root", iface, "NAT ICMP error",
                             "translated with its connection (RELATED)")  # fmt: skip
 
@@ -598,37 +526,15 @@ class Netfilter:
         now: float,
     ) -> None:
         proto, src, _, sport, _ = t
-        ep: EndpointInfo | None = None
-        timeout = sp.affinity_timeout
-        if timeout:
-            recent = self._recent
-            for cand in eps:  # KUBE-SVC: -m recent --rcheck --seconds N --reap
-                lst = recent.get(cand.chain)
-                if lst is not None:
-                    seen = lst.get(src)
-                    if seen is not None:
-                        if now - seen < timeout:
-                            ep = cand
-                            break
-                        del lst[src]  # --reap
-        if ep is None:
-            ep = self._choose(sp, chain, eps, t)
+        ep = self.balancer.pick(sp, chain, eps, t, now)
         # KUBE-SEP
         if src == ep.ip:
             e.masq = True  # hairpin
-        if timeout:
-            lst = self._recent.setdefault(ep.chain, OrderedDict())
-            lst[src] = now
-            lst.move_to_end(src)
-            if len(lst) > RECENT_LIST_TOT:
-                lst.popitem(last=False)
         reply = (proto, ep.ip, src, ep.port, sport)
         self.conntrack.set_reply(e, reply)
         e.status |= _DST_NAT
         e.owner = (chain, ep.addr)
-        if self.mode == Mode.IPVS and self.scheduler == Scheduler.LC:
-            counts = self._lc.setdefault(chain, {})
-            counts[ep.addr] = counts.get(ep.addr, 0) + 1
+        self.balancer.connected(chain, ep.addr)
         nat.manip(pkt, 0, end, False, ep.ip, ep.port)
         if self.tracer.enabled:
             how = "IPVS " + self.scheduler.value if self.mode == Mode.IPVS else "iptables"
@@ -636,76 +542,41 @@ class Netfilter:
                             f"{chain} -> {ep.chain} ({how}) "
                             f"{IPv4Address(t[2])}:{t[4]} -> {ep.addr}")  # fmt: skip
 
-    def _choose(
-        self, sp: ServicePortInfo, chain: str, eps: tuple[EndpointInfo, ...], t: Tuple
-    ) -> EndpointInfo:
-        n = len(eps)
-        if n == 1:
-            return eps[0]
-        if self.mode == Mode.IPTABLES:
-            thresholds = sp.thresholds if eps is sp.endpoints else kubeproxy.thresholds(n)
-            bits = self.rng.getrandbits
-            for i, th in enumerate(thresholds):
-                if bits(31) < th:  # xt_statistic: (random & 0x7FFFFFFF) < probability
-                    return eps[i]
-            return eps[-1]
-        sched = self.scheduler
-        if sched == Scheduler.RR:
-            i = self._rr.get(chain, -1) + 1
-            if i >= n:
-                i = 0
-            self._rr[chain] = i
-            return eps[i]
-        if sched == Scheduler.LC:
-            counts = self._lc.get(chain, {})
-            return min(eps, key=lambda ep: counts.get(ep.addr, 0))
-        if sched == Scheduler.SH:
-            return eps[(_ip_hash(t[1]) >> 24) % n]
-        return eps[(_ip_hash(t[2]) & 0xFF) % n]  # DH
-
     def _destroyed(self, e: ConntrackEntry) -> None:
-        owner = e.owner
-        if owner is not None and self._lc:
-            chain, addr = owner
-            counts = self._lc.get(chain)
-            if counts and counts.get(addr, 0) > 0:
-                counts[addr] -= 1
+        if e.owner is not None:
+            self.balancer.disconnected(*e.owner)
 
     # --- internals: filter rules --------------------------------------------
 
     def _filter_services(self, pkt: bytearray, iface: str, now: float) -> Verdict:
         """filter KUBE-SERVICES (FORWARD, OUTPUT; NEW): ClusterIPs without endpoints."""
-        if not self._reject_cluster:
+        f = self._filters
+        if not f.reject_cluster or (pkt[9] != 6 and pkt[9] != 17):
             return Verdict.ACCEPT
-        proto = pkt[9]
-        if proto != 6 and proto != 17:
-            return Verdict.ACCEPT
-        ihl = (pkt[0] & 0x0F) << 2
-        key = (proto, _II.unpack_from(pkt, 12)[1], _U16.unpack_from(pkt, ihl + 2)[0])
-        sp = self._reject_cluster.get(key)
-        if sp is None:
-            return Verdict.ACCEPT
-        return self._reject(pkt, sp, iface, now)
+        sp = f.reject_cluster.get(self._service_key(pkt))
+        return Verdict.ACCEPT if sp is None else self._reject(pkt, sp, iface, now)
 
     def _filter_external(self, pkt: bytearray, iface: str, now: float) -> Verdict:
         """filter KUBE-EXTERNAL-SERVICES (INPUT, FORWARD; NEW)."""
-        if not self._ext_ip_filter and not self._ext_np_filter:
+        f = self._filters
+        if (not f.external_ip and not f.external_node_port) or (pkt[9] != 6 and pkt[9] != 17):
             return Verdict.ACCEPT
-        proto = pkt[9]
-        if proto != 6 and proto != 17:
-            return Verdict.ACCEPT
-        ihl = (pkt[0] & 0x0F) << 2
-        dst = _II.unpack_from(pkt, 12)[1]
-        dport = _U16.unpack_from(pkt, ihl + 2)[0]
-        hit = self._ext_ip_filter.get((proto, dst, dport))
-        if hit is None and dst in self._local:
-            hit = self._ext_np_filter.get((proto, dport))
+        key = self._service_key(pkt)
+        hit = f.external_ip.get(key)
+        if hit is None and key[1] in self._local:
+            hit = f.external_node_port.get((key[0], key[2]))
         if hit is None:
             return Verdict.ACCEPT
-        v, sp = hit
-        if v == Verdict.REJECT:
+        reject, sp = hit
+        if reject:
             return self._reject(pkt, sp, iface, now)
         return self._drop(pkt, Drop.NO_LOCAL_ENDPOINTS, iface, now, sp.name)
+
+    @staticmethod
+    def _service_key(pkt: bytearray) -> tuple[int, int, int]:
+        """(protocol, destination, destination port) of a TCP/UDP packet."""
+        ihl = (pkt[0] & 0x0F) << 2
+        return pkt[9], _II.unpack_from(pkt, 12)[1], _U16.unpack_from(pkt, ihl + 2)[0]
 
     def _reject(self, pkt: bytearray, sp: ServicePortInfo, iface: str, now: float) -> Verdict:
         self._abandon()
@@ -797,14 +668,7 @@ class Netfilter:
         p, rs, _, rsp, rdp = e.tuples[REPLY]
         port = rdp
         if p in (6, 17, 1):
-            if p == 1:
-                lo, size = 0, 65536
-            elif port < 512:
-                lo, size = 1, 511
-            elif port < 1024:
-                lo, size = 600, 424
-            else:
-                lo, size = 1024, 64512
+            lo, size = nat.port_range(p, port)
             taken = self.conntrack.is_taken
             rnd = self.rng.randrange
             for _ in range(128):

@@ -29,20 +29,19 @@ place (TTL, NAT). Malformed input is counted and dropped with a reason.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Protocol
+from typing import Any
 
 from emunet.dataplane.flowtable import FlowHooks, FlowTable
 from emunet.dataplane.frag import Defrag, fragment
 from emunet.dataplane.interfaces import LOOPBACK, VETH, Interface
-from emunet.dataplane.machine import Step
+from emunet.dataplane.machine import Machine
 from emunet.dataplane.neigh import Neighbour, NeighTable, Pending
-from emunet.dataplane.netfilter import Verdict
+from emunet.dataplane.netfilter import NetfilterHooks, Verdict
 from emunet.dataplane.routing import SCOPE_HOST, SCOPE_LINK, Route, RouteTable
 from emunet.dataplane.sockets import ANY, PingSocket, UDPSocket
 from emunet.dataplane.tcp import TCPConnection, TCPListener
-from emunet.dataplane.trace import Drop, Tracer, describe
+from emunet.dataplane.trace import Drop, describe
 from emunet.dataplane.transport import BROADCAST_IP, Transport
 from emunet.errors import ConfigError, MalformedFrame, SocketError
 from emunet.packets import arp, icmp, ipv4
@@ -52,44 +51,6 @@ from emunet.packets.mac import MAC
 
 _ETH = struct.Struct("!6s6sH")
 ACCEPT = Verdict.ACCEPT
-
-
-class Machine(Protocol):
-    """What a namespace needs from the machine it runs on (:mod:`~emunet.dataplane.machine`)."""
-
-    name: str
-    tracer: Tracer
-    push: Callable[[Step], None]
-
-    def enqueue(self, fn: Callable[..., None], *args: Any) -> None: ...
-
-    def next_ident(self) -> int: ...
-
-    def random_port(self, low: int, high: int) -> int: ...
-
-    def tcp_iss(self) -> int: ...
-
-
-class NetfilterHooks(Protocol):
-    """The hook points a namespace calls (the netfilter engine, or a gateway's NAT).
-
-    A refused packet's reason is ``last_drop``; a REJECT's ICMP error ``last_reject``.
-    """
-
-    last_reject: tuple[int, int] | None
-    last_drop: Any
-
-    def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
-
-    def input(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
-
-    def forward(self, pkt: bytearray, in_iface: str, out_iface: str, now: float) -> int: ...
-
-    def output(self, pkt: bytearray, now: float) -> int: ...
-
-    def postrouting(
-        self, pkt: bytearray, out_iface: str, out_src: IPv4Address, now: float
-    ) -> int: ...
 
 
 class Namespace:

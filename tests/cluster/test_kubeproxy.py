@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from emunet.cluster import iptables
 from emunet.cluster import kubeproxy as kp
 from emunet.cluster.kubeproxy import (
     Endpoint,
@@ -59,7 +60,7 @@ def two_endpoints(**kw: object) -> tuple[list[Service], dict[tuple[str, str], li
 
 
 def test_restore_dump_for_two_endpoints() -> None:
-    rs = kp.build_ruleset(*two_endpoints(), node="node1", cluster_cidr=CC)
+    rs = iptables.build_ruleset(*two_endpoints(), node="node1", cluster_cidr=CC)
     text = rs.iptables_restore()
     svc = kp.svc_chain("default/web:http", "tcp")
     sep1 = kp.sep_chain("default/web:http", "tcp", "10.244.1.5:8080")
@@ -85,7 +86,7 @@ def test_restore_dump_for_two_endpoints() -> None:
 
 
 def test_save_dump_for_two_endpoints() -> None:
-    rs = kp.build_ruleset(*two_endpoints(), node="node1", cluster_cidr=CC)
+    rs = iptables.build_ruleset(*two_endpoints(), node="node1", cluster_cidr=CC)
     text = rs.iptables_save()
     svc = kp.svc_chain("default/web:http", "tcp")
     sep1 = kp.sep_chain("default/web:http", "tcp", "10.244.1.5:8080")
@@ -128,13 +129,13 @@ def test_save_dump_for_two_endpoints() -> None:
 def test_three_endpoints_quantised_probability_in_save() -> None:
     svcs, eps = two_endpoints()
     eps[("default", "web")].append(Endpoint(A("10.244.3.5"), "node3", port_name="http"))
-    text = kp.build_ruleset(svcs, eps, node="n", cluster_cidr=CC).iptables_save()
+    text = iptables.build_ruleset(svcs, eps, node="n", cluster_cidr=CC).iptables_save()
     assert "--probability 0.33333333349" in text  # 0.3333333333 as the kernel stores it
     assert "--probability 0.50000000000" in text
 
 
 def test_affinity_rules() -> None:
-    rs = kp.build_ruleset(
+    rs = iptables.build_ruleset(
         *two_endpoints(session_affinity=SessionAffinity.CLIENT_IP),
         node="node1",
         cluster_cidr=CC,
@@ -157,7 +158,7 @@ def test_affinity_rules() -> None:
 def test_nodeport_rules_cluster_and_local() -> None:
     ext = kp.ext_chain("default/web:http", "tcp")
     svl = kp.svl_chain("default/web:http", "tcp")
-    rs = kp.build_ruleset(
+    rs = iptables.build_ruleset(
         *two_endpoints(type=ServiceType.NODE_PORT, node_port=30080), node="node1", cluster_cidr=CC
     )
     assert [r.save_line() for r in rs.chain("nat", "KUBE-NODEPORTS")] == [
@@ -168,7 +169,7 @@ def test_nodeport_rules_cluster_and_local() -> None:
         f'-A {ext} -m comment --comment "masquerade traffic for default/web:http external '
         'destinations" -j KUBE-MARK-MASQ'
     )
-    local = kp.build_ruleset(
+    local = iptables.build_ruleset(
         *two_endpoints(
             type=ServiceType.NODE_PORT,
             node_port=30080,
@@ -179,7 +180,7 @@ def test_nodeport_rules_cluster_and_local() -> None:
     )
     assert local.chain("nat", ext)[-1].save_line() == f"-A {ext} -j {svl}"
     assert len(local.chain("nat", svl)) == 1  # only node1's endpoint
-    nolocal = kp.build_ruleset(
+    nolocal = iptables.build_ruleset(
         *two_endpoints(
             type=ServiceType.NODE_PORT,
             node_port=30080,
@@ -196,7 +197,7 @@ def test_nodeport_rules_cluster_and_local() -> None:
 
 def test_no_endpoints_reject_in_filter() -> None:
     svcs, _ = two_endpoints()
-    rs = kp.build_ruleset(svcs, {}, node="node1", cluster_cidr=CC)
+    rs = iptables.build_ruleset(svcs, {}, node="node1", cluster_cidr=CC)
     assert [r.save_line() for r in rs.chain("filter", "KUBE-SERVICES")] == [
         '-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http has '
         'no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable'

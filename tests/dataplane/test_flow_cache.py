@@ -334,7 +334,7 @@ def test_a_connection_to_the_node_itself_is_delivered_not_forwarded() -> None:
     lst.on_event = accept
     client = pod.netns.tcp_connect(node.gateway_ip, 7000, fab.now)
     fab.run(0.2)
-    for i in range(20):
+    for _ in range(20):
         client.send(b"x" * 1000, fab.now)
         fab.run(0.01)
     fab.run(1.0)
