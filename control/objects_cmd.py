@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 from emunet.control import views
@@ -66,8 +66,33 @@ def _kind(text: str, allowed: Sequence[Kind] = tuple(Kind)) -> Kind:
         fail(str(exc))
 
 
-def _no_resources(namespace: str | None) -> None:
-    typer.echo(f"No resources found in {namespace or 'any'} namespace.", err=True)
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def _named(objects: list[N], name: str | None, missing: str) -> list[N]:
+    """``objects``, or only the one called ``name``; NotFound(``missing``) if none is."""
+    if name is None:
+        return objects
+    found = [o for o in objects if o.name == name]
+    if not found:
+        raise NotFound(missing)
+    return found
+
+
+def _shown(docs: list[dict[str, Any]], output: Output | None, single: bool, empty: str) -> bool:
+    """Print ``docs`` as JSON/YAML, or say on stderr that there are none; False when
+    the caller should print its table."""
+    if emit(docs, output, single):
+        return True
+    if not docs:
+        typer.echo(empty, err=True)
+        return True
+    return False
 
 
 # -- get / describe -------------------------------------------------------------
@@ -77,78 +102,38 @@ async def _get(kind: Kind, name: str | None, namespace: str | None, output: Outp
     wide = output == Output.WIDE
     single = name is not None
     now = datetime.datetime.now(datetime.UTC)
+    in_namespace = f"not found in namespace {namespace}"
+    no_resources = f"No resources found in {namespace or 'any'} namespace."
     async with registry() as reg:
         if kind == Kind.NODES:
-            nodes = await reg.nodes()
-            if name is not None:
-                nodes = [n for n in nodes if n.name == name]
-                if not nodes:
-                    raise NotFound(f'nodes "{name}" not found')
-            if not emit([n.to_dict() for n in nodes], output, single):
-                if not nodes:
-                    typer.echo("No resources found", err=True)
-                    return
+            nodes = _named(await reg.nodes(), name, f'nodes "{name}" not found')
+            if not _shown([n.to_dict() for n in nodes], output, single, "No resources found"):
                 print_table(views.nodes_table(nodes, wide))
-            return
-        if kind == Kind.HOSTS:
-            hosts = await reg.hosts()
-            if name is not None:
-                hosts = [h for h in hosts if h.name == name]
-                if not hosts:
-                    raise NotFound(f'hosts "{name}" not found')
-            if not emit([h.to_dict() for h in hosts], output, single):
-                if not hosts:
-                    typer.echo("No resources found (is the internet process running?)", err=True)
-                    return
+        elif kind == Kind.HOSTS:
+            hosts = _named(await reg.hosts(), name, f'hosts "{name}" not found')
+            empty = "No resources found (is the internet process running?)"
+            if not _shown([h.to_dict() for h in hosts], output, single, empty):
                 print_table(views.hosts_table(hosts, wide))
-            return
-        if kind == Kind.PODS:
-            pods = await reg.list_pods(namespace)
-            if name is not None:
-                pods = [p for p in pods if p.name == name]
-                if not pods:
-                    raise NotFound(f'pods "{name}" not found in namespace {namespace}')
-            if emit([p.to_dict() for p in pods], output, single):
-                return
-            if not pods:
-                _no_resources(namespace)
-                return
-            print_table(views.pods_table(pods, namespace, wide, now))
-            return
-        if kind == Kind.DEPLOYMENTS:
-            deps = await reg.list_deployments(namespace)
-            if name is not None:
-                deps = [d for d in deps if d.name == name]
-                if not deps:
-                    raise NotFound(f'deployments "{name}" not found in namespace {namespace}')
-            if emit([d.to_dict() for d in deps], output, single):
-                return
-            if not deps:
-                _no_resources(namespace)
-                return
-            pods = await reg.list_pods(namespace)
-            print_table(views.deployments_table(deps, pods, wide, now))
-            return
-        services = await reg.list_services(namespace)
-        if name is not None:
-            services = [s for s in services if s.name == name]
-            if not services:
-                raise NotFound(f'services "{name}" not found in namespace {namespace}')
-        if kind == Kind.ENDPOINTS:
-            pods = await reg.list_pods(namespace)
-            if emit([views.endpoints_object(s, pods) for s in services], output, single):
-                return
-            if not services:
-                _no_resources(namespace)
-                return
-            print_table(views.endpoints_table(services, pods, wide, now))
-            return
-        if emit([s.to_dict() for s in services], output, single):
-            return
-        if not services:
-            _no_resources(namespace)
-            return
-        print_table(views.services_table(services, wide, now))
+        elif kind == Kind.PODS:
+            pods = _named(await reg.list_pods(namespace), name, f'pods "{name}" {in_namespace}')
+            if not _shown([p.to_dict() for p in pods], output, single, no_resources):
+                print_table(views.pods_table(pods, namespace, wide, now))
+        elif kind == Kind.DEPLOYMENTS:
+            missing = f'deployments "{name}" {in_namespace}'
+            deps = _named(await reg.list_deployments(namespace), name, missing)
+            if not _shown([d.to_dict() for d in deps], output, single, no_resources):
+                pods = await reg.list_pods(namespace)
+                print_table(views.deployments_table(deps, pods, wide, now))
+        else:
+            missing = f'services "{name}" {in_namespace}'
+            services = _named(await reg.list_services(namespace), name, missing)
+            if kind == Kind.ENDPOINTS:
+                pods = await reg.list_pods(namespace)
+                docs = [views.endpoints_object(s, pods) for s in services]
+                if not _shown(docs, output, single, no_resources):
+                    print_table(views.endpoints_table(services, pods, wide, now))
+            elif not _shown([s.to_dict() for s in services], output, single, no_resources):
+                print_table(views.services_table(services, wide, now))
 
 
 @handled
