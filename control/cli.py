@@ -42,7 +42,6 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 import yaml
-from emunet.control.client import ControlClient, Frame
 from emunet.control.compose import (
     ComposeFabric,
     default_project,
@@ -62,6 +61,7 @@ from emunet.control.fabric import (
     select_target,
 )
 from emunet.control.local import AlreadyUp, LocalFabric, default_state_dir
+from emunet.nodes.control_client import ControlClient, Frame
 from emunet.nodes.registry import AlreadyExists, NotFound, Registry, now_rfc3339
 from rich.console import Console
 from rich.text import Text
