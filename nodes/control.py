@@ -48,6 +48,7 @@ from emunet.dataplane.sockets import SocketErrorEvent
 from emunet.dataplane.tcp import TCPState
 from emunet.errors import ConfigError, EmunetError
 from emunet.packets.pcap import PcapWriter
+from emunet.render import bridge_fdb, ip_addr
 
 __all__ = ["MAX_FRAME", "ControlError", "ControlServer"]
 
@@ -431,12 +432,7 @@ class ControlServer:
         if what == "neigh":
             return {"lines": ns.neigh_show(now)}
         if what == "fdb":
-            rows = node.bridge.show(now)
-            lines = [
-                f"{mac} dev {port} master cni0" + (" permanent" if local else f" age {age:.0f}s")
-                for mac, port, age, local in rows
-            ]
-            return {"lines": lines}
+            return {"lines": bridge_fdb(node.bridge.show(now))}
         if what == "conntrack":
             return {"lines": node.conntrack_listing(now).splitlines()}
         if what == "iptables":
@@ -458,14 +454,7 @@ class ControlServer:
             lines = [f"{r['namespace']}/{r['name']} {r['ip']} {r['mac']} {r['veth']}" for r in rows]
             return {"lines": lines, "rows": rows}
         if what == "addr":
-            out: list[str] = []
-            if ns_name == "root":
-                for iface in ns.interfaces.values():
-                    addrs = " ".join(a.with_prefixlen for a in iface.addresses)
-                    out.append(f"{iface.index}: {iface.name} mtu {iface.mtu} {addrs}\n")
-            else:
-                await run_command(self.runtime, ns_name, ["ip", "addr"], out.append)
-            return {"lines": "".join(out).splitlines()}
+            return {"lines": ip_addr(ns.interfaces.values())}
         # counters
         rows_c: dict[str, Any] = {
             "interfaces": node.counters(),
