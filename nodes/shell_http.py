@@ -8,8 +8,8 @@ import time
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
-from emunet.nodes.runtime import Stream
 from emunet.nodes.shell_env import Shell, UsageError, clip, int_opt, num_opt, os_reason, parse_opts
+from emunet.nodes.sockets import Stream
 
 __all__ = ["cmd_curl", "cmd_iperf", "cmd_nc"]
 

@@ -23,8 +23,9 @@ import pytest
 from emunet.nodes.apps import AppContext, load_app
 from emunet.nodes.control import ControlServer
 from emunet.nodes.control_client import MAX_FRAME, ControlError, call
-from emunet.nodes.runtime import NodeRuntime, Stream
+from emunet.nodes.runtime import NodeRuntime
 from emunet.nodes.shell import run_command
+from emunet.nodes.sockets import Stream
 
 from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
