@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
+from emunet.nodes.process import Service
 from emunet.nodes.runtime import BoundedQueue, NodeRuntime
 from emunet.nodes.shell import Resolver, run_command
 from emunet.nodes.wire import (
@@ -164,7 +165,7 @@ class _Streamer:
         await self.task
 
 
-class ControlServer:
+class ControlServer(Service):
     """Serves the control API of one agent; ``async with ControlServer(...)``."""
 
     def __init__(
@@ -227,13 +228,6 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
-
-    async def __aenter__(self) -> ControlServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # ---------------------------------------------------------- connection
 
@@ -635,14 +629,7 @@ class ControlServer:
             streamer.emit("pcap", buf.getvalue())
             buf.seek(0)
             buf.truncate()
-            while seen < count:
-                left = end - self.runtime.now()
-                if left <= 0:
-                    break
-                try:
-                    now, data = await asyncio.wait_for(queue.get(), left)
-                except TimeoutError:
-                    break
+            async for now, data in queue.take(count, end, self.runtime.now):
                 if streamer.broken:
                     raise ConnectionError("client went away during capture")
                 writer.write(self.runtime.wall(now), data)

@@ -21,9 +21,9 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
-from types import TracebackType
 from typing import Any
 
+from emunet.nodes.process import Service
 from emunet.nodes.wire import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-class ControlClient:
+class ControlClient(Service):
     """One connection to one agent; requests run one at a time."""
 
     def __init__(
@@ -81,7 +81,8 @@ class ControlClient:
     def _unavailable(self, detail: str) -> AgentUnavailable:
         return AgentUnavailable(f"node agent unreachable at {self.address} ({detail})")
 
-    async def __aenter__(self) -> ControlClient:
+    async def start(self) -> None:
+        """Connect (``async with`` does)."""
         try:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), self.connect_timeout
@@ -92,15 +93,6 @@ class ControlClient:
             raise self._unavailable("connection refused") from None
         except OSError as exc:
             raise self._unavailable(exc.strerror or str(exc)) from None
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

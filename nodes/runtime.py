@@ -48,12 +48,13 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
-from types import TracebackType
+from ipaddress import IPv4Address
 from typing import Any, Generic, TypeVar, cast
 
+from emunet.nodes.address_map import AddressMap
+from emunet.nodes.process import Service
 from emunet.nodes.sockets import PingEndpoint, Stream, StreamServer, UDPEndpoint, os_error
 
 from emunet.dataplane.actions import UnderlayPacket
@@ -62,7 +63,7 @@ from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
 from emunet.errors import ConfigError, SocketError
 
-__all__ = ["WIRE_PORT", "AddressMap", "BoundedQueue", "NodeRuntime"]
+__all__ = ["WIRE_PORT", "BoundedQueue", "NodeRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,19 @@ class BoundedQueue(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    async def take(self, count: int, end: float, clock: Callable[[], float]) -> AsyncIterator[T]:
+        """Yield up to ``count`` items as they come, until ``clock()`` reaches ``end``
+        (a capture's ``-c`` and timeout)."""
+        for _ in range(count):
+            left = end - clock()
+            if left <= 0:
+                return
+            try:
+                item = await asyncio.wait_for(self.get(), left)
+            except TimeoutError:
+                return
+            yield item
 
 
 @dataclass
@@ -184,52 +198,7 @@ def read_udp_drops(wanted: dict[str, str], path: str = "/proc/net/udp") -> dict[
     return out
 
 
-@dataclass(frozen=True)
-class AddressMap:
-    """Where emulated node addresses really live: ``172.18.0.0/16=127.0.0.0/16``.
-
-    In local mode every agent binds a loopback address, but pods must be able
-    to reach node IPs, and 127.0.0.0/8 is every namespace's own loopback. So
-    the data plane (and flannel's lease PublicIP) use node-network addresses,
-    as in a container deployment, and the runtime maps them to the real socket
-    addresses (same offset in the other network) only at the socket boundary.
-    """
-
-    emulated: IPv4Network
-    real: IPv4Network
-
-    def __post_init__(self) -> None:
-        if self.emulated.prefixlen != self.real.prefixlen:
-            raise ConfigError(f"address map {self}: both networks need the same prefix length")
-
-    def __str__(self) -> str:
-        return f"{self.emulated}={self.real}"
-
-    @classmethod
-    def parse(cls, text: str) -> AddressMap:
-        try:
-            left, right = text.split("=")
-            return cls(IPv4Network(left.strip()), IPv4Network(right.strip()))
-        except ValueError:
-            raise ConfigError(
-                f"address map {text!r}: expected EMULATED_CIDR=REAL_CIDR, "
-                "e.g. 172.18.0.0/16=127.0.0.0/16"
-            ) from None
-
-    def to_real(self, ip: str) -> str:
-        addr = IPv4Address(ip)
-        if addr not in self.emulated:
-            return ip
-        return str(self.real.network_address + (int(addr) - int(self.emulated.network_address)))
-
-    def to_emulated(self, ip: str) -> str:
-        addr = IPv4Address(ip)
-        if addr not in self.real:
-            return ip
-        return str(self.emulated.network_address + (int(addr) - int(self.real.network_address)))
-
-
-class NodeRuntime:
+class NodeRuntime(Service):
     """Drives one :class:`Node` from an asyncio loop; ``async with NodeRuntime(node):``."""
 
     def __init__(
@@ -318,18 +287,6 @@ class NodeRuntime:
             if tr is not None:
                 tr.close()
         self._overlay = self._wire = None
-
-    async def __aenter__(self) -> NodeRuntime:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # ------------------------------------------------------------ data path
 

@@ -261,14 +261,7 @@ async def cmd_tcpdump(sh: Shell, argv: list[str]) -> int:
     seen = 0
     end = sh.now + duration
     try:
-        while seen < count:
-            left = end - sh.now
-            if left <= 0:
-                break
-            try:
-                now, data = await asyncio.wait_for(queue.get(), left)
-            except TimeoutError:
-                break
+        async for now, data in queue.take(count, end, sh.runtime.now):
             seen += 1
             stamp = time.strftime("%H:%M:%S", time.localtime(sh.runtime.wall(now)))
             frac = f"{sh.runtime.wall(now) % 1:.6f}"[1:]
