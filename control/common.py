@@ -19,10 +19,10 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 import yaml
 from emunet.control.args import Output
-from emunet.control.client import ControlClient
 from emunet.control.fabric import ETCD_TIMEOUT, FabricTarget, select_target
 from emunet.control.local import default_state_dir
 from emunet.control.views import Table, table_lines
+from emunet.nodes.control_client import ControlClient
 from emunet.nodes.registry import Registry
 from rich.console import Console
 from rich.text import Text

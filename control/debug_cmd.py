@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 from emunet.control import views
 from emunet.control.args import Proto, split_dest
-from emunet.control.client import ControlClient, Frame
 from emunet.control.common import (
     NamespaceOpt,
     OutputOpt,
@@ -27,6 +26,7 @@ from emunet.control.common import (
     registry,
     run,
 )
+from emunet.nodes.control_client import ControlClient, Frame
 from emunet.nodes.registry import NotFound, Registry
 
 from emunet.cluster import registry as model

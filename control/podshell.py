@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from emunet.control.client import ControlClient
 from emunet.control.fabric import ETCD_TIMEOUT, FabricChoice, FabricTarget, select_target
 from emunet.control.local import default_state_dir
+from emunet.nodes.control_client import ControlClient
 from emunet.nodes.etcd import EtcdUnavailable
 from emunet.nodes.registry import Registry
 

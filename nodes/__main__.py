@@ -17,7 +17,6 @@ import asyncio
 import logging
 import sys
 from ipaddress import IPv4Network
-from pathlib import Path
 
 from emunet.nodes.agent import Agent, AgentConfig
 from emunet.nodes.process import (
@@ -25,10 +24,12 @@ from emunet.nodes.process import (
     address_map_arg,
     network_arg,
     port_arg,
+    program_parser,
     run_main,
     setup_logging,
     token_from_args,
     until_signal,
+    usage_error,
 )
 from emunet.nodes.resolve import resolve_address
 
@@ -36,10 +37,11 @@ from emunet.errors import ConfigError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="emunet-node",
-        description="emunet node agent: flanneld (udp backend), kubelet and kube-proxy "
+    p = program_parser(
+        "emunet-node",
+        "emunet node agent: flanneld (udp backend), kubelet and kube-proxy "
         "of one emulated Kubernetes node.",
+        "subnet.env, IPAM state",
     )
     p.add_argument("--name", required=True, help="node name (registry and traces)")
     p.add_argument(
@@ -47,9 +49,7 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help="node IP (overlay, control): an address, or auto (what the host name resolves to)",
     )
-    p.add_argument("--etcd", required=True, metavar="HOST:PORT", help="etcd client endpoint")
     p.add_argument("--control-port", type=port_arg, default=10250, help="control API port (10250)")
-    p.add_argument("--state-dir", type=Path, required=True, help="subnet.env, IPAM state")
     p.add_argument(
         "--lease-ttl", type=int, default=86400, metavar="SECONDS", help="subnet lease TTL"
     )
@@ -101,7 +101,6 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--node-lease-ttl", type=int, default=10, metavar="SECONDS")
     p.add_argument("--seed", type=int, default=None, help="seed the data plane's randomness")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_token_option(p)
     return p
 
@@ -125,15 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.name, args.log_level)
     if args.lease_ttl < 2 or args.node_lease_ttl < 2:
-        print("emunet-node: --lease-ttl and --node-lease-ttl must be at least 2 s", file=sys.stderr)
-        return 2
+        return usage_error("emunet-node", "--lease-ttl and --node-lease-ttl must be at least 2 s")
     try:
         node_ip = resolve_address(args.node_ip)
         gateway = resolve_address(args.gateway) if args.gateway else None
         token = token_from_args(args.token_file)
     except ConfigError as exc:
-        print(f"emunet-node {args.name}: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(f"emunet-node {args.name}", str(exc))
     config = AgentConfig(
         name=args.name,
         node_ip=node_ip,

@@ -43,11 +43,12 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from emunet.nodes.address_map import AddressMap
 from emunet.nodes.apps import AppContext, load_app
 from emunet.nodes.control import ControlServer
 from emunet.nodes.process import Service
 from emunet.nodes.registry import Registry
-from emunet.nodes.runtime import AddressMap, NodeRuntime
+from emunet.nodes.runtime import NodeRuntime
 from emunet.nodes.subnets import EtcdError, SubnetManager
 
 from emunet.cluster import registry as model

@@ -3,7 +3,7 @@
 An app is any class with ``async def run(self, ctx: AppContext) -> None``;
 the kubelet part of the agent starts one per container, in the pod's
 namespace, and cancels it when the pod goes away. ``ctx`` gives the pod's
-identity and the asyncio socket wrappers of :mod:`emunet.nodes.runtime`.
+identity and the asyncio socket wrappers of :mod:`emunet.nodes.sockets`.
 
 Built-in apps (``spec.containers[].app``):
 
@@ -43,7 +43,8 @@ from importlib.metadata import entry_points
 from ipaddress import IPv4Address
 from typing import Any, ClassVar
 
-from emunet.nodes.runtime import NodeRuntime, Stream, StreamServer, UDPEndpoint
+from emunet.nodes.runtime import NodeRuntime
+from emunet.nodes.sockets import Stream, StreamServer, UDPEndpoint
 
 from emunet.errors import ConfigError
 

@@ -1,10 +1,7 @@
-"""The agent's control API: msgpack frames over TCP (docs/ARCHITECTURE.md).
+"""The agent's control API server: msgpack frames over TCP (docs/ARCHITECTURE.md).
 
-Framing: a 4-byte big-endian length, then one msgpack map of at most
-:data:`MAX_FRAME` bytes. Request ``{"v": 1, "id": N, "op": str, "args": {}}``;
-streaming ops send ``{"v": 1, "id": N, "stream": {...}}`` frames before the
-final ``{"v": 1, "id": N, "ok": true, "result": ...}`` or
-``{"v": 1, "id": N, "ok": false, "error": {"code": ..., "message": ...}}``.
+The frames and messages are :mod:`emunet.nodes.wire`'s (the protocol the CLI's
+:mod:`emunet.nodes.control_client` speaks too); this module serves them.
 
 Every bad input gets an error reply and the server keeps serving: a frame
 that does not decode, is not a map, has the wrong version or an unknown op
@@ -28,27 +25,36 @@ import contextlib
 import hmac
 import io
 import logging
-import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
-import msgpack
-from emunet.control.client import MAX_FRAME, PROTOCOL_VERSION, ControlError
+from emunet.nodes.process import Service
 from emunet.nodes.runtime import BoundedQueue, NodeRuntime
 from emunet.nodes.shell import Resolver, run_command
+from emunet.nodes.wire import (
+    HEADER,
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    ControlError,
+    decode_body,
+    encode_frame,
+    error_message,
+    result_message,
+    stream_message,
+)
 
 from emunet.dataplane.sockets import SocketErrorEvent
 from emunet.dataplane.tcp import TCPState
 from emunet.errors import ConfigError, EmunetError
 from emunet.packets.pcap import PcapWriter
+from emunet.render import bridge_fdb, ip_addr
 
-__all__ = ["MAX_FRAME", "ControlError", "ControlServer", "call"]
+__all__ = ["MAX_FRAME", "ControlError", "ControlServer"]
 
 log = logging.getLogger(__name__)
 
-VERSION = PROTOCOL_VERSION
 STREAM_BUFFER = 4 << 20
 MAX_CONNECTIONS = 256
 MAX_PER_CLIENT = 128  # connections from one address
@@ -57,13 +63,7 @@ BUSY_LINGER = 1.0  # a refused client gets this long to read the busy reply
 MAX_TRACE_HOPS = 2500  # about 600 KiB of hops: a trace reply fits in one frame
 IDLE_TIMEOUT = 300.0  # seconds a connection may sit between requests
 BODY_TIMEOUT = 10.0  # seconds to deliver a frame's body once its length was sent
-_LEN = struct.Struct("!I")
 DUMPS = ("routes", "neigh", "fdb", "conntrack", "iptables", "counters", "leases", "pods", "addr")
-
-
-def pack(obj: Any) -> bytes:
-    body: bytes = msgpack.packb(obj, use_bin_type=True)
-    return _LEN.pack(len(body)) + body
 
 
 @dataclass
@@ -96,7 +96,7 @@ class _Conn:
         return self.reader.at_eof() or self.writer.is_closing()
 
     async def send(self, obj: Any) -> None:
-        self.writer.write(pack(obj))
+        self.writer.write(encode_frame(obj, limit=None))
         await self.writer.drain()
 
 
@@ -146,7 +146,7 @@ class _Streamer:
                         merged.append((kind, data))
                 try:
                     for kind, data in merged:
-                        await self.conn.send({"v": VERSION, "id": self.rid, "stream": {kind: data}})
+                        await self.conn.send(stream_message(self.rid, kind, data))
                 except (ConnectionError, OSError):
                     self._broke()
                     return
@@ -165,7 +165,7 @@ class _Streamer:
         await self.task
 
 
-class ControlServer:
+class ControlServer(Service):
     """Serves the control API of one agent; ``async with ControlServer(...)``."""
 
     def __init__(
@@ -229,13 +229,6 @@ class ControlServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
 
-    async def __aenter__(self) -> ControlServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # ---------------------------------------------------------- connection
 
     def _admit(self, conn: _Conn) -> str | None:
@@ -263,7 +256,7 @@ class ControlServer:
         read for a moment, so closing does not reset the connection under it."""
         self.stats.refused_connections += 1
         with contextlib.suppress(Exception):
-            await conn.send(_error(None, "busy", f"agent busy: {why}; try again"))
+            await conn.send(error_message(None, "busy", f"agent busy: {why}; try again"))
             conn.writer.write_eof()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.reader.read(MAX_FRAME + 4), BUSY_LINGER)
@@ -290,11 +283,11 @@ class ControlServer:
                 except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                     return
                 conn.idle_since = None
-                (length,) = _LEN.unpack(head)
+                (length,) = HEADER.unpack(head)
                 if length > MAX_FRAME:
                     self.stats.error("too_large")
                     await conn.send(
-                        _error(None, "too_large", f"frame of {length} bytes > {MAX_FRAME}")
+                        error_message(None, "too_large", f"frame of {length} bytes > {MAX_FRAME}")
                     )
                     return
                 try:
@@ -321,7 +314,7 @@ class ControlServer:
         rid: Any = None
         try:
             try:
-                req = msgpack.unpackb(body, raw=False, strict_map_key=False)
+                req = decode_body(body)
             except Exception as exc:
                 raise ControlError("bad_request", f"frame is not msgpack: {exc}") from None
             if not isinstance(req, dict):
@@ -330,9 +323,10 @@ class ControlServer:
             if not isinstance(rid, int) or isinstance(rid, bool):
                 rid = None
                 raise ControlError("bad_request", "id: must be an integer")
-            if req.get("v") != VERSION:
+            if req.get("v") != PROTOCOL_VERSION:
                 raise ControlError(
-                    "unsupported_version", f"v: {req.get('v')!r} (this agent speaks {VERSION})"
+                    "unsupported_version",
+                    f"v: {req.get('v')!r} (this agent speaks {PROTOCOL_VERSION})",
                 )
             if self._token is not None:
                 given = req.get("token")
@@ -354,19 +348,19 @@ class ControlServer:
             if handler is None:
                 raise ControlError("unknown_op", f"unknown op {op!r}; use {', '.join(self._ops)}")
             result = await self._while_connected(conn, handler(conn, rid, args))
-            await conn.send({"v": VERSION, "id": rid, "ok": True, "result": result})
+            await conn.send(result_message(rid, result))
         except ControlError as exc:
             self.stats.error(exc.code)
-            await conn.send(_error(rid, exc.code, str(exc)))
+            await conn.send(error_message(rid, exc.code, str(exc)))
         except EmunetError as exc:
             self.stats.error("bad_request")
-            await conn.send(_error(rid, "bad_request", str(exc)))
+            await conn.send(error_message(rid, "bad_request", str(exc)))
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:
             self.stats.error("internal")
             log.exception("control op failed")
-            await conn.send(_error(rid, "internal", f"{type(exc).__name__}: {exc}"))
+            await conn.send(error_message(rid, "internal", f"{type(exc).__name__}: {exc}"))
 
     async def _while_connected(self, conn: _Conn, work: Awaitable[Any]) -> Any:
         """Run one op; when its client goes away meanwhile (a capture or trace left
@@ -432,12 +426,7 @@ class ControlServer:
         if what == "neigh":
             return {"lines": ns.neigh_show(now)}
         if what == "fdb":
-            rows = node.bridge.show(now)
-            lines = [
-                f"{mac} dev {port} master cni0" + (" permanent" if local else f" age {age:.0f}s")
-                for mac, port, age, local in rows
-            ]
-            return {"lines": lines}
+            return {"lines": bridge_fdb(node.bridge.show(now))}
         if what == "conntrack":
             return {"lines": node.conntrack_listing(now).splitlines()}
         if what == "iptables":
@@ -459,14 +448,7 @@ class ControlServer:
             lines = [f"{r['namespace']}/{r['name']} {r['ip']} {r['mac']} {r['veth']}" for r in rows]
             return {"lines": lines, "rows": rows}
         if what == "addr":
-            out: list[str] = []
-            if ns_name == "root":
-                for iface in ns.interfaces.values():
-                    addrs = " ".join(a.with_prefixlen for a in iface.addresses)
-                    out.append(f"{iface.index}: {iface.name} mtu {iface.mtu} {addrs}\n")
-            else:
-                await run_command(self.runtime, ns_name, ["ip", "addr"], out.append)
-            return {"lines": "".join(out).splitlines()}
+            return {"lines": ip_addr(ns.interfaces.values())}
         # counters
         rows_c: dict[str, Any] = {
             "interfaces": node.counters(),
@@ -647,14 +629,7 @@ class ControlServer:
             streamer.emit("pcap", buf.getvalue())
             buf.seek(0)
             buf.truncate()
-            while seen < count:
-                left = end - self.runtime.now()
-                if left <= 0:
-                    break
-                try:
-                    now, data = await asyncio.wait_for(queue.get(), left)
-                except TimeoutError:
-                    break
+            async for now, data in queue.take(count, end, self.runtime.now):
                 if streamer.broken:
                     raise ConnectionError("client went away during capture")
                 writer.write(self.runtime.wall(now), data)
@@ -684,52 +659,3 @@ def _float(value: Any, name: str, low: float, high: float) -> float:
     if not low <= value <= high:
         raise ControlError("bad_request", f"{name}: must be between {low} and {high}")
     return float(value)
-
-
-def _error(rid: Any, code: str, message: str) -> dict[str, Any]:
-    return {"v": VERSION, "id": rid, "ok": False, "error": {"code": code, "message": message}}
-
-
-async def call(
-    host: str,
-    port: int,
-    op: str,
-    args: Mapping[str, Any] | None = None,
-    *,
-    on_stream: Callable[[Mapping[str, Any]], None] | None = None,
-    timeout: float = 30.0,
-    token: str | None = None,
-) -> Any:
-    """A minimal client: one request, streams to ``on_stream``, returns the result.
-
-    Raises :class:`ControlError` on an error reply (``emunet.control.client``
-    is the full client the CLI uses).
-    """
-
-    async def run() -> Any:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            request: dict[str, Any] = {"v": VERSION, "id": 1, "op": op, "args": dict(args or {})}
-            if token is not None:
-                request["token"] = token
-            writer.write(pack(request))
-            await writer.drain()
-            while True:
-                (length,) = _LEN.unpack(await reader.readexactly(4))
-                if length > MAX_FRAME:
-                    raise ControlError("too_large", f"reply frame of {length} bytes")
-                msg = msgpack.unpackb(await reader.readexactly(length), raw=False)
-                if "stream" in msg:
-                    if on_stream is not None:
-                        on_stream(msg["stream"])
-                    continue
-                if msg.get("ok"):
-                    return msg.get("result")
-                err = msg.get("error") or {}
-                raise ControlError(err.get("code", "internal"), err.get("message", ""))
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    return await asyncio.wait_for(run(), timeout)

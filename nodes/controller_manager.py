@@ -37,7 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emunet.nodes.process import Service, restarting, run_main, setup_logging, until_signal
+from emunet.nodes.process import (
+    Service,
+    program_parser,
+    restarting,
+    run_main,
+    setup_logging,
+    until_signal,
+)
 from emunet.nodes.registry import AlreadyExists, Registry
 from emunet.nodes.subnets import EtcdError
 
@@ -217,13 +224,12 @@ def _seconds(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="emunet-controller-manager",
-        description="emunet's kube-controller-manager and scheduler: Deployments, node "
+    p = program_parser(
+        "emunet-controller-manager",
+        "emunet's kube-controller-manager and scheduler: Deployments, node "
         "lifecycle (NotReady, eviction), pod admission by node capacity.",
+        "the ready file",
     )
-    p.add_argument("--etcd", required=True, metavar="HOST:PORT", help="etcd client endpoint")
-    p.add_argument("--state-dir", type=Path, required=True, help="the ready file")
     p.add_argument(
         "--node-monitor-grace-period",
         type=_seconds,
@@ -242,7 +248,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-period", type=_seconds, default=1.0, metavar="SECONDS")
     p.add_argument("--burst", type=int, default=100, choices=range(1, 10001), metavar="1-10000")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 

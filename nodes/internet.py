@@ -40,6 +40,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, cast
 
+from emunet.nodes.address_map import AddressMap
 from emunet.nodes.control import ControlServer
 from emunet.nodes.process import (
     Service,
@@ -47,17 +48,18 @@ from emunet.nodes.process import (
     address_map_arg,
     network_arg,
     port_arg,
+    program_parser,
     restarting,
     run_main,
     setup_logging,
     token_from_args,
     until_signal,
+    usage_error,
 )
 from emunet.nodes.registry import Registry
 from emunet.nodes.resolve import resolve_address
 from emunet.nodes.runtime import (
     TX_BUFFER_LIMIT,
-    AddressMap,
     NodeRuntime,
     _backlog,
     _Datagrams,
@@ -393,16 +395,15 @@ def _interface(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="emunet-internet",
-        description="emunet's internet: the gateway router (NAT, the cloud load balancer and "
+    p = program_parser(
+        "emunet-internet",
+        "emunet's internet: the gateway router (NAT, the cloud load balancer and "
         "its controller) and hosts outside the cluster, on the node network's wire.",
+        "the ready file",
     )
-    p.add_argument("--etcd", required=True, metavar="HOST:PORT", help="etcd client endpoint")
     p.add_argument(
         "--node-network", type=network_arg, help="e.g. 172.18.0.0/24 (or from --address-map)"
     )
-    p.add_argument("--state-dir", type=Path, required=True, help="the ready file")
     p.add_argument(
         "--gateway", metavar="IP|auto", help="run the gateway here, eth0 at this address"
     )
@@ -429,7 +430,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address-map", type=address_map_arg, default=None, metavar="EMULATED=REAL")
     p.add_argument("--name", default="internet", help="process name in logs (internet)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_token_option(p)
     return p
 
@@ -445,19 +445,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.name, args.log_level)
     if args.node_network is None and args.address_map is None:
-        print("emunet-internet: --node-network (or --address-map) is required", file=sys.stderr)
-        return 2
+        return usage_error("emunet-internet", "--node-network (or --address-map) is required")
     if args.gateway is not None and args.gateway_ip is not None:
-        print("emunet-internet: --gateway and --gateway-ip exclude each other", file=sys.stderr)
-        return 2
+        return usage_error("emunet-internet", "--gateway and --gateway-ip exclude each other")
     try:
         gateway = resolve_address(args.gateway) if args.gateway else None
         gateway_via = resolve_address(args.gateway_ip) if args.gateway_ip else None
         hosts = [(name, resolve_address(ip)) for name, ip in args.host]
         token = token_from_args(args.token_file)
     except ConfigError as exc:
-        print(f"emunet-internet: {exc}", file=sys.stderr)
-        return 2
+        return usage_error("emunet-internet", str(exc))
     config = InternetConfig(
         etcd=args.etcd,
         node_network=args.address_map.emulated if args.address_map else args.node_network,

@@ -20,7 +20,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, Self
 
-from emunet.nodes.runtime import AddressMap
+from emunet.nodes.address_map import AddressMap
 from emunet.nodes.token import TOKEN_ENV, read_token
 
 from emunet.errors import ConfigError, EmunetError
@@ -31,11 +31,13 @@ __all__ = [
     "address_map_arg",
     "network_arg",
     "port_arg",
+    "program_parser",
     "restarting",
     "run_main",
     "setup_logging",
     "token_from_args",
     "until_signal",
+    "usage_error",
 ]
 
 _NOISY = ("grpc", "aetcd", "asyncio")
@@ -127,7 +129,23 @@ async def restarting(
             delay = min(delay * 2, max_delay)
 
 
-# --- argument types shared by the programs' parsers -------------------------------
+# --- the programs' parsers -------------------------------------------------------
+
+
+def program_parser(prog: str, description: str, state_dir_help: str) -> argparse.ArgumentParser:
+    """A program's parser with what every one of them takes: ``--etcd``, ``--state-dir``
+    and ``--log-level``."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--etcd", required=True, metavar="HOST:PORT", help="etcd client endpoint")
+    p.add_argument("--state-dir", type=Path, required=True, help=state_dir_help)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def usage_error(prog: str, message: str) -> int:
+    """A bad argument the parser could not see: one line on stderr, status 2."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 2
 
 
 def address_map_arg(text: str) -> AddressMap:

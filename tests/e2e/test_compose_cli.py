@@ -204,8 +204,8 @@ def test_status_names_the_project_and_its_published_ports(fabric: Fabric) -> Non
 def test_every_recorded_endpoint_is_reached_on_loopback(fabric: Fabric) -> None:
     """Nothing relies on routing to container IPs: etcd and every control endpoint the
     registry records is reached at 127.0.0.1 (and answers there)."""
-    from emunet.control.client import ControlClient
     from emunet.control.fabric import FabricKind, select_target
+    from emunet.nodes.control_client import ControlClient
     from emunet.nodes.registry import Registry
 
     env = {k: v for k, v in fabric.env.items() if k.startswith("EMUNET_")}

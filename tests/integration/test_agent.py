@@ -23,7 +23,7 @@ from typing import Any
 
 import aetcd
 import pytest
-from emunet.nodes.control import ControlError, call
+from emunet.nodes.control_client import ControlError, call
 from emunet.nodes.etcd_server import EtcdServer
 from emunet.nodes.registry import Registry
 

@@ -312,7 +312,12 @@ async def test_control_client(free_port: Callable[[], int]) -> None:
     import struct
 
     import msgpack
-    from emunet.control.client import AgentUnavailable, ControlClient, ControlError, ControlNotFound
+    from emunet.nodes.control_client import (
+        AgentUnavailable,
+        ControlClient,
+        ControlError,
+        ControlNotFound,
+    )
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

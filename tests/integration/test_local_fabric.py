@@ -433,7 +433,7 @@ def test_local_mode_makes_a_control_token_every_client_presents(state: Path) -> 
     request without it is refused."""
     import asyncio
 
-    from emunet.nodes.control import ControlError, call
+    from emunet.nodes.control_client import ControlError, call
 
     assert emunet(state, "up", "--local", "--nodes", "1").returncode == 0
     token_file = state / "token"

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import msgpack
 import pytest
 from emunet.nodes.apps import AppContext, load_app
-from emunet.nodes.control import MAX_FRAME, ControlError, ControlServer, call
-from emunet.nodes.runtime import NodeRuntime, Stream
+from emunet.nodes.control import ControlServer
+from emunet.nodes.control_client import MAX_FRAME, ControlError, call
+from emunet.nodes.runtime import NodeRuntime
 from emunet.nodes.shell import run_command
+from emunet.nodes.sockets import Stream
 
 from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
@@ -599,7 +601,7 @@ async def test_a_fragment_flood_does_not_starve_the_node(pair: Pair) -> None:
 
 async def test_a_request_without_the_control_token_is_refused(pair: Pair, tmp_path: object) -> None:
     """Issue 11 acceptance 7: the control API had no authentication."""
-    from emunet.control.client import ControlClient
+    from emunet.nodes.control_client import ControlClient
 
     async with ControlServer(pair.r1, IP1, 0, token="s3cret") as control:
         port = control.port

@@ -1,7 +1,7 @@
-"""Client of a node agent's control API (docs/ARCHITECTURE.md, "Control API").
+"""The client of a node agent's control API (docs/ARCHITECTURE.md, "Control API").
 
-Framing: a 4-byte big-endian length, then one msgpack map; requests are
-``{"v": 1, "id": n, "op": op, "args": {...}}``. ::
+The messages are :mod:`emunet.nodes.wire`'s; this module only moves them over one
+asyncio TCP connection. ::
 
     async with ControlClient("127.0.0.11", 10250) as c:
         status = await c.call("status")
@@ -20,13 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import struct
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
-import msgpack
+from emunet.nodes.process import Service
+from emunet.nodes.wire import (
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    AgentUnavailable,
+    ControlError,
+    ControlNotFound,
+    Frame,
+    decode_body,
+    decode_frame_length,
+    encode_frame,
+    reply_result,
+    request_message,
+)
 
 from emunet.errors import EmunetError
 
@@ -38,51 +48,11 @@ __all__ = [
     "ControlError",
     "ControlNotFound",
     "Frame",
-    "decode_frame_length",
-    "encode_frame",
+    "call",
 ]
 
-PROTOCOL_VERSION = 1
-MAX_FRAME = 1 << 20
-_LEN = struct.Struct(">I")
 
-
-class ControlError(EmunetError):
-    """An error reply of the control API (``code`` is one of its error codes): raised
-    by the agent's handlers to answer with it, and by the client on receiving it."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class ControlNotFound(ControlError):
-    """``not_found``: no such pod, namespace, interface..."""
-
-
-class AgentUnavailable(EmunetError):
-    """The agent's control API cannot be reached or stopped answering."""
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    kind: Literal["stream", "result"]
-    data: Any
-
-
-def encode_frame(obj: Any) -> bytes:
-    body: bytes = msgpack.packb(obj, use_bin_type=True)
-    if len(body) > MAX_FRAME:
-        raise EmunetError(f"control request too large ({len(body)} bytes > {MAX_FRAME})")
-    return _LEN.pack(len(body)) + body
-
-
-def decode_frame_length(header: bytes) -> int:
-    (length,) = _LEN.unpack_from(header)
-    return int(length)
-
-
-class ControlClient:
+class ControlClient(Service):
     """One connection to one agent; requests run one at a time."""
 
     def __init__(
@@ -111,7 +81,8 @@ class ControlClient:
     def _unavailable(self, detail: str) -> AgentUnavailable:
         return AgentUnavailable(f"node agent unreachable at {self.address} ({detail})")
 
-    async def __aenter__(self) -> ControlClient:
+    async def start(self) -> None:
+        """Connect (``async with`` does)."""
         try:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), self.connect_timeout
@@ -122,15 +93,6 @@ class ControlClient:
             raise self._unavailable("connection refused") from None
         except OSError as exc:
             raise self._unavailable(exc.strerror or str(exc)) from None
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -156,7 +118,7 @@ class ControlClient:
         except OSError as exc:
             raise self._unavailable(exc.strerror or str(exc)) from None
         try:
-            msg = msgpack.unpackb(body, raw=False)
+            msg = decode_body(body)
         except Exception as exc:
             raise self._unavailable(f"malformed reply ({type(exc).__name__})") from None
         if not isinstance(msg, dict):
@@ -168,10 +130,7 @@ class ControlClient:
         if writer is None:
             raise EmunetError("ControlClient is not open; use `async with ControlClient(...)`")
         request_id = next(self._ids)
-        request: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": args}
-        if self.token is not None:
-            request["token"] = self.token
-        frame = encode_frame(request)
+        frame = encode_frame(request_message(request_id, op, args, self.token))
         try:
             writer.write(frame)
             await asyncio.wait_for(writer.drain(), self.timeout)
@@ -181,24 +140,10 @@ class ControlClient:
             raise self._unavailable(exc.strerror or str(exc)) from None
         return request_id
 
-    @staticmethod
-    def _result(msg: dict[str, Any]) -> Any:
-        if msg.get("ok"):
-            return msg.get("result")
-        error = msg.get("error")
-        if not isinstance(error, dict):
-            error = {}
-        code = str(error.get("code", "internal"))
-        message = str(error.get("message", "the agent reported an error")).splitlines()
-        text = message[0] if message else code
-        if code == "not_found":
-            raise ControlNotFound(code, text)
-        raise ControlError(code, text)
-
     async def call(self, op: str, **args: Any) -> Any:
         """One request, one reply (stream frames, if any, are dropped)."""
         result: Any = None
-        async for frame in self.stream(op, **args):
+        async for frame in self.exchange(op, args):
             if frame.kind == "result":
                 result = frame.data
         return result
@@ -211,9 +156,16 @@ class ControlClient:
         ``idle_timeout`` (default: the client's timeout) bounds the wait for
         each frame, not the whole operation.
         """
+        async for frame in self.exchange(op, args, idle_timeout=idle_timeout):
+            yield frame
+
+    async def exchange(
+        self, op: str, args: Mapping[str, Any], *, idle_timeout: float | None = None
+    ) -> AsyncIterator[Frame]:
+        """:meth:`stream` with the arguments as one map (any key, ``op`` too)."""
         timeout = self.timeout if idle_timeout is None else idle_timeout
         async with self._lock:
-            request_id = await self._send(op, args)
+            request_id = await self._send(op, dict(args))
             while True:
                 msg = await self._read(timeout)
                 if msg.get("id") not in (request_id, None):
@@ -221,5 +173,31 @@ class ControlClient:
                 if "stream" in msg:
                     yield Frame("stream", msg["stream"])
                     continue
-                yield Frame("result", self._result(msg))
+                yield Frame("result", reply_result(msg))
                 return
+
+
+async def call(
+    host: str,
+    port: int,
+    op: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    on_stream: Callable[[Mapping[str, Any]], None] | None = None,
+    timeout: float = 30.0,
+    token: str | None = None,
+) -> Any:
+    """One request on a connection of its own: stream frames go to ``on_stream``,
+    the result is returned; the whole exchange is bounded by ``timeout``."""
+
+    async def run() -> Any:
+        result: Any = None
+        async with ControlClient(host, port, timeout=timeout, token=token) as client:
+            async for frame in client.exchange(op, args or {}):
+                if frame.kind == "result":
+                    result = frame.data
+                elif on_stream is not None:
+                    on_stream(frame.data)
+        return result
+
+    return await asyncio.wait_for(run(), timeout)
