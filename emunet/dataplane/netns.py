@@ -48,6 +48,7 @@ from emunet.packets import arp, icmp, ipv4
 from emunet.packets.checksum import HEADER20_WIDE, header_ok
 from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
 from emunet.packets.mac import MAC
+from emunet.render import ip_neigh_line
 
 _ETH = struct.Struct("!6s6sH")
 ACCEPT = Verdict.ACCEPT
@@ -673,7 +674,4 @@ class Namespace:
 
     def neigh_show(self, now: float) -> list[str]:
         """Lines like ``ip neigh show``."""
-        return [
-            f"{ip} dev {dev}" + (f" lladdr {mac}" if mac else "") + f" {state}"
-            for ip, dev, mac, state in self.neigh.show(now)
-        ]
+        return [ip_neigh_line(*row) for row in self.neigh.show(now)]

@@ -8,14 +8,10 @@ one attribute test on the hot path when it is off (``tracer.enabled``).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from enum import StrEnum
 
-from emunet.errors import MalformedFrame
-from emunet.packets import icmp, ipv4, tcp
-
-_PORTS = struct.Struct("!HH")
+from emunet.render import tcpdump_line
 
 
 class Drop(StrEnum):
@@ -97,35 +93,6 @@ class Tracer:
 
 
 def describe(pkt: bytes | bytearray | memoryview) -> str:
-    """One line like tcpdump's for an IPv4 packet (tracing only: not on the hot path)."""
-    try:
-        hdr, payload = ipv4.parse(pkt)
-    except MalformedFrame as exc:
-        return f"malformed ({exc.reason})"
-    base = f"{hdr.src} > {hdr.dst}"
-    frag = ""
-    if hdr.is_fragment:
-        frag = f" frag id {hdr.identification} off {hdr.fragment_offset * 8}"
-        frag += " MF" if hdr.mf else ""
-        if hdr.fragment_offset:
-            return f"{base}: proto {hdr.protocol} ttl {hdr.ttl}{frag}"
-    if hdr.protocol == ipv4.PROTO_UDP and len(payload) >= 8:
-        sp, dp = _PORTS.unpack_from(payload)
-        return f"{base}: udp {sp} > {dp} len {len(payload) - 8} ttl {hdr.ttl}{frag}"
-    if hdr.protocol == ipv4.PROTO_TCP and len(payload) >= 20:
-        try:
-            th, data = tcp.parse(payload)
-        except MalformedFrame:
-            return f"{base}: tcp (truncated)"
-        return (
-            f"{base}: tcp {th.sport} > {th.dport} [{th.flag_names}] seq {th.seq} "
-            f"ack {th.ack} len {len(data)} ttl {hdr.ttl}"
-        )
-    if hdr.protocol == ipv4.PROTO_ICMP and len(payload) >= 8:
-        m = icmp.parse(payload)
-        names = {0: "echo reply", 8: "echo request", 3: "unreachable", 11: "time exceeded"}
-        name = names.get(m.type, f"type {m.type}")
-        if m.type in (0, 8):
-            return f"{base}: icmp {name} id {m.identifier} seq {m.sequence} ttl {hdr.ttl}"
-        return f"{base}: icmp {name} code {m.code} ttl {hdr.ttl}"
-    return f"{base}: proto {hdr.protocol} len {len(payload)} ttl {hdr.ttl}{frag}"
+    """An IPv4 packet as a trace shows it: tcpdump -v's line (tracing only, never
+    on the hot path)."""
+    return tcpdump_line(pkt, l2=False, verbose=True)
