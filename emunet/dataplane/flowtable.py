@@ -36,16 +36,16 @@ class FlowHooks(Protocol):
 
 
 class Flow:
-    """One direction of a connection: its conntrack entry and its route
-    (``next_hop``: the route's gateway, packed; None for a direct route)."""
+    """One direction of a connection: its conntrack entry, its route and the next
+    hop the route gives (the gateway, else the destination itself; packed)."""
 
     __slots__ = ("ct", "next_hop", "route", "version")
 
-    def __init__(self, ct: Any, route: Route | None, version: int) -> None:
+    def __init__(self, ct: Any, route: Route | None, version: int, dst: bytes) -> None:
         self.ct = ct
         self.route = route
         self.version = version
-        self.next_hop = route.via.packed if route is not None and route.via is not None else None
+        self.next_hop = route.via.packed if route is not None and route.via is not None else dst
 
 
 class FlowTable:
@@ -93,7 +93,7 @@ class FlowTable:
         hit = self._hooks.fast_forward(pkt, now)
         if hit is None:
             return None
-        flow = Flow(hit[0], self._routes.lookup(dst), self._prefixes.version)
+        flow = Flow(hit[0], self._routes.lookup(dst), self._prefixes.version, dst)
         if flow.route is not None:
             if len(flows) >= FLOW_TABLE_MAX:
                 flows.clear()

@@ -14,7 +14,6 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
 from emunet.cluster.kubeproxy import (
     PROTO_NUMBERS,
@@ -35,7 +34,7 @@ from emunet.dataplane.conntrack import (
 from emunet.dataplane.netfilter import Verdict
 from emunet.dataplane.trace import Drop, Tracer
 
-NO_HEALTHY_TARGET = "load balancer: no healthy target"
+NO_HEALTHY_TARGET = Drop.LB_NO_HEALTHY_TARGET
 ACCEPT, NF_DROP = Verdict.ACCEPT, Verdict.DROP
 
 _U16 = struct.Struct("!H")
@@ -87,7 +86,7 @@ class GatewayNAT:
         self.wan = wan
         self.conntrack = ConntrackTable(conntrack_max, DEFAULT_TIMEOUTS)
         self.last_reject: tuple[int, int] | None = None
-        self.last_drop: Any = None
+        self.last_drop: Drop | None = None
         self.vips: dict[tuple[int, int, int], LoadBalancerTarget] = {}
         self._inet = int(inside.network_address)
         self._imask = int(inside.netmask)

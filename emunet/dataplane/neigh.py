@@ -119,7 +119,8 @@ class NeighTable:
         queue (:class:`Pending`), or the reason it is dropped."""
         n = self.entries.get(ip)  # never FAILED: those are forgotten
         if n is not None and n.mac is not None:
-            self.used(n, now)
+            if n.state is not Nud.REACHABLE or now - n.updated > REACHABLE_TIME:
+                self.used(n, now)  # (a fresh REACHABLE entry stays as it is)
             return n.mac
         new = n is None
         if n is None:

@@ -69,7 +69,7 @@ import struct
 from collections.abc import Sequence
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Protocol
+from typing import Protocol
 
 from emunet.cluster import iptables, kubeproxy
 from emunet.cluster.kubeproxy import (
@@ -130,7 +130,7 @@ class NetfilterHooks(Protocol):
     """
 
     last_reject: tuple[int, int] | None
-    last_drop: Any
+    last_drop: Drop | None
 
     def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> int: ...
 
@@ -186,7 +186,7 @@ class Netfilter:
         self.set_local_addresses(local_addresses)
         self.conntrack = ConntrackTable(conntrack_max, timeouts, on_destroy=self._destroyed)
         self.last_reject: tuple[int, int] | None = None
-        self.last_drop: Drop | str | None = None
+        self.last_drop: Drop | None = None
         self.services: list[Service] = []
         self.endpoints: EndpointsMap = {}
         self._table = ServiceTable({}, {}, {}, [])

@@ -209,8 +209,9 @@ class Namespace:
         """An Ethernet frame arriving on an L2 interface of this namespace."""
         iface.rx_packets += 1
         iface.rx_bytes += len(frame)
-        for tap in iface.taps:
-            tap(now, frame)
+        if iface.taps:
+            for tap in iface.taps:
+                tap(now, frame)
         if len(frame) < 14:
             self.drop(now, iface, Drop.MALFORMED, f"ethernet frame of {len(frame)} bytes")
             return
@@ -263,7 +264,7 @@ class Namespace:
                     if route is not None and pkt[8] > 1 and n <= route.dev.mtu:
                         # nf_flow_offload: TTL, then straight to the device
                         ipv4.decrement_ttl(pkt)
-                        self.dev_xmit(route.dev, flow.next_hop or bytes(pkt[16:20]), pkt, now)
+                        self.dev_xmit(route.dev, flow.next_hop, pkt, now)
                     else:  # no route, TTL or MTU: what forwarding does about it
                         self.forward(iface, pkt, now, established=True, route=route)
                     return
@@ -368,7 +369,11 @@ class Namespace:
         driver takes the packet (flanneld, the node network); lo loops it back."""
         driver = dev.driver
         if driver is not None:
-            self._count_tx(dev, pkt, now)
+            dev.tx_packets += 1
+            dev.tx_bytes += len(pkt)
+            if dev.taps:
+                for tap in dev.taps:
+                    tap(now, pkt)
             driver(pkt, next_hop, now)
         elif dev.kind == LOOPBACK:
             self._count_tx(dev, pkt, now)

@@ -20,6 +20,7 @@ proxy):
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
@@ -28,6 +29,8 @@ from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.lpm import PrefixMap
 from emunet.dataplane.trace import Drop, Tracer, describe
 from emunet.packets import icmp, ipv4, udp
+
+_DST = struct.Struct("!16x4s")  # an IPv4 header's destination
 
 DEFAULT_PORT = 8285
 # flannel0's MTU is the underlay's minus an IPv4 and a UDP header
@@ -132,7 +135,7 @@ class FlannelUDP:
     def tun_to_udp(self, pkt: bytearray, next_hop: bytes, now: float) -> None:
         """flanneld read a packet from flannel0: lease, TTL, then the datagram."""
         root = self.root
-        lease = self.table.lookup(bytes(pkt[16:20]))
+        lease = self.table.lookup(_DST.unpack_from(pkt)[0])
         if lease is None:
             self.no_lease += 1
             self._send_net_unreachable(pkt, now)

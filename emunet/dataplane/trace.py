@@ -44,6 +44,7 @@ class Drop(StrEnum):
     ICMP_TYPE_UNHANDLED = "icmp type not handled"
     ICMP_ERROR_NO_SOCKET = "icmp error for no socket"
     INTERNAL_ERROR = "internal error"
+    LB_NO_HEALTHY_TARGET = "load balancer: no healthy target"
 
 
 @dataclass(frozen=True, slots=True)
