@@ -6,13 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING
 
+from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.lpm import PrefixMap
 from emunet.errors import ConfigError
-
-if TYPE_CHECKING:
-    from emunet.dataplane.interfaces import Interface
 
 SCOPE_LINK = "link"
 SCOPE_GLOBAL = "global"
