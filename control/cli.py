@@ -11,7 +11,7 @@ Deployments are the controller manager's (``emunet-controller-manager``, which
 every fabric runs): ``run``, ``scale`` and ``apply`` write the Deployment and it
 creates, schedules and deletes the pods. Where no controller manager holds its
 lease (a bare etcd), the CLI plays the Deployment controller itself, each pod on
-the Ready node with the fewest pods (``registry.schedule``).
+the Ready node with the fewest pods (``controllers.schedule_pod``).
 
 The fabric (its etcd endpoint, and how to reach the agents' control endpoints)
 is chosen once per invocation by :func:`emunet.control.fabric.select_target`:
@@ -67,7 +67,9 @@ from rich.console import Console
 from rich.text import Text
 
 from emunet.cluster import registry as model
-from emunet.cluster.controllers import plan_deployment
+from emunet.cluster.controllers import Unschedulable, plan_deployment, schedule_pod
+from emunet.cluster.endpoints import endpoints_for
+from emunet.cluster.keys import CONTROLLER_LEASE_KEY
 from emunet.cluster.kubeproxy import DEFAULT_AFFINITY_TIMEOUT
 from emunet.cluster.manifests import parse_manifests
 from emunet.cluster.registry import (
@@ -619,7 +621,7 @@ def _external_ip(svc: Service) -> str:
 
 
 def _endpoints_object(svc: Service, pods: list[Pod]) -> dict[str, Any]:
-    eps = model.endpoints_for(svc, pods)
+    eps = endpoints_for(svc, pods)
     subsets = []
     for p in svc.ports:
         mine = [e for e in eps if e.port_name == p.name]
@@ -640,7 +642,7 @@ def _endpoints_object(svc: Service, pods: list[Pod]) -> dict[str, Any]:
 
 
 def _endpoints_text(svc: Service, pods: list[Pod], wide: bool) -> str:
-    eps = model.endpoints_for(svc, pods)
+    eps = endpoints_for(svc, pods)
     texts = sorted({f"{e.ip}:{e.port}" for e in eps}, key=lambda t: (len(t), t))
     if not texts:
         return "<none>"
@@ -863,7 +865,7 @@ async def _describe(kind: Kind, name: str, namespace: str) -> None:
             _kv("IP", svc.cluster_ip or "<none>")
             if svc.type == ServiceType.LOAD_BALANCER:
                 _kv("LoadBalancer Ingress", svc.ingress_ip or "<pending>")
-            eps = model.endpoints_for(svc, pods)
+            eps = endpoints_for(svc, pods)
             for sp in svc.ports:
                 label = sp.name or "<unset>"
                 _kv("Port", f"{label}  {sp.port}/{sp.protocol}")
@@ -936,14 +938,14 @@ def describe(
 
 async def _require_ready(reg: Registry) -> None:
     if not any(n.ready for n in await reg.nodes()):
-        raise model.Unschedulable("no Ready node to schedule pods on (is the fabric up?)")
+        raise Unschedulable("no Ready node to schedule pods on (is the fabric up?)")
 
 
 async def reconcile(reg: Registry, dep: Deployment, rng: random.Random | None = None) -> None:
     """The Deployment controller's work for ``dep`` (``controllers.plan_deployment``,
     the controller manager's own decisions), done here only while no controller
     manager runs (it holds its lease key then, and reconciles by itself)."""
-    if await reg.lease_held(model.controller_lease_key()):
+    if await reg.lease_held(CONTROLLER_LEASE_KEY):
         return
     all_pods = await reg.list_pods(None)
     nodes = await reg.nodes()
@@ -951,7 +953,7 @@ async def reconcile(reg: Registry, dep: Deployment, rng: random.Random | None = 
         raise NotFound(f"no such node: {dep.template.node_name}")
     plan = plan_deployment([dep], all_pods, nodes, rng or random.Random(), burst=MAX_REPLICAS)
     if any(not p.node_name for p in plan.create) and not any(n.ready for n in nodes):
-        model.schedule(all_pods, nodes)  # raises: no Ready node (is the fabric up?)
+        schedule_pod(all_pods, nodes)  # raises: no Ready node (is the fabric up?)
     for p in plan.create:
         await reg.create_pod(p)
     for p in plan.bind:
@@ -1231,7 +1233,7 @@ async def apply_objects(reg: Registry, objects: Sequence[Pod | Deployment | Serv
             if node:
                 await reg.require_node(node)
             else:
-                node = model.schedule(await reg.list_pods(None), await reg.nodes())
+                node = schedule_pod(await reg.list_pods(None), await reg.nodes())
             await reg.create_pod(replace(obj, node_name=node, created=now_rfc3339()))
             lines.append(f"pod/{obj.name} created")
     return lines
