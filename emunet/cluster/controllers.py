@@ -14,9 +14,15 @@ and writes the answer back. Nothing here does I/O or reads a clock.
   ``Pending`` with reason ``Unschedulable`` and the scheduler's message
   (``0/3 nodes are available: 3 Too many pods.``), and is bound once a node
   has room.
+  Without a controller manager the CLI places a pod with :func:`schedule_pod`
+  (the least loaded Ready node, capacity not checked).
 * **Deployment controller**: ``replicas`` non-terminated pods per Deployment;
   surplus pods go not-running first, then from the busiest nodes, newest first
   (the ReplicaSet controller's order). At most :data:`MAX_REPLICAS` replicas.
+  A Deployment's pods are named like a ReplicaSet's,
+  ``<deployment>-<pod-template-hash>-<5 characters>``
+  (:func:`pod_for_deployment`); a pod whose ``pod-template-hash`` label is not
+  the template's current one is replaced.
 * **Node lifecycle controller**: a node whose lease lapsed is NotReady; after
   ``grace`` seconds (``--node-monitor-grace-period``, 40 s) its pods are
   marked not ready (reason ``NodeNotReady``) and so leave every Service's
@@ -119,7 +125,7 @@ def schedule_pod(pods: Iterable[Pod], nodes: Iterable[NodeInfo]) -> str:
         raise Unschedulable("no Ready node to schedule the pod on (is the fabric up?)")
     counts = dict.fromkeys(ready, 0)
     for pod in pods:
-        if pod.node_name in counts and pod.phase not in (PodPhase.SUCCEEDED, PodPhase.FAILED):
+        if pod.node_name in counts and pod.phase not in _TERMINATED:
             counts[pod.node_name] += 1
     return min(ready, key=lambda name: (counts[name], name))
 

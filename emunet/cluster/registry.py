@@ -63,6 +63,7 @@ from emunet.cluster.schema import (
     enum_value,
     host_port,
     load_json,
+    object_meta,
     require_ipv4,
 )
 from emunet.cluster.workloads import (
@@ -386,13 +387,7 @@ class Service:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
-        if self.uid:
-            meta["uid"] = self.uid
-        if self.created:
-            meta["creationTimestamp"] = self.created
-        if self.labels:
-            meta["labels"] = dict(self.labels)
+        meta = object_meta(self.name, self.namespace, self.uid, self.created, self.labels)
         spec: dict[str, Any] = {"type": self.type.value}
         if self.selector:
             spec["selector"] = dict(self.selector)

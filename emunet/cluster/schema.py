@@ -36,6 +36,7 @@ __all__ = [
     "enum_value",
     "host_port",
     "load_json",
+    "object_meta",
     "require_ipv4",
     "selector_matches",
 ]
@@ -287,6 +288,20 @@ def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> 
     """Equality-based selector: every pair present. An empty selector matches nothing
     here (a Service without a selector gets no automatic endpoints)."""
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def object_meta(
+    name: str, namespace: str, uid: str, created: str, labels: Mapping[str, str]
+) -> dict[str, Any]:
+    """A namespaced object's ``metadata``; empty fields are left out."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if uid:
+        meta["uid"] = uid
+    if created:
+        meta["creationTimestamp"] = created
+    if labels:
+        meta["labels"] = dict(labels)
+    return meta
 
 
 def require_ipv4(value: IPv4Address | None, path: str) -> IPv4Address:

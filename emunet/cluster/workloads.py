@@ -30,6 +30,7 @@ from emunet.cluster.schema import (
     dump_json,
     enum_value,
     load_json,
+    object_meta,
     selector_matches,
 )
 from emunet.errors import ConfigError
@@ -214,13 +215,7 @@ class Pod:
             check_subdomain("spec.nodeName", self.node_name)
 
     def to_dict(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
-        if self.uid:
-            meta["uid"] = self.uid
-        if self.created:
-            meta["creationTimestamp"] = self.created
-        if self.labels:
-            meta["labels"] = dict(self.labels)
+        meta = object_meta(self.name, self.namespace, self.uid, self.created, self.labels)
         if self.owner:
             meta["ownerReferences"] = [
                 {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.owner}
@@ -350,13 +345,7 @@ class Deployment:
             check_subdomain("spec.template.spec.nodeName", self.template.node_name)
 
     def to_dict(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
-        if self.uid:
-            meta["uid"] = self.uid
-        if self.created:
-            meta["creationTimestamp"] = self.created
-        if self.labels:
-            meta["labels"] = dict(self.labels)
+        meta = object_meta(self.name, self.namespace, self.uid, self.created, self.labels)
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
