@@ -36,7 +36,7 @@ API summary
   Values that do not parse are counted in :attr:`Registry.malformed` and skipped.
 
 Errors are one-line :class:`EtcdUnavailable` / :class:`EtcdError` (from
-``emunet.nodes.subnets``), :class:`NotFound`, :class:`AlreadyExists`, or
+``emunet.nodes.etcd``), :class:`NotFound`, :class:`AlreadyExists`, or
 :class:`~emunet.errors.ConfigError` (a requested ClusterIP/NodePort is taken).
 """
 
@@ -52,18 +52,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
-from types import TracebackType
 from typing import Any, Literal
 
 import aetcd
-from emunet.nodes.etcd import (
-    EtcdError,
-    EtcdUnavailable,
-    close_quietly,
-    etcd_errors,
-    new_client,
-    parse_endpoint,
-)
+from emunet.nodes.etcd import EtcdClient, EtcdError, EtcdUnavailable
 
 from emunet.cluster import keys
 from emunet.cluster.allocators import (
@@ -144,8 +136,10 @@ def decode(key: str, value: bytes) -> RegistryObject:
     return obj if isinstance(obj, dict) else {"value": obj}
 
 
-class Registry:
+class Registry(EtcdClient):
     """The registry client; use as ``async with``. Constructing it does no I/O."""
+
+    _log = log
 
     def __init__(
         self,
@@ -157,73 +151,27 @@ class Registry:
         watch_backoff: tuple[float, float] = (0.1, 5.0),
         rng: random.Random | None = None,
     ) -> None:
-        self.endpoint = endpoint
-        self._host, self._port = parse_endpoint(endpoint)
-        self.request_timeout = request_timeout
+        super().__init__(endpoint, request_timeout=request_timeout, watch_backoff=watch_backoff)
         self.service_cidr = service_cidr
         self.node_port_range = node_port_range
-        self.watch_backoff = watch_backoff
         self._rng = rng or random.Random()
-        self._client: Any = None
         self._keepalives: dict[str, asyncio.Task[None]] = {}
         self._lease_ids: dict[str, int] = {}
         # counters
         self.malformed = 0
-        self.watch_reconnects = 0
-        self.relists = 0
         self.txn_conflicts = 0
         self.lease_regrants = 0
 
     # -- lifecycle ---------------------------------------------------------
 
-    def _new_client(self) -> Any:
-        return new_client(self._host, self._port, self.request_timeout)
-
-    async def __aenter__(self) -> Registry:
-        self._client = self._new_client()
-        with self._errors():
-            await self._client.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Stop keep-alives (node leases then expire on their own) and disconnect."""
+    async def _stop_tasks(self) -> None:
+        """Stop keep-alives (on close): node leases then expire on their own."""
         for task in self._keepalives.values():
             task.cancel()
         for task in self._keepalives.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._keepalives.clear()
-        if self._client is not None:
-            await close_quietly(self._client)
-            self._client = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            raise EmunetError("Registry is not open; use `async with Registry(...)`")
-        return self._client
-
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return etcd_errors(self.endpoint)
-
-    # -- raw ---------------------------------------------------------------
-
-    async def _get(self, key: str) -> Any:
-        with self._errors():
-            return await self.client.get(key.encode())
-
-    async def _list(self, prefix: str, client: Any = None) -> tuple[list[Any], int]:
-        with self._errors():
-            listing = await (client or self.client).get_prefix(prefix.encode())
-        return list(listing), listing.header.revision
 
     def _decode_many(self, kvs: list[Any]) -> list[Any]:
         out = []
@@ -669,55 +617,36 @@ class Registry:
     async def watch(self, prefix: str, *, sync_marker: bool = False) -> AsyncIterator[WatchEvent]:
         """Snapshot + watch of ``prefix`` forever (see the module doc)."""
         known: dict[str, int] = {}  # key -> mod_revision
-        backoff_min, backoff_max = self.watch_backoff
-        backoff = backoff_min
-        revision: int | None = None
-        while True:
-            client = self._new_client()
-            try:
-                if revision is None:
-                    kvs, listed_at = await self._list(prefix, client)
-                    seen: dict[str, int] = {}
-                    for kv in kvs:
-                        key = kv.key.decode(errors="replace")
-                        seen[key] = kv.mod_revision
-                        if known.get(key) == kv.mod_revision:
-                            continue
-                        obj = self._decode_one(key, kv.value)
-                        if obj is not None:
-                            yield WatchEvent("PUT", key, obj)
-                    for key in sorted(set(known) - set(seen)):
-                        yield WatchEvent("DELETE", key, None)
-                    known = seen
-                    revision = listed_at + 1
-                    if sync_marker:
-                        yield WatchEvent("SYNC", "", None)
-                with self._errors():
-                    stream = await client.watch_prefix(prefix.encode(), start_revision=revision)
-                    backoff = backoff_min
-                    async for change in stream:
-                        revision = change.kv.mod_revision + 1
-                        key = change.kv.key.decode(errors="replace")
-                        if change.kind == aetcd.EventKind.PUT:
-                            known[key] = change.kv.mod_revision
-                            obj = self._decode_one(key, change.kv.value)
-                            if obj is not None:
-                                yield WatchEvent("PUT", key, obj)
-                        else:
-                            known.pop(key, None)
-                            yield WatchEvent("DELETE", key, None)
-                raise EtcdUnavailable(self.endpoint, "watch stream ended")
-            except aetcd.RevisionCompactedError as exc:
-                log.warning("watch of %s fell behind compaction (%s), re-listing", prefix, exc)
-                self.relists += 1
-                revision = None
-            except EtcdError as exc:
-                self.watch_reconnects += 1
-                log.warning("watch of %s failed (%s); reconnecting in %.1f s", prefix, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, backoff_max)
-            finally:
-                await close_quietly(client)
+
+        def relist(kvs: list[Any]) -> list[WatchEvent]:
+            nonlocal known
+            events: list[WatchEvent] = []
+            seen: dict[str, int] = {}
+            for kv in kvs:
+                key = kv.key.decode(errors="replace")
+                seen[key] = kv.mod_revision
+                if known.get(key) == kv.mod_revision:
+                    continue
+                obj = self._decode_one(key, kv.value)
+                if obj is not None:
+                    events.append(WatchEvent("PUT", key, obj))
+            events += [WatchEvent("DELETE", key, None) for key in sorted(set(known) - set(seen))]
+            known = seen
+            if sync_marker:
+                events.append(WatchEvent("SYNC", "", None))
+            return events
+
+        def apply(change: Any) -> list[WatchEvent]:
+            key = change.kv.key.decode(errors="replace")
+            if change.kind != aetcd.EventKind.PUT:
+                known.pop(key, None)
+                return [WatchEvent("DELETE", key, None)]
+            known[key] = change.kv.mod_revision
+            obj = self._decode_one(key, change.kv.value)
+            return [] if obj is None else [WatchEvent("PUT", key, obj)]
+
+        async for event in self.watch_prefix(prefix, relist, apply):
+            yield event
 
     def _decode_one(self, key: str, value: bytes) -> RegistryObject | None:
         try:

@@ -26,6 +26,9 @@ path, e.g. ``spec.ports[0].port: must be 1-65535, got 70000``):
 * :class:`Deployment` (``replicas``, ``selector``, ``template``:
   :class:`PodTemplate`).
 
+Pods, Containers, PodTemplates and Deployments are defined in
+:mod:`emunet.cluster.workloads`; every object class can be imported from here.
+
 Elsewhere: the etcd keys in :mod:`emunet.cluster.keys`; the field walker and
 the validation rules in :mod:`emunet.cluster.schema`; ClusterIP and NodePort
 allocation in :mod:`emunet.cluster.allocators`; endpoints and kube-proxy's
