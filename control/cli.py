@@ -12,6 +12,12 @@ What the commands print is :mod:`emunet.control.views`'; what they write is
 decided by pure functions in :mod:`emunet.cluster` (``apply``, ``imperative``,
 ``controllers``).
 
+Deployments are the controller manager's (``emunet-controller-manager``, which
+every fabric runs): ``run``, ``scale`` and ``apply`` write the Deployment and it
+creates, schedules and deletes the pods. Where no controller manager holds its
+lease (a bare etcd), the CLI plays the Deployment controller itself, each pod on
+the Ready node with the fewest pods (``controllers.schedule_pod``).
+
 The fabric (its etcd endpoint, and how to reach the agents' control endpoints)
 is chosen once per invocation by :func:`emunet.control.fabric.select_target`:
 ``--fabric local|compose``, else ``--etcd`` (used as given), else

@@ -41,8 +41,9 @@ from emunet.nodes.registry import AlreadyExists, NotFound, Registry, now_rfc3339
 
 from emunet.cluster import registry as model
 from emunet.cluster.apply import Change, Manifested, decide, needs_ready_node
-from emunet.cluster.controllers import plan_deployment
+from emunet.cluster.controllers import Unschedulable, plan_deployment, schedule_pod
 from emunet.cluster.imperative import expose_service, pod_selector, run_deployment
+from emunet.cluster.keys import CONTROLLER_LEASE_KEY
 from emunet.cluster.kubeproxy import DEFAULT_AFFINITY_TIMEOUT
 from emunet.cluster.manifests import parse_manifests
 from emunet.cluster.registry import (
@@ -191,14 +192,14 @@ def describe(
 
 async def _require_ready(reg: Registry) -> None:
     if not any(n.ready for n in await reg.nodes()):
-        raise model.Unschedulable("no Ready node to schedule pods on (is the fabric up?)")
+        raise Unschedulable("no Ready node to schedule pods on (is the fabric up?)")
 
 
 async def reconcile(reg: Registry, dep: Deployment, rng: random.Random | None = None) -> None:
     """The Deployment controller's work for ``dep`` (``controllers.plan_deployment``,
     the controller manager's own decisions), done here only while no controller
     manager runs (it holds its lease key then, and reconciles by itself)."""
-    if await reg.lease_held(model.controller_lease_key()):
+    if await reg.lease_held(CONTROLLER_LEASE_KEY):
         return
     all_pods = await reg.list_pods(None)
     nodes = await reg.nodes()
@@ -206,7 +207,7 @@ async def reconcile(reg: Registry, dep: Deployment, rng: random.Random | None = 
         raise NotFound(f"no such node: {dep.template.node_name}")
     plan = plan_deployment([dep], all_pods, nodes, rng or random.Random(), burst=MAX_REPLICAS)
     if any(not p.node_name for p in plan.create) and not any(n.ready for n in nodes):
-        model.schedule(all_pods, nodes)  # raises: no Ready node (is the fabric up?)
+        schedule_pod(all_pods, nodes)  # raises: no Ready node (is the fabric up?)
     for p in plan.create:
         await reg.create_pod(p)
     for p in plan.bind:
@@ -432,7 +433,7 @@ async def apply_objects(reg: Registry, objects: Sequence[Manifested]) -> list[st
             if node:
                 await reg.require_node(node)
             else:
-                node = model.schedule(await reg.list_pods(None), await reg.nodes())
+                node = schedule_pod(await reg.list_pods(None), await reg.nodes())
             await reg.create_pod(replace(obj, node_name=node, created=now_rfc3339()))
         lines.append(step.line)
     return lines

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from emunet.cluster import registry as model
+from emunet.cluster.endpoints import endpoints_for
 from emunet.cluster.registry import (
     Deployment,
     ExternalHostInfo,
@@ -227,7 +227,7 @@ def services_table(services: Iterable[Service], wide: bool, now: datetime.dateti
 
 def endpoints_object(svc: Service, pods: Sequence[Pod]) -> dict[str, Any]:
     """The v1 Endpoints object of ``svc``: one subset per (service port, target port)."""
-    eps = model.endpoints_for(svc, pods)
+    eps = endpoints_for(svc, pods)
     subsets = []
     for p in svc.ports:
         mine = [e for e in eps if e.port_name == p.name]
@@ -249,7 +249,7 @@ def endpoints_object(svc: Service, pods: Sequence[Pod]) -> dict[str, Any]:
 
 def endpoints_text(svc: Service, pods: Sequence[Pod], wide: bool) -> str:
     """The ENDPOINTS column: ``ip:port`` list, the first three and a count unless wide."""
-    eps = model.endpoints_for(svc, pods)
+    eps = endpoints_for(svc, pods)
     texts = sorted({f"{e.ip}:{e.port}" for e in eps}, key=lambda t: (len(t), t))
     if not texts:
         return "<none>"
@@ -316,7 +316,7 @@ def describe_service(svc: Service, pods: Sequence[Pod]) -> list[str]:
     ]
     if svc.type == ServiceType.LOAD_BALANCER:
         lines.append(kv("LoadBalancer Ingress", svc.ingress_ip or "<pending>"))
-    eps = model.endpoints_for(svc, pods)
+    eps = endpoints_for(svc, pods)
     for sp in svc.ports:
         label = sp.name or "<unset>"
         lines.append(kv("Port", f"{label}  {sp.port}/{sp.protocol}"))

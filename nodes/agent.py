@@ -24,7 +24,7 @@ One asyncio process (uvloop under ``python -m emunet.nodes``) per node:
    of this subnet (the agent restarted) keeps it.
 5. **kube-proxy**: a watch of Services plus the pod cache; any change
    schedules one debounced ``node.set_services(services, endpoints)``
-   (endpoints derived with ``registry.endpoints_for``).
+   (endpoints derived with ``endpoints.endpoints_for``).
 6. The control API (:mod:`emunet.nodes.control`) on ``node_ip:control_port``.
 
 etcd going away changes nothing for the data plane: the watches reconnect
@@ -51,8 +51,11 @@ from emunet.nodes.registry import Registry
 from emunet.nodes.runtime import NodeRuntime
 from emunet.nodes.subnets import EtcdError, SubnetManager
 
+from emunet.cluster import keys
 from emunet.cluster import registry as model
+from emunet.cluster.endpoints import endpoints_for, to_kubeproxy
 from emunet.cluster.flannel import LeaseAdded, LeaseRemoved, LeaseRevoked, NetworkConfig
+from emunet.cluster.keys import Kind
 from emunet.cluster.registry import netns_name
 from emunet.dataplane.node import Node
 from emunet.errors import ConfigError, EmunetError
@@ -353,10 +356,10 @@ class Agent(Service):
                 break
         svc, _, ns = name.partition(".")
         ns = ns or model.DEFAULT_NAMESPACE
-        s = self.services.get(model.service_key(ns, svc)) if _safe(svc, ns) else None
+        s = self.services.get(keys.key(Kind.SERVICE, svc, ns)) if _safe(svc, ns) else None
         if s is not None and s.cluster_ip is not None:
             return s.cluster_ip
-        p = self.pods.get(model.pod_key(ns, svc)) if _safe(svc, ns) else None
+        p = self.pods.get(keys.key(Kind.POD, svc, ns)) if _safe(svc, ns) else None
         if p is not None and p.pod_ip is not None:
             return p.pod_ip
         for pod in self.pods.values():
@@ -375,7 +378,7 @@ class Agent(Service):
 
     async def _kubelet(self) -> None:
         assert self.registry is not None
-        async for ev in self.registry.watch(model.pods_prefix(), sync_marker=True):
+        async for ev in self.registry.watch(keys.prefix(Kind.POD), sync_marker=True):
             self.etcd_ok = True
             self.counters["pod_events"] += 1
             if ev.type == "SYNC":
@@ -573,7 +576,7 @@ class Agent(Service):
 
     async def _watch_services(self) -> None:
         assert self.registry is not None
-        async for ev in self.registry.watch(model.services_prefix()):
+        async for ev in self.registry.watch(keys.prefix(Kind.SERVICE)):
             self.counters["service_events"] += 1
             if ev.type == "PUT" and isinstance(ev.object, model.Service):
                 self.services[ev.key] = ev.object
@@ -601,11 +604,11 @@ class Agent(Service):
             if s.cluster_ip is None:
                 continue
             try:
-                services.append((s, model.to_kubeproxy(s)))
+                services.append((s, to_kubeproxy(s)))
             except ConfigError as exc:
                 log.warning("skipping service %s/%s: %s", s.namespace, s.name, exc)
         pods = list(self.pods.values())
-        endpoints = {kp.key: model.endpoints_for(s, pods) for s, kp in services}
+        endpoints = {kp.key: endpoints_for(s, pods) for s, kp in services}
         try:
             node.set_services([kp for _, kp in services], endpoints, rt.now())
         except ConfigError as exc:

@@ -48,7 +48,7 @@ from emunet.nodes.process import (
 from emunet.nodes.registry import AlreadyExists, Registry
 from emunet.nodes.subnets import EtcdError
 
-from emunet.cluster import registry as model
+from emunet.cluster import keys
 from emunet.cluster.controllers import (
     DEFAULT_GRACE,
     DEFAULT_TOLERATION,
@@ -60,7 +60,7 @@ __all__ = ["LEASE_KEY", "ControllerConfig", "ControllerManager", "main"]
 
 log = logging.getLogger("emunet.controller-manager")
 
-LEASE_KEY = model.controller_lease_key()
+LEASE_KEY = keys.CONTROLLER_LEASE_KEY
 LEASE_TTL = 10
 
 
@@ -108,8 +108,8 @@ class ControllerManager(Service):
         loop = asyncio.get_running_loop()
         jobs: list[tuple[Callable[[], Any], str]] = [
             (self._hold, "lease"),
-            (lambda: self._watch(model.deployments_prefix()), "watch-deployments"),
-            (lambda: self._watch(model.pods_prefix()), "watch-pods"),
+            (lambda: self._watch(keys.prefix(keys.Kind.DEPLOYMENT)), "watch-deployments"),
+            (lambda: self._watch(keys.prefix(keys.Kind.POD)), "watch-pods"),
             (self._loop, "sync"),
         ]
         for make, name in jobs:

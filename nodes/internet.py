@@ -67,7 +67,10 @@ from emunet.nodes.runtime import (
 )
 from emunet.nodes.subnets import EtcdError
 
+from emunet.cluster import keys
 from emunet.cluster import registry as model
+from emunet.cluster.endpoints import endpoints_for, to_kubeproxy
+from emunet.cluster.keys import Kind
 from emunet.cluster.registry import ExternalHostInfo, ServiceType
 from emunet.dataplane.node import Node
 from emunet.dataplane.site import APPS, InternetSite, choose_ingress, lb_pool
@@ -226,8 +229,8 @@ class InternetProcess(Service):
         jobs: list[tuple[Callable[[], Any], str]] = [(self._register, "register")]
         if self.site.gateway is not None:
             jobs += [
-                (lambda: self._watch(model.services_prefix(), self.services), "cloud-services"),
-                (lambda: self._watch(model.pods_prefix(), self.pods), "cloud-pods"),
+                (lambda: self._watch(keys.prefix(Kind.SERVICE), self.services), "cloud-services"),
+                (lambda: self._watch(keys.prefix(Kind.POD), self.pods), "cloud-pods"),
                 (self._cloud_loop, "cloud-controller"),
             ]
         for make, name in jobs:
@@ -365,11 +368,11 @@ class InternetProcess(Service):
             if s.cluster_ip is None or s.external_ip is None:
                 continue
             try:
-                services.append((s, model.to_kubeproxy(s)))
+                services.append((s, to_kubeproxy(s)))
             except ConfigError:
                 continue
         pods = list(self.pods.values())
-        endpoints = {kp.key: model.endpoints_for(s, pods) for s, kp in services}
+        endpoints = {kp.key: endpoints_for(s, pods) for s, kp in services}
         node_ips = {n.name: n.internal_ip for n in nodes}
         self.site.set_services([kp for _, kp in services], endpoints, node_ips)
         self.counters["lb_syncs"] += 1

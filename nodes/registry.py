@@ -36,7 +36,7 @@ API summary
   Values that do not parse are counted in :attr:`Registry.malformed` and skipped.
 
 Errors are one-line :class:`EtcdUnavailable` / :class:`EtcdError` (from
-``emunet.nodes.subnets``), :class:`NotFound`, :class:`AlreadyExists`, or
+``emunet.nodes.etcd``), :class:`NotFound`, :class:`AlreadyExists`, or
 :class:`~emunet.errors.ConfigError` (a requested ClusterIP/NodePort is taken).
 """
 
@@ -49,26 +49,24 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
-from types import TracebackType
 from typing import Any, Literal
 
 import aetcd
-from emunet.nodes.etcd import (
-    EtcdError,
-    EtcdUnavailable,
-    close_quietly,
-    etcd_errors,
-    new_client,
-    parse_endpoint,
-)
+from emunet.nodes.etcd import EtcdClient, EtcdError, EtcdUnavailable
 
-from emunet.cluster import registry as model
+from emunet.cluster import keys
+from emunet.cluster.allocators import (
+    DEFAULT_SERVICE_CIDR,
+    NODE_PORT_RANGE,
+    allocate_cluster_ip,
+    allocate_node_port,
+)
+from emunet.cluster.keys import Kind
 from emunet.cluster.registry import (
     NODE_LEASE_TTL,
-    NODE_PORT_RANGE,
     Deployment,
     ExternalHostInfo,
     NodeInfo,
@@ -116,20 +114,21 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_DECODERS: dict[Kind, Callable[[bytes], RegistryObject]] = {
+    Kind.POD: Pod.from_json,
+    Kind.SERVICE: Service.from_json,
+    Kind.DEPLOYMENT: Deployment.from_json,
+    Kind.NODE: NodeInfo.from_json,
+    Kind.HOST: ExternalHostInfo.from_json,
+}
+
+
 def decode(key: str, value: bytes) -> RegistryObject:
     """The object stored at ``key``; raises ConfigError when it does not parse."""
-    parsed = model.parse_key(key)
-    kind = parsed[0] if parsed else ""
-    if kind == "pod":
-        return Pod.from_json(value)
-    if kind == "service":
-        return Service.from_json(value)
-    if kind == "deployment":
-        return Deployment.from_json(value)
-    if kind == "node":
-        return NodeInfo.from_json(value)
-    if kind == "host":
-        return ExternalHostInfo.from_json(value)
+    parsed = keys.parse_key(key)
+    decoder = _DECODERS.get(parsed[0]) if parsed else None
+    if decoder is not None:
+        return decoder(value)
     try:
         obj = json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -137,86 +136,42 @@ def decode(key: str, value: bytes) -> RegistryObject:
     return obj if isinstance(obj, dict) else {"value": obj}
 
 
-class Registry:
+class Registry(EtcdClient):
     """The registry client; use as ``async with``. Constructing it does no I/O."""
+
+    _log = log
 
     def __init__(
         self,
         endpoint: str,
         *,
         request_timeout: float = 5.0,
-        service_cidr: IPv4Network = model.DEFAULT_SERVICE_CIDR,
+        service_cidr: IPv4Network = DEFAULT_SERVICE_CIDR,
         node_port_range: tuple[int, int] = NODE_PORT_RANGE,
         watch_backoff: tuple[float, float] = (0.1, 5.0),
         rng: random.Random | None = None,
     ) -> None:
-        self.endpoint = endpoint
-        self._host, self._port = parse_endpoint(endpoint)
-        self.request_timeout = request_timeout
+        super().__init__(endpoint, request_timeout=request_timeout, watch_backoff=watch_backoff)
         self.service_cidr = service_cidr
         self.node_port_range = node_port_range
-        self.watch_backoff = watch_backoff
         self._rng = rng or random.Random()
-        self._client: Any = None
         self._keepalives: dict[str, asyncio.Task[None]] = {}
         self._lease_ids: dict[str, int] = {}
         # counters
         self.malformed = 0
-        self.watch_reconnects = 0
-        self.relists = 0
         self.txn_conflicts = 0
         self.lease_regrants = 0
 
     # -- lifecycle ---------------------------------------------------------
 
-    def _new_client(self) -> Any:
-        return new_client(self._host, self._port, self.request_timeout)
-
-    async def __aenter__(self) -> Registry:
-        self._client = self._new_client()
-        with self._errors():
-            await self._client.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Stop keep-alives (node leases then expire on their own) and disconnect."""
+    async def _stop_tasks(self) -> None:
+        """Stop keep-alives (on close): node leases then expire on their own."""
         for task in self._keepalives.values():
             task.cancel()
         for task in self._keepalives.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._keepalives.clear()
-        if self._client is not None:
-            await close_quietly(self._client)
-            self._client = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            raise EmunetError("Registry is not open; use `async with Registry(...)`")
-        return self._client
-
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return etcd_errors(self.endpoint)
-
-    # -- raw ---------------------------------------------------------------
-
-    async def _get(self, key: str) -> Any:
-        with self._errors():
-            return await self.client.get(key.encode())
-
-    async def _list(self, prefix: str, client: Any = None) -> tuple[list[Any], int]:
-        with self._errors():
-            listing = await (client or self.client).get_prefix(prefix.encode())
-        return list(listing), listing.header.revision
 
     def _decode_many(self, kvs: list[Any]) -> list[Any]:
         out = []
@@ -237,8 +192,8 @@ class Registry:
         if ttl < 2:
             raise ConfigError(f"node lease ttl: {ttl} s is too short (at least 2 s)")
         with self._errors():
-            await self.client.put(model.node_key(node.name).encode(), node.to_json().encode())
-        await self.hold_lease(model.node_lease_key(node.name), node.name, ttl)
+            await self.client.put(keys.key(Kind.NODE, node.name).encode(), node.to_json().encode())
+        await self.hold_lease(keys.key(Kind.NODE_LEASE, node.name), node.name, ttl)
 
     async def hold_lease(self, key: str, holder: str, ttl: int) -> None:
         """Put ``key`` (a Lease object naming ``holder``) on an etcd lease of ``ttl``
@@ -286,7 +241,7 @@ class Registry:
     async def unregister_node(self, name: str, *, delete: bool = False) -> None:
         """Stop keeping ``name`` alive and revoke its lease (it turns NotReady at
         once); ``delete`` also removes the Node object."""
-        key = model.node_lease_key(name)
+        key = keys.key(Kind.NODE_LEASE, name)
         task = self._keepalives.pop(key, None)
         if task is not None:
             task.cancel()
@@ -297,14 +252,14 @@ class Registry:
             if lease_id is not None:
                 with contextlib.suppress(aetcd.ClientError):
                     await self.client.revoke_lease(lease_id)
-            await self.client.delete(model.node_lease_key(name).encode())
+            await self.client.delete(keys.key(Kind.NODE_LEASE, name).encode())
             if delete:
-                await self.client.delete(model.node_key(name).encode())
+                await self.client.delete(keys.key(Kind.NODE, name).encode())
 
     async def nodes(self) -> list[NodeInfo]:
         """Every Node, sorted by name, with ``ready`` from its lease key."""
-        kvs, _ = await self._list(model.nodes_prefix())
-        leases, _ = await self._list(model.node_leases_prefix())
+        kvs, _ = await self._list(keys.prefix(Kind.NODE))
+        leases, _ = await self._list(keys.prefix(Kind.NODE_LEASE))
         alive = {kv.key.decode(errors="replace").rsplit("/", 1)[-1] for kv in leases}
         out = [
             replace(n, ready=n.name in alive)
@@ -314,11 +269,11 @@ class Registry:
         return sorted(out, key=lambda n: n.name)
 
     async def get_node(self, name: str) -> NodeInfo | None:
-        got = await self._get(model.node_key(name))
+        got = await self._get(keys.key(Kind.NODE, name))
         if got is None:
             return None
         node = NodeInfo.from_json(got.value)
-        lease = await self._get(model.node_lease_key(name))
+        lease = await self._get(keys.key(Kind.NODE_LEASE, name))
         return replace(node, ready=lease is not None)
 
     async def require_node(self, name: str) -> NodeInfo:
@@ -335,20 +290,22 @@ class Registry:
         host.validate()
         with self._errors():
             if lease is None:
-                await self.client.put(model.host_key(host.name).encode(), host.to_json().encode())
+                await self.client.put(
+                    keys.key(Kind.HOST, host.name).encode(), host.to_json().encode()
+                )
             else:
                 await self.client.put(
-                    model.host_key(host.name).encode(), host.to_json().encode(), lease=lease
+                    keys.key(Kind.HOST, host.name).encode(), host.to_json().encode(), lease=lease
                 )
 
     async def hosts(self) -> list[ExternalHostInfo]:
         """Every external host, sorted by segment and name."""
-        kvs, _ = await self._list(model.hosts_prefix())
+        kvs, _ = await self._list(keys.prefix(Kind.HOST))
         out = [h for h in self._decode_many(kvs) if isinstance(h, ExternalHostInfo)]
         return sorted(out, key=lambda h: (h.segment, h.name))
 
     async def require_host(self, name: str) -> ExternalHostInfo:
-        got = await self._get(model.host_key(name))
+        got = await self._get(keys.key(Kind.HOST, name))
         if got is None:
             names = ", ".join(h.name for h in await self.hosts())
             known = names or "none: is the internet running?"
@@ -358,7 +315,7 @@ class Registry:
     # -- pods ------------------------------------------------------------------
 
     async def get_pod(self, namespace: str, name: str) -> Pod | None:
-        got = await self._get(model.pod_key(namespace, name))
+        got = await self._get(keys.key(Kind.POD, name, namespace))
         return None if got is None else Pod.from_json(got.value)
 
     async def require_pod(self, namespace: str, name: str) -> Pod:
@@ -368,7 +325,7 @@ class Registry:
         return pod
 
     async def list_pods(self, namespace: str | None = None) -> list[Pod]:
-        kvs, _ = await self._list(model.pods_prefix(namespace))
+        kvs, _ = await self._list(keys.prefix(Kind.POD, namespace))
         return [p for p in self._decode_many(kvs) if isinstance(p, Pod)]
 
     async def create_pod(self, pod: Pod) -> Pod:
@@ -411,12 +368,12 @@ class Registry:
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         with self._errors():
-            return bool(await self.client.delete(model.pod_key(namespace, name).encode()))
+            return bool(await self.client.delete(keys.key(Kind.POD, name, namespace).encode()))
 
     # -- services ------------------------------------------------------------
 
     async def get_service(self, namespace: str, name: str) -> Service | None:
-        got = await self._get(model.service_key(namespace, name))
+        got = await self._get(keys.key(Kind.SERVICE, name, namespace))
         return None if got is None else Service.from_json(got.value)
 
     async def require_service(self, namespace: str, name: str) -> Service:
@@ -426,12 +383,12 @@ class Registry:
         return svc
 
     async def list_services(self, namespace: str | None = None) -> list[Service]:
-        kvs, _ = await self._list(model.services_prefix(namespace))
+        kvs, _ = await self._list(keys.prefix(Kind.SERVICE, namespace))
         return [s for s in self._decode_many(kvs) if isinstance(s, Service)]
 
     async def _claims(self) -> tuple[set[IPv4Address], set[int]]:
-        ips, _ = await self._list(f"{model.PREFIX}/ranges/serviceips/")
-        ports, _ = await self._list(f"{model.PREFIX}/ranges/servicenodeports/")
+        ips, _ = await self._list(keys.prefix(Kind.SERVICE_IP))
+        ports, _ = await self._list(keys.prefix(Kind.NODE_PORT))
         used_ips: set[IPv4Address] = set()
         for kv in ips:
             with contextlib.suppress(ValueError):
@@ -463,7 +420,7 @@ class Registry:
                 )
             ip = svc.cluster_ip
             if ip is None:
-                ip = model.allocate_cluster_ip(used_ips, self.service_cidr, self._rng)
+                ip = allocate_cluster_ip(used_ips, self.service_cidr, self._rng)
             elif ip in used_ips:
                 raise ConfigError(f"spec.clusterIP: {ip}: provided IP is already allocated")
             ports = []
@@ -472,7 +429,7 @@ class Registry:
                 if needs_ports and p.node_port == 0:
                     p = replace(
                         p,
-                        node_port=model.allocate_node_port(taken, self._rng, self.node_port_range),
+                        node_port=allocate_node_port(taken, self._rng, self.node_port_range),
                     )
                 elif p.node_port and p.node_port in used_ports:
                     raise ConfigError(
@@ -482,8 +439,8 @@ class Registry:
                 taken.add(p.node_port)
                 ports.append(replace(p, target_port=p.effective_target))
             final = replace(svc, cluster_ip=ip, ports=tuple(ports))
-            claim_keys = [model.cluster_ip_key(ip).encode()] + [
-                model.node_port_key(n).encode() for n in sorted(set(final.node_ports))
+            claim_keys = [keys.key(Kind.SERVICE_IP, str(ip)).encode()] + [
+                keys.key(Kind.NODE_PORT, str(n)).encode() for n in sorted(set(final.node_ports))
             ]
             value = self._claim_value(final)
             with self._errors():
@@ -525,7 +482,7 @@ class Registry:
                         p = replace(
                             p,
                             node_port=keep
-                            or model.allocate_node_port(taken, self._rng, self.node_port_range),
+                            or allocate_node_port(taken, self._rng, self.node_port_range),
                         )
                     elif p.node_port in taken:
                         raise ConfigError(
@@ -546,8 +503,8 @@ class Registry:
                 ingress_ip=old.ingress_ip if svc.type == ServiceType.LOAD_BALANCER else None,
             )
             new_ports = set(final.node_ports)
-            claim = [model.node_port_key(n).encode() for n in sorted(new_ports - mine)]
-            release = [model.node_port_key(n).encode() for n in sorted(mine - new_ports)]
+            claim = [keys.key(Kind.NODE_PORT, str(n)).encode() for n in sorted(new_ports - mine)]
+            release = [keys.key(Kind.NODE_PORT, str(n)).encode() for n in sorted(mine - new_ports)]
             value = self._claim_value(final)
             with self._errors():
                 ok, _ = await self.client.transaction(
@@ -569,7 +526,7 @@ class Registry:
         """Write ``status.loadBalancer.ingress`` (the cloud controller's part of a
         Service), compare-and-swap on the object; ``expect``, when given, is the
         uid the caller saw. None when the Service is gone or was replaced."""
-        key = model.service_key(namespace, name)
+        key = keys.key(Kind.SERVICE, name, namespace)
         txn = self.client.transactions
         for _ in range(_TXN_RETRIES):
             got = await self._get(key)
@@ -592,20 +549,20 @@ class Registry:
 
     async def delete_service(self, namespace: str, name: str) -> bool:
         """Delete the Service and release its ClusterIP and NodePorts (one Txn)."""
-        key = model.service_key(namespace, name)
+        key = keys.key(Kind.SERVICE, name, namespace)
         txn = self.client.transactions
         for _ in range(_TXN_RETRIES):
             got = await self._get(key)
             if got is None:
                 return False
             svc = Service.from_json(got.value)
-            keys = [model.node_port_key(n).encode() for n in svc.node_ports]
+            claims = [keys.key(Kind.NODE_PORT, str(n)).encode() for n in svc.node_ports]
             if svc.cluster_ip is not None:
-                keys.append(model.cluster_ip_key(svc.cluster_ip).encode())
+                claims.append(keys.key(Kind.SERVICE_IP, str(svc.cluster_ip)).encode())
             with self._errors():
                 ok, _ = await self.client.transaction(
                     compare=[txn.mod(key.encode()) == got.mod_revision],
-                    success=[txn.delete(key.encode())] + [txn.delete(k) for k in keys],
+                    success=[txn.delete(key.encode())] + [txn.delete(k) for k in claims],
                     failure=[],
                 )
             if ok:
@@ -616,7 +573,7 @@ class Registry:
     # -- deployments -----------------------------------------------------------
 
     async def get_deployment(self, namespace: str, name: str) -> Deployment | None:
-        got = await self._get(model.deployment_key(namespace, name))
+        got = await self._get(keys.key(Kind.DEPLOYMENT, name, namespace))
         return None if got is None else Deployment.from_json(got.value)
 
     async def require_deployment(self, namespace: str, name: str) -> Deployment:
@@ -626,15 +583,15 @@ class Registry:
         return dep
 
     async def list_deployments(self, namespace: str | None = None) -> list[Deployment]:
-        kvs, _ = await self._list(model.deployments_prefix(namespace))
+        kvs, _ = await self._list(keys.prefix(Kind.DEPLOYMENT, namespace))
         return [d for d in self._decode_many(kvs) if isinstance(d, Deployment)]
 
     async def deployment_names(self) -> set[tuple[str, str]]:
         """``(namespace, name)`` of every stored Deployment, decodable or not."""
-        kvs, _ = await self._list(model.deployments_prefix())
+        kvs, _ = await self._list(keys.prefix(Kind.DEPLOYMENT))
         out: set[tuple[str, str]] = set()
         for kv in kvs:
-            parsed = model.parse_key(kv.key)
+            parsed = keys.parse_key(kv.key)
             if parsed is not None:
                 out.add((parsed[1], parsed[2]))
         return out
@@ -651,62 +608,45 @@ class Registry:
 
     async def delete_deployment(self, namespace: str, name: str) -> bool:
         with self._errors():
-            return bool(await self.client.delete(model.deployment_key(namespace, name).encode()))
+            return bool(
+                await self.client.delete(keys.key(Kind.DEPLOYMENT, name, namespace).encode())
+            )
 
     # -- watch -----------------------------------------------------------------
 
     async def watch(self, prefix: str, *, sync_marker: bool = False) -> AsyncIterator[WatchEvent]:
         """Snapshot + watch of ``prefix`` forever (see the module doc)."""
         known: dict[str, int] = {}  # key -> mod_revision
-        backoff_min, backoff_max = self.watch_backoff
-        backoff = backoff_min
-        revision: int | None = None
-        while True:
-            client = self._new_client()
-            try:
-                if revision is None:
-                    kvs, listed_at = await self._list(prefix, client)
-                    seen: dict[str, int] = {}
-                    for kv in kvs:
-                        key = kv.key.decode(errors="replace")
-                        seen[key] = kv.mod_revision
-                        if known.get(key) == kv.mod_revision:
-                            continue
-                        obj = self._decode_one(key, kv.value)
-                        if obj is not None:
-                            yield WatchEvent("PUT", key, obj)
-                    for key in sorted(set(known) - set(seen)):
-                        yield WatchEvent("DELETE", key, None)
-                    known = seen
-                    revision = listed_at + 1
-                    if sync_marker:
-                        yield WatchEvent("SYNC", "", None)
-                with self._errors():
-                    stream = await client.watch_prefix(prefix.encode(), start_revision=revision)
-                    backoff = backoff_min
-                    async for change in stream:
-                        revision = change.kv.mod_revision + 1
-                        key = change.kv.key.decode(errors="replace")
-                        if change.kind == aetcd.EventKind.PUT:
-                            known[key] = change.kv.mod_revision
-                            obj = self._decode_one(key, change.kv.value)
-                            if obj is not None:
-                                yield WatchEvent("PUT", key, obj)
-                        else:
-                            known.pop(key, None)
-                            yield WatchEvent("DELETE", key, None)
-                raise EtcdUnavailable(self.endpoint, "watch stream ended")
-            except aetcd.RevisionCompactedError as exc:
-                log.warning("watch of %s fell behind compaction (%s), re-listing", prefix, exc)
-                self.relists += 1
-                revision = None
-            except EtcdError as exc:
-                self.watch_reconnects += 1
-                log.warning("watch of %s failed (%s); reconnecting in %.1f s", prefix, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, backoff_max)
-            finally:
-                await close_quietly(client)
+
+        def relist(kvs: list[Any]) -> list[WatchEvent]:
+            nonlocal known
+            events: list[WatchEvent] = []
+            seen: dict[str, int] = {}
+            for kv in kvs:
+                key = kv.key.decode(errors="replace")
+                seen[key] = kv.mod_revision
+                if known.get(key) == kv.mod_revision:
+                    continue
+                obj = self._decode_one(key, kv.value)
+                if obj is not None:
+                    events.append(WatchEvent("PUT", key, obj))
+            events += [WatchEvent("DELETE", key, None) for key in sorted(set(known) - set(seen))]
+            known = seen
+            if sync_marker:
+                events.append(WatchEvent("SYNC", "", None))
+            return events
+
+        def apply(change: Any) -> list[WatchEvent]:
+            key = change.kv.key.decode(errors="replace")
+            if change.kind != aetcd.EventKind.PUT:
+                known.pop(key, None)
+                return [WatchEvent("DELETE", key, None)]
+            known[key] = change.kv.mod_revision
+            obj = self._decode_one(key, change.kv.value)
+            return [] if obj is None else [WatchEvent("PUT", key, obj)]
+
+        async for event in self.watch_prefix(prefix, relist, apply):
+            yield event
 
     def _decode_one(self, key: str, value: bytes) -> RegistryObject | None:
         try:

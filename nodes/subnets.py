@@ -31,18 +31,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aetcd
-from emunet.nodes.etcd import (
-    EtcdError,
-    EtcdUnavailable,
-    close_quietly,
-    etcd_errors,
-    new_client,
-    parse_endpoint,
-)
+from emunet.nodes.etcd import EtcdClient, EtcdError, EtcdUnavailable, parse_endpoint
 
 from emunet.cluster.flannel import (
     DEFAULT_MTU,
@@ -69,7 +61,7 @@ from emunet.cluster.flannel import (
     subnet_key,
     subnets_prefix,
 )
-from emunet.errors import ConfigError, EmunetError
+from emunet.errors import ConfigError
 
 __all__ = [
     "EtcdError",
@@ -108,12 +100,14 @@ class _Entry:
     lease_id: int
 
 
-class SubnetManager:
+class SubnetManager(EtcdClient):
     """One node's view of flannel's etcd schema; use as ``async with``.
 
     ``public_ip`` is required for :meth:`acquire`; a manager without one can
     still :meth:`watch` every lease (e.g. for the CLI).
     """
+
+    _log = log
 
     def __init__(
         self,
@@ -131,8 +125,9 @@ class SubnetManager:
         request_timeout: float = 5.0,
         rng: random.Random | None = None,
     ) -> None:
-        self.endpoint = client_endpoint
-        self._host, self._port = parse_endpoint(client_endpoint)
+        super().__init__(
+            client_endpoint, request_timeout=request_timeout, watch_backoff=watch_backoff
+        )
         self.prefix = prefix
         self.public_ip = IPv4Address(public_ip) if public_ip is not None else None
         if ttl < 2:
@@ -143,10 +138,7 @@ class SubnetManager:
         self.ipmasq = ipmasq
         self.renew_margin = renew_margin
         self.renew_retry = renew_retry if renew_retry is not None else renew_retry_delay(ttl)
-        self.watch_backoff = watch_backoff
-        self.request_timeout = request_timeout
         self._rng = rng or random.Random()
-        self._client: Any = None
         self._lease: Lease | None = None
         self._etcd_lease_id = 0
         self._renew_task: asyncio.Task[None] | None = None
@@ -155,44 +147,16 @@ class SubnetManager:
         self.renewals = 0
         self.renew_failures = 0
         self.malformed_leases = 0
-        self.watch_reconnects = 0
-        self.relists = 0
 
     # -- lifecycle ---------------------------------------------------------
 
-    def _new_client(self) -> Any:
-        return new_client(self._host, self._port, self.request_timeout)
-
-    async def __aenter__(self) -> SubnetManager:
-        self._client = self._new_client()
-        with self._etcd_errors():
-            await self._client.connect()  # builds the channel; no request yet
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Stop renewing and close the connection. The lease is kept, as flanneld does."""
+    async def _stop_tasks(self) -> None:
+        """Stop renewing (on close). The lease is kept, as flanneld does."""
         if self._renew_task is not None:
             self._renew_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renew_task
             self._renew_task = None
-        if self._client is not None:
-            await close_quietly(self._client)
-            self._client = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            raise EmunetError("SubnetManager is not open; use `async with SubnetManager(...)`")
-        return self._client
 
     @property
     def lease(self) -> Lease | None:
@@ -208,16 +172,12 @@ class SubnetManager:
         """Set when a renewal found our key gone or taken over."""
         return self._revoked
 
-    def _etcd_errors(self) -> contextlib.AbstractContextManager[None]:
-        return etcd_errors(self.endpoint)
-
     # -- config --------------------------------------------------------------
 
     async def get_config(self) -> NetworkConfig:
         """Read and check ``<prefix>/config``."""
         key = config_key(self.prefix)
-        with self._etcd_errors():
-            got = await self.client.get(key.encode())
+        got = await self._get(key)
         if got is None:
             raise ConfigError(
                 f"flannel config not found in etcd at {key}; "
@@ -229,7 +189,7 @@ class SubnetManager:
         """Write ``config`` only if no config exists; return the config etcd now holds."""
         key = config_key(self.prefix).encode()
         txn = self.client.transactions
-        with self._etcd_errors():
+        with self._errors():
             await self.client.transaction(
                 compare=[txn.version(key) == 0],
                 success=[txn.put(key, config.to_json().encode())],
@@ -239,22 +199,24 @@ class SubnetManager:
 
     # -- leases ----------------------------------------------------------------
 
-    async def _list(self, client: Any) -> tuple[dict[IPv4Network, _Entry], int]:
-        with self._etcd_errors():
-            listing = await client.get_prefix(subnets_prefix(self.prefix).encode())
+    def _entries(self, kvs: list[Any]) -> dict[IPv4Network, _Entry]:
         entries: dict[IPv4Network, _Entry] = {}
-        for kv in listing:
+        for kv in kvs:
             try:
                 subnet = parse_subnet_key(kv.key, self.prefix)
                 entries[subnet] = _Entry(decode_lease_value(kv.value), kv.lease)
             except MalformedLease as exc:
                 self.malformed_leases += 1
                 log.warning("ignoring bad subnet lease: %s", exc.reason)
-        return entries, listing.header.revision
+        return entries
+
+    async def _list_entries(self, client: Any) -> dict[IPv4Network, _Entry]:
+        kvs, _ = await self._list(subnets_prefix(self.prefix), client)
+        return self._entries(kvs)
 
     async def leases(self) -> dict[IPv4Network, IPv4Address]:
         """Every lease in etcd now (subnet -> PublicIP), ours included."""
-        entries, _ = await self._list(self.client)
+        entries = await self._list_entries(self.client)
         return {subnet: entry.public_ip for subnet, entry in entries.items()}
 
     def _previous_subnet(self) -> IPv4Network | None:
@@ -280,16 +242,16 @@ class SubnetManager:
         client = self.client
         txn = client.transactions
         for _ in range(_RACE_RETRIES):
-            entries, _rev = await self._list(client)
+            entries = await self._list_entries(client)
             current = {subnet: entry.public_ip for subnet, entry in entries.items()}
             allocation = choose_subnet(config, current, self.public_ip, previous, self._rng)
             for stale in allocation.stale:
                 log.info("deleting our lease %s: not compatible with the network config", stale)
-                with self._etcd_errors():
+                with self._errors():
                     await client.delete(subnet_key(stale, self.prefix).encode())
             key = subnet_key(allocation.subnet, self.prefix)
             reservation = False
-            with self._etcd_errors():
+            with self._errors():
                 if allocation.kind is AllocationKind.REUSED:
                     if entries[allocation.subnet].lease_id == 0:
                         reservation = True  # a reservation: keep it lease-less
@@ -350,7 +312,7 @@ class SubnetManager:
         txn = client.transactions
         key = lease.key.encode()
         value = encode_lease_value(lease.public_ip)
-        with self._etcd_errors():
+        with self._errors():
             new_id = (await client.lease(self.ttl)).id
             ok, _ = await client.transaction(
                 compare=[txn.value(key) == value],
@@ -393,41 +355,22 @@ class SubnetManager:
         """
         own = self._lease
         table = LeaseTable(own.subnet if own else None, own.public_ip if own else None)
-        prefix = subnets_prefix(self.prefix).encode()
-        backoff_min, backoff_max = self.watch_backoff
-        backoff = backoff_min
-        revision: int | None = None  # next revision to watch from; None: (re)list first
-        while True:
+
+        def relist(kvs: list[Any]) -> list[LeaseEvent]:
+            entries = self._entries(kvs)
+            return table.reset({subnet: entry.public_ip for subnet, entry in entries.items()})
+
+        def check() -> None:
             if self._revoked is not None:
                 raise self._revoked
-            client = self._new_client()
-            try:
-                if revision is None:
-                    entries, listed_at = await self._list(client)
-                    snapshot = {subnet: entry.public_ip for subnet, entry in entries.items()}
-                    events = table.reset(snapshot)
-                    revision = listed_at + 1
-                    for event in events:
-                        yield event
-                with self._etcd_errors():
-                    watch = await client.watch_prefix(prefix, start_revision=revision)
-                    backoff = backoff_min
-                    async for change in watch:
-                        revision = change.kv.mod_revision + 1
-                        for event in self._apply(table, change):
-                            yield event
-                raise EtcdUnavailable(self.endpoint, "watch stream ended")
-            except aetcd.RevisionCompactedError as exc:
-                log.warning("watch of %s fell behind compaction (%s), re-listing", prefix, exc)
-                self.relists += 1
-                revision = None
-            except EtcdError as exc:
-                self.watch_reconnects += 1
-                log.warning("watch of %s failed (%s); reconnecting in %.1f s", prefix, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, backoff_max)
-            finally:
-                await close_quietly(client)
+
+        async for event in self.watch_prefix(
+            subnets_prefix(self.prefix),
+            relist,
+            lambda change: self._apply(table, change),
+            check=check,
+        ):
+            yield event
 
     def _apply(self, table: LeaseTable, change: Any) -> list[LeaseEvent]:
         try:

@@ -14,9 +14,15 @@ and writes the answer back. Nothing here does I/O or reads a clock.
   ``Pending`` with reason ``Unschedulable`` and the scheduler's message
   (``0/3 nodes are available: 3 Too many pods.``), and is bound once a node
   has room.
+  Without a controller manager the CLI places a pod with :func:`schedule_pod`
+  (the least loaded Ready node, capacity not checked).
 * **Deployment controller**: ``replicas`` non-terminated pods per Deployment;
   surplus pods go not-running first, then from the busiest nodes, newest first
   (the ReplicaSet controller's order). At most :data:`MAX_REPLICAS` replicas.
+  A Deployment's pods are named like a ReplicaSet's,
+  ``<deployment>-<pod-template-hash>-<5 characters>``
+  (:func:`pod_for_deployment`); a pod whose ``pod-template-hash`` label is not
+  the template's current one is replaced.
 * **Node lifecycle controller**: a node whose lease lapsed is NotReady; after
   ``grace`` seconds (``--node-monitor-grace-period``, 40 s) its pods are
   marked not ready (reason ``NodeNotReady``) and so leave every Service's
@@ -28,12 +34,14 @@ and writes the answer back. Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from emunet.cluster import registry as model
-from emunet.cluster.registry import MAX_REPLICAS, Deployment, NodeInfo, Pod, PodPhase
+from emunet.cluster.registry import MAX_REPLICAS, Deployment, NodeInfo, Pod, PodPhase, PodTemplate
+from emunet.errors import EmunetError
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -41,9 +49,14 @@ __all__ = [
     "MAX_REPLICAS",
     "DeploymentPlan",
     "NodeLifecycle",
+    "Unschedulable",
+    "deployment_pod_name",
     "node_capacity",
     "plan_deployment",
+    "pod_for_deployment",
+    "pod_template_hash",
     "schedule",
+    "schedule_pod",
     "unschedulable_message",
 ]
 
@@ -52,6 +65,10 @@ DEFAULT_TOLERATION = 300.0  # the default not-ready / unreachable toleration
 _UNKNOWN_CAPACITY = 110  # kubelet's --max-pods, for a node without a pod CIDR yet
 
 _TERMINATED = (PodPhase.FAILED, PodPhase.SUCCEEDED)
+
+
+class Unschedulable(EmunetError):
+    """No Ready node can take a pod."""
 
 
 def node_capacity(node: NodeInfo) -> int:
@@ -95,6 +112,69 @@ def schedule(nodes: Sequence[NodeInfo], load: dict[str, int], pinned: str = "") 
     best = min(fits, key=lambda n: (load.get(n.name, 0), n.name)).name
     load[best] = load.get(best, 0) + 1
     return best
+
+
+def schedule_pod(pods: Iterable[Pod], nodes: Iterable[NodeInfo]) -> str:
+    """The Ready node with the fewest (non-terminated) pods, ties by name, whatever
+    its capacity (a pod created without a controller manager).
+
+    Raises :class:`Unschedulable` when no node is Ready.
+    """
+    ready = sorted(n.name for n in nodes if n.ready)
+    if not ready:
+        raise Unschedulable("no Ready node to schedule the pod on (is the fabric up?)")
+    counts = dict.fromkeys(ready, 0)
+    for pod in pods:
+        if pod.node_name in counts and pod.phase not in _TERMINATED:
+            counts[pod.node_name] += 1
+    return min(ready, key=lambda name: (counts[name], name))
+
+
+# ReplicaSet name suffixes use this alphabet (k8s.io/apimachinery rand.String):
+# no vowels (no words), no 0/1/3 (confusable).
+_RAND_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def pod_template_hash(template: PodTemplate) -> str:
+    """10 hex digits identifying a pod template (the ReplicaSet part of pod names)."""
+    text = json.dumps(template.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def deployment_pod_name(deployment: Deployment, rng: random.Random | None = None) -> str:
+    """``<deployment>-<10 hex>-<5 alnum>``, like a ReplicaSet's pods."""
+    rng = rng or random.Random()
+    suffix = "".join(rng.choice(_RAND_ALPHABET) for _ in range(5))
+    return f"{deployment.name}-{pod_template_hash(deployment.template)}-{suffix}"
+
+
+def pod_for_deployment(
+    deployment: Deployment,
+    node_name: str = "",
+    rng: random.Random | None = None,
+    *,
+    uid: str = "",
+    created: str = "",
+    taken: Collection[str] = (),
+) -> Pod:
+    """A new Pending pod of ``deployment`` (name unique among ``taken``); the
+    template's nodeName, when set, wins over ``node_name``."""
+    rng = rng or random.Random()
+    name = deployment_pod_name(deployment, rng)
+    while name in taken:
+        name = deployment_pod_name(deployment, rng)
+    labels = dict(deployment.template.labels)
+    labels["pod-template-hash"] = pod_template_hash(deployment.template)
+    return Pod(
+        name=name,
+        namespace=deployment.namespace,
+        labels=labels,
+        uid=uid,
+        node_name=deployment.template.node_name or node_name,
+        containers=deployment.template.containers,
+        owner=deployment.name,
+        created=created,
+    )
 
 
 @dataclass
@@ -145,7 +225,7 @@ def plan_deployment(
         mine = [p for p in pods if p.owner == dep.name and p.namespace == dep.namespace]
         # a pod of an older template goes (the Recreate strategy): its replacement
         # comes from the template the Deployment has now
-        current = model.pod_template_hash(dep.template)
+        current = pod_template_hash(dep.template)
         stale = [p for p in mine if p.labels.get("pod-template-hash", current) != current]
         plan.delete.extend(stale)
         # a Failed pod (its app crashed, or it could not be created) still counts: the
@@ -157,7 +237,7 @@ def plan_deployment(
             names = {n for ns, n in taken if ns == dep.namespace}
             for _ in range(min(missing, budget)):
                 node = schedule(nodes, load, dep.template.node_name)
-                pod = model.pod_for_deployment(dep, node or "", rng, taken=names)
+                pod = pod_for_deployment(dep, node or "", rng, taken=names)
                 if node is None:
                     candidates = [n for n in nodes if n.name == dep.template.node_name] or nodes
                     pod = replace(

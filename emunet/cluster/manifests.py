@@ -48,11 +48,11 @@ from emunet.cluster.registry import (
     Container,
     ContainerPort,
     Deployment,
-    FieldReader,
     Pod,
     PodTemplate,
     Service,
 )
+from emunet.cluster.schema import FieldReader
 from emunet.errors import ConfigError
 
 __all__ = [

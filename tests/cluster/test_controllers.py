@@ -15,6 +15,7 @@ from emunet.cluster.controllers import (
     plan_deployment,
     schedule,
 )
+from emunet.cluster.endpoints import endpoints_for
 from emunet.cluster.registry import (
     Container,
     Deployment,
@@ -24,7 +25,6 @@ from emunet.cluster.registry import (
     PodTemplate,
     Service,
     ServicePortSpec,
-    endpoints_for,
 )
 from emunet.errors import ConfigError
 

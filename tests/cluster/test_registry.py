@@ -13,41 +13,30 @@ from typing import Any
 import pytest
 
 from emunet.cluster import kubeproxy
+from emunet.cluster.allocators import RangeFull, allocate_cluster_ip, allocate_node_port
+from emunet.cluster.controllers import (
+    Unschedulable,
+    deployment_pod_name,
+    pod_for_deployment,
+    pod_template_hash,
+    schedule_pod,
+)
+from emunet.cluster.endpoints import endpoints_for, endpoints_map, to_kubeproxy
 from emunet.cluster.registry import (
     Container,
     ContainerPort,
     Deployment,
-    FieldReader,
     NodeInfo,
     Pod,
     PodPhase,
     PodTemplate,
-    RangeFull,
     Service,
     ServicePortSpec,
     ServiceType,
     SessionAffinity,
     TrafficPolicy,
-    Unschedulable,
-    allocate_cluster_ip,
-    allocate_node_port,
-    cluster_ip_key,
-    deployment_key,
-    deployment_pod_name,
-    endpoints_for,
-    endpoints_map,
-    node_key,
-    node_lease_key,
-    node_port_key,
-    parse_key,
-    pod_for_deployment,
-    pod_key,
-    pod_template_hash,
-    schedule,
-    selector_matches,
-    service_key,
-    to_kubeproxy,
 )
+from emunet.cluster.schema import FieldReader, selector_matches
 from emunet.errors import ConfigError
 
 A = IPv4Address
@@ -92,51 +81,6 @@ def svc(**kw: Any) -> Service:
     }
     base.update(kw)
     return Service(**base)
-
-
-# -- keys ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("key", "expected", "parsed"),
-    [
-        (pod_key("default", "web-1"), "/registry/pods/default/web-1", ("pod", "default", "web-1")),
-        (
-            service_key("kube-system", "dns"),
-            "/registry/services/specs/kube-system/dns",
-            ("service", "kube-system", "dns"),
-        ),
-        (
-            deployment_key("default", "web"),
-            "/registry/deployments/default/web",
-            ("deployment", "default", "web"),
-        ),
-        (node_key("node1"), "/registry/minions/node1", ("node", "", "node1")),
-        (
-            node_lease_key("node1"),
-            "/registry/leases/kube-node-lease/node1",
-            ("nodelease", "", "node1"),
-        ),
-        (cluster_ip_key(A("10.96.0.5")), "/registry/ranges/serviceips/10.96.0.5", None),
-        (node_port_key(30080), "/registry/ranges/servicenodeports/30080", None),
-    ],
-)
-def test_keys(key: str, expected: str, parsed: tuple[str, str, str] | None) -> None:
-    assert key == expected
-    assert parse_key(key) == parsed
-    assert parse_key(key.encode()) == parsed
-
-
-@pytest.mark.parametrize(
-    "key", ["/coreos.com/network/config", "/registry/pods/default", "/registry/pods/a/b/c", ""]
-)
-def test_parse_key_rejects(key: str) -> None:
-    assert parse_key(key) is None
-
-
-def test_key_refuses_slash() -> None:
-    with pytest.raises(ConfigError, match="pod name"):
-        pod_key("default", "a/b")
 
 
 # -- round trips -------------------------------------------------------------------
@@ -434,12 +378,12 @@ def n(name: str, ready: bool = True) -> NodeInfo:
     ],
 )
 def test_schedule(pods: list[Pod], nodes: list[NodeInfo], expected: str) -> None:
-    assert schedule(pods, nodes) == expected
+    assert schedule_pod(pods, nodes) == expected
 
 
 def test_schedule_without_ready_nodes() -> None:
     with pytest.raises(Unschedulable, match="no Ready node"):
-        schedule([], [n("node1", ready=False)])
+        schedule_pod([], [n("node1", ready=False)])
 
 
 def test_deployment_pod_names() -> None:

@@ -13,6 +13,7 @@ import pytest
 from emunet.nodes.etcd_server import EtcdServer
 from emunet.nodes.registry import AlreadyExists, EtcdUnavailable, Registry, WatchEvent
 
+from emunet.cluster import keys
 from emunet.cluster import registry as model
 from emunet.cluster.registry import (
     Container,
@@ -178,7 +179,7 @@ async def test_watch_snapshot_then_updates(etcd: EtcdServer) -> None:
         events: asyncio.Queue[WatchEvent] = asyncio.Queue()
 
         async def consume() -> None:
-            async for ev in reg.watch(model.pods_prefix(), sync_marker=True):
+            async for ev in reg.watch(keys.prefix(keys.Kind.POD), sync_marker=True):
                 await events.put(ev)
 
         task = asyncio.create_task(consume())
@@ -212,7 +213,7 @@ async def test_watch_survives_etcd_restart(etcd: EtcdServer) -> None:
         events: asyncio.Queue[WatchEvent] = asyncio.Queue()
 
         async def consume() -> None:
-            async for ev in watcher.watch(model.pods_prefix()):
+            async for ev in watcher.watch(keys.prefix(keys.Kind.POD)):
                 await events.put(ev)
 
         task = asyncio.create_task(consume())
