@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from emunet.dataplane.interfaces import Interface, RxHandler
-from emunet.dataplane.trace import Drop, Tracer
+from emunet.dataplane.interfaces import Interface
+from emunet.dataplane.netns import Namespace
+from emunet.dataplane.trace import Drop
 from emunet.packets.mac import MAC
 
 DEFAULT_AGEING = 300.0
@@ -37,36 +38,30 @@ class FdbEntry:
 class Bridge:
     """Holds the FDB and forwards frames between its ports.
 
-    ``device``: the bridge device (``cni0``), whose MAC is the bridge's;
-    ``deliver(port, frame, now)`` transmits on a port (the namespace's L2 transmit);
-    ``local(device, frame, now)`` hands a frame to the bridge device's own stack;
-    ``trace(now, event, detail, iface)`` reports a hop when tracing is on;
-    ``drop(now, iface, reason, detail)`` counts a frame the bridge cannot take.
+    ``device``: the bridge device (``cni0``), whose MAC is the bridge's, in the
+    namespace ``stack``: frames leave on a port by its L2 transmit, go up by its
+    receive on the device, and what the bridge cannot take is its drop;
+    ``trace(now, event, detail, iface)`` reports a hop when tracing is on.
     """
 
     def __init__(
         self,
         device: Interface,
+        stack: Namespace,
         *,
-        deliver: RxHandler,
-        local: RxHandler,
         trace: Callable[[float, str, str, str], None],
-        drop: Callable[[float, Interface | None, Drop, str], None],
-        tracer: Tracer,
         ageing_time: float = DEFAULT_AGEING,
     ) -> None:
         assert device.mac is not None
         self.name = device.name
         self.device = device
+        self.stack = stack
         self.mac = device.mac
         self.ports: list[Interface] = []
         self.fdb: dict[bytes, FdbEntry] = {}
         self.ageing_time = ageing_time
-        self._deliver = deliver
-        self._local = local
         self._trace = trace
-        self._drop = drop
-        self._tracer = tracer
+        self._tracer = stack.node.tracer
         device.start_xmit = self.xmit
         # br_netfilter: IPv4 frames bridged between two ports cross the root
         # namespace's netfilter hooks; the hook returns the (rewritten) frame or None
@@ -86,7 +81,7 @@ class Bridge:
             for tap in port.taps:
                 tap(now, frame)
         if size < 14:
-            self._drop(now, port, Drop.MALFORMED, f"ethernet frame of {size} bytes")
+            self.stack.drop(now, port, Drop.MALFORMED, f"ethernet frame of {size} bytes")
             return
         if self._tracer.enabled:
             self._trace(now, "rx", f"bridge port of {self.name}", port.name)
@@ -130,7 +125,7 @@ class Bridge:
                 )
             self._flood(port, frame, now)
             if port is not None:
-                self._local(self.device, frame, now)
+                self.stack.rx_frame(self.device, frame, now)
             return
         if dst == self.mac:
             if port is not None:
@@ -138,7 +133,7 @@ class Bridge:
                     self._trace(
                         now, "fdb local", f"{MAC(dst)} is {self.name}: up to the IP stack", ""
                     )
-                self._local(self.device, frame, now)
+                self.stack.rx_frame(self.device, frame, now)
             return
         if port is not None and self.nf_hook is not None and frame[12:14] == b"\x08\x00":
             hooked = self.nf_hook(port, frame, now)
@@ -157,7 +152,7 @@ class Bridge:
                 return  # destination is on the ingress segment: filtered
             if self._tracer.enabled:
                 self._trace(now, "fdb hit", f"{MAC(dst)} on {entry.port.name}", "")
-            self._deliver(entry.port, frame, now)
+            self.stack.l2_xmit(entry.port, frame, now)
             return
         if self._tracer.enabled:
             self._trace(now, "fdb miss", f"{MAC(dst)} unknown: flood", "")
@@ -166,7 +161,7 @@ class Bridge:
     def _flood(self, ingress: Interface | None, frame: bytes | bytearray, now: float) -> None:
         for p in self.ports:
             if p is not ingress:
-                self._deliver(p, frame, now)
+                self.stack.l2_xmit(p, frame, now)
 
     def age(self, now: float) -> int:
         """Remove entries idle for longer than the ageing time; returns how many."""

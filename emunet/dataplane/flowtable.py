@@ -18,21 +18,15 @@ go stale.
 from __future__ import annotations
 
 import struct
-from typing import Any, Protocol
+from typing import Any
 
+from emunet.dataplane.conntrack import ConntrackEntry
+from emunet.dataplane.netfilter import Netfilter
 from emunet.dataplane.routing import Route, RouteTable
 
 FLOW_TABLE_MAX = 65536
 _FLOW_KEY = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports) of a 20-byte header
 _DST = struct.Struct("!16x4s")
-
-
-class FlowHooks(Protocol):
-    """What the flow table asks of netfilter."""
-
-    def fast_forward(self, pkt: bytearray, now: float) -> tuple[Any, int] | None: ...
-
-    def flow_refresh(self, ct: Any, flags: int, now: float) -> bool: ...
 
 
 class Flow:
@@ -41,7 +35,7 @@ class Flow:
 
     __slots__ = ("ct", "next_hop", "route", "version")
 
-    def __init__(self, ct: Any, route: Route | None, version: int, dst: bytes) -> None:
+    def __init__(self, ct: ConntrackEntry, route: Route | None, version: int, dst: bytes) -> None:
         self.ct = ct
         self.route = route
         self.version = version
@@ -51,7 +45,7 @@ class Flow:
 class FlowTable:
     """The flows of one namespace, bounded (cleared whole when full)."""
 
-    def __init__(self, routes: RouteTable, local: dict[bytes, Any], hooks: FlowHooks) -> None:
+    def __init__(self, routes: RouteTable, local: dict[bytes, Any], hooks: Netfilter) -> None:
         self._routes = routes
         self._prefixes = routes.prefixes  # its version changes with every route or address
         self._local = local

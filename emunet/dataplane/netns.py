@@ -32,12 +32,12 @@ import struct
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from emunet.dataplane.flowtable import FlowHooks, FlowTable
+from emunet.dataplane.flowtable import FlowTable
 from emunet.dataplane.frag import Defrag, fragment
 from emunet.dataplane.interfaces import LOOPBACK, VETH, Interface
 from emunet.dataplane.machine import Machine
 from emunet.dataplane.neigh import Neighbour, NeighTable, Pending
-from emunet.dataplane.netfilter import NetfilterHooks, Verdict
+from emunet.dataplane.netfilter import Netfilter, NetfilterHooks, Verdict
 from emunet.dataplane.routing import SCOPE_HOST, SCOPE_LINK, Route, RouteTable
 from emunet.dataplane.sockets import ANY, PingSocket, UDPSocket
 from emunet.dataplane.tcp import TCPConnection, TCPListener
@@ -148,7 +148,7 @@ class Namespace:
         self.routes.add(route, replace=replace)
         return route
 
-    def enable_flows(self, hooks: FlowHooks) -> None:
+    def enable_flows(self, hooks: Netfilter) -> None:
         """Keep a flow table (a forwarding namespace whose netfilter is ``hooks``)."""
         self.flows = FlowTable(self.routes, self.local, hooks)
 

@@ -117,15 +117,7 @@ class Node(Machine):
         self.gateway_ip = next(self.subnet.hosts())
         self.pod_mtu = pod_mtu if pod_mtu is not None else underlay_mtu - OVERHEAD
         self.cni0 = root.add_interface("cni0", BRIDGE, mac=self._new_mac(), mtu=self.pod_mtu)
-        self.bridge = Bridge(
-            self.cni0,
-            deliver=root.l2_xmit,
-            local=root.rx_frame,
-            trace=self._bridge_trace,
-            drop=root.drop,
-            tracer=self.tracer,
-            ageing_time=ageing_time,
-        )
+        self.bridge = Bridge(self.cni0, root, trace=self._bridge_trace, ageing_time=ageing_time)
         root.add_address(self.cni0, IPv4Interface(f"{self.gateway_ip}/{self.subnet.prefixlen}"))
         # flannel0: TUN with the subnet's network address as /32, the Network routed to it
         self.flannel0 = root.add_interface("flannel0", TUN, mtu=underlay_mtu - OVERHEAD)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
-from typing import Protocol
 
 from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.lpm import PrefixMap
+from emunet.dataplane.netns import Namespace
 from emunet.dataplane.trace import Drop, Tracer, describe
 from emunet.packets import icmp, ipv4, udp
 
@@ -38,16 +38,6 @@ OVERHEAD = 20 + 8
 
 # an overlay datagram leaving the node: ((PublicIP, port), the inner packet)
 OverlayDatagram = tuple[tuple[str, int], bytearray]
-
-
-class TunHost(Protocol):
-    """The namespace flannel0 lives in, as flanneld sees it."""
-
-    def rx_packet(self, iface: Interface, pkt: bytearray, now: float) -> None: ...
-
-    def drop(self, now: float, iface: Interface | None, reason: Drop, detail: str = "") -> None: ...
-
-    def trace(self, now: float, iface: str, event: str, detail: str = "") -> None: ...
 
 
 class Lease:
@@ -71,7 +61,7 @@ class FlannelUDP:
         own_subnet: IPv4Network,
         node_ip: IPv4Address,
         *,
-        root: TunHost,
+        root: Namespace,
         flannel0: Interface,
         eth0: Interface,
         emit: Callable[[OverlayDatagram], None],
