@@ -152,9 +152,6 @@ class Namespace:
         """Keep a flow table (a forwarding namespace whose netfilter is ``hooks``)."""
         self.flows = FlowTable(self.routes, self.local, hooks)
 
-    def primary_address(self, iface: Interface) -> IPv4Address | None:
-        return iface.addresses[0].ip if iface.addresses else None
-
     @property
     def addresses(self) -> list[tuple[str, IPv4Interface]]:
         return [(i.name, a) for i in self.interfaces.values() for a in i.addresses]
