@@ -353,8 +353,8 @@ class NodeRuntime(Service):
         except Exception:
             self.stats.internal_errors += 1
             log.exception("node %s: error running its queue", self.node.name)
-            actions = self.node.actions
-            self.node.actions = []
+            actions = self.node.actions.copy()  # the list stays: emitters hold its append
+            self.node.actions.clear()
         ov, wire = self._overlay, self._wire
         stats = self.stats
         for action in actions:

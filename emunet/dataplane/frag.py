@@ -53,8 +53,9 @@ class Defrag:
     def __len__(self) -> int:
         return len(self.queues)
 
-    def add(self, pkt: bytearray, now: float, discarded: list[str]) -> bytearray | None:
-        """Add a fragment; the whole packet once complete, else None. The reasons
+    def add(self, pkt: bytearray, now: float, discarded: list[str]) -> tuple[bytearray, int] | None:
+        """Add a fragment; the whole packet and how many fragments made it once
+        complete, else None. The reasons
         of what this call discarded (this queue, older ones evicted) are appended
         to ``discarded``."""
         key = (bytes(pkt[12:16]), bytes(pkt[16:20]), (pkt[4] << 8) | pkt[5], pkt[9])
@@ -106,7 +107,7 @@ class Defrag:
             return None
         del queues[key]
         self.bytes -= r.size
-        return _join(r.first, r)
+        return _join(r.first, r), len(r.frags)
 
     def _discard(self, key: FragKey, r: Reassembly | None, discarded: list[str], why: str) -> None:
         if r is not None and self.queues.pop(key, None) is r:

@@ -120,7 +120,7 @@ def quoted_tuple(
     """The ICMP error in ``pkt`` (IP header of ``ihl`` bytes): where its quoted
     packet starts and that packet's tuple *inverted* (the quoted packet went the
     other way, so its inverse is the error's direction); None when the quote is
-    too short or holds nothing conntrack tracks."""
+    too short (or quotes an ICMP message that is not a query or reply)."""
     ioff = ihl + 8
     if end < ioff + 20:
         return None
@@ -136,8 +136,8 @@ def quoted_tuple(
         if end < l4 + 8 or (pkt[l4] not in _ICMP_QUERIES and pkt[l4] not in _ICMP_REPLIES):
             return None
         isport = idport = _U16.unpack_from(pkt, l4 + 4)[0]
-    else:
-        return None
+    else:  # another protocol: conntrack tracks it by addresses alone
+        isport = idport = 0
     return ioff, (iproto, idst, isrc, idport, isport)
 
 

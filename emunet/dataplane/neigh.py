@@ -17,6 +17,7 @@ table answers.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from enum import Enum, StrEnum
 from ipaddress import IPv4Address
 
@@ -196,28 +197,28 @@ class NeighTable:
         ]
         return min(times) if times else None
 
-    def expire(self, now: float) -> list[Timeout]:
-        """The requests due and the entries that failed, in table order."""
-        out: list[Timeout] = []
+    def expire(self, now: float) -> Iterator[Timeout]:
+        """The requests due and the entries that failed, in table order, one at a
+        time: the caller acts on each (a request, errors about the packets that
+        waited) before the next entry is judged, as the kernel's timers do."""
         for n in list(self.entries.values()):
             if n.state is Nud.INCOMPLETE and now >= n.updated + ARP_RETRANS:
                 if n.probes >= ARP_RETRIES:
                     queued, n.queue = list(n.queue), deque()
                     self.forget(n.ip)
-                    out.append(Timeout(n, queued=queued))
+                    yield Timeout(n, queued=queued)
                 else:
-                    out.append(Timeout(n))
+                    yield Timeout(n)
             elif n.state in (Nud.DELAY, Nud.PROBE) and now >= n.probe_at:
                 if n.state is Nud.PROBE and n.probes >= ARP_RETRIES:
                     self.forget(n.ip)  # FAILED: the next packet resolves anew
-                    out.append(Timeout(n, queued=[]))
+                    yield Timeout(n, queued=[])
                     continue
                 if n.state is Nud.DELAY:
                     n.state = Nud.PROBE
                     n.probes = 0
                 n.probe_at = now + ARP_RETRANS
-                out.append(Timeout(n, unicast=n.mac))
-        return out
+                yield Timeout(n, unicast=n.mac)
 
     # ----------------------------------------------------------------- views
 

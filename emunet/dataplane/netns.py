@@ -414,7 +414,7 @@ class Namespace:
             self.l2_xmit(dev, _ETH.pack(MAC.BROADCAST, dev.mac, ETH_P_IP) + pkt, now)
             return
         mac = self.neigh.resolve(next_hop, dev, pkt, now)
-        if type(mac) is bytes:
+        if isinstance(mac, bytes):
             self.l2_xmit(dev, _ETH.pack(mac, dev.mac, ETH_P_IP) + pkt, now)
         elif isinstance(mac, Drop):
             self.drop(now, dev, mac, str(IPv4Address(next_hop)))
@@ -505,11 +505,14 @@ class Namespace:
         """Add a fragment to its queue (:class:`~emunet.dataplane.frag.Defrag`); the
         whole packet once complete. What the queues discard is dropped with its reason."""
         discarded: list[str] = []
-        whole = self.defrag.add(pkt, now, discarded)
+        done = self.defrag.add(pkt, now, discarded)
         for why in discarded:
             self.drop(now, iface, Drop.MALFORMED, why)
-        if whole is not None and self._tracer.enabled:
-            self.trace(now, iface.name, "reassembled", f"{len(whole)} bytes")
+        if done is None:
+            return None
+        whole, count = done
+        if self._tracer.enabled:
+            self.trace(now, iface.name, "reassembled", f"{count} fragments, {len(whole)} bytes")
         return whole
 
     # ---------------------------------------------------------- ICMP errors

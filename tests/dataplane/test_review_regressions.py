@@ -218,3 +218,21 @@ def test_subnet_broadcast_reaches_the_segment_and_draws_no_icmp_error() -> None:
     msg = listener.recvfrom()
     assert msg is not None and msg == (b"hello all", (a.ip, cl.local[1] if cl.local else 0))
     assert not cl.errors  # RFC 1812 4.3.2.7: no ICMP error about a broadcast datagram
+
+
+def test_an_icmp_error_about_another_protocol_is_related_to_its_connection() -> None:
+    """conntrack tracks any IP protocol by its addresses: the protocol unreachable a
+    pod answers to a GRE packet is RELATED and crosses both nodes back to the sender
+    (not dropped on the way as conntrack INVALID)."""
+    from emunet.dataplane.fabric import Fabric
+    from emunet.dataplane.trace import Drop
+
+    fab = Fabric(nodes=2, seed=3)
+    a = fab.add_pod("node1", "a")
+    b = fab.add_pod("node2", "b")
+    a.netns.ip_send_local(47, None, b.ip, b"\x00\x00\x08\x00gre-data", fab.now)
+    fab.run(1.0)
+    assert b.netns.drops.get(str(Drop.PROTO_UNREACHABLE)) == 1
+    for name in ("node1", "node2"):
+        assert str(Drop.CONNTRACK_INVALID) not in fab.node(name).drops(), name
+    assert a.netns.drops.get(str(Drop.ICMP_ERROR_NO_SOCKET)) == 1  # it arrived
