@@ -1,7 +1,12 @@
 """Network interfaces of a namespace, with Linux's names and counters.
 
-One class with a ``kind`` rather than a hierarchy: the namespace dispatches on
-it in two places (receive and transmit), which keeps the hot path flat.
+One class with a ``kind`` rather than a hierarchy. What a device does with a
+frame or packet is what its owner plugs in, as Linux's drivers and rx_handlers
+do: ``receive`` (its namespace's ``rx_frame``, or its bridge's ``port_rx`` once
+enslaved), ``start_xmit`` (the bridge device: into its bridge) and ``driver``
+(an L3 device's transmit: flanneld for ``flannel0``, the node network for
+``eth0``). This module imports nothing of the data plane: every part above it
+may use it.
 
 * ``loopback`` (``lo``): L3, what is sent is received in the same namespace.
 * ``veth``: L2, one end of a pair; what one end sends the ``peer`` receives.

@@ -3,7 +3,7 @@ endpoint for a new connection (:class:`Balancer`), the filter rules of ports
 without endpoints (:class:`ServiceFilters`), the conntrack entries a sync makes
 stale (:func:`stale_udp`).
 
-iptables mode: ``sessionAffinity: ClientIP`` first (``-m recent --rcheck
+The endpoint choice, iptables mode: ``sessionAffinity: ClientIP`` first (``-m recent --rcheck
 --seconds N --reap`` per endpoint, in endpoint order), then rule i of n
 matches with the kernel's 31-bit threshold for ``--probability 1/(n-i)``
 (``xt_statistic``), drawn from the injected ``random.Random``; the chosen
