@@ -190,6 +190,17 @@ def test_1_three_nodes_ready_with_flannel_leases_in_etcd(fabric: Fabric) -> None
     assert status.returncode == 0 and "compose" in status.stdout and PROJECT in status.stdout
 
 
+def test_1_the_nodes_run_the_compiled_core(fabric: Fabric) -> None:
+    """The image installs the wheel setup.py compiles with mypyc (issue 13)."""
+    code = (
+        "import emunet.dataplane.netns as n, emunet.packets.mac as m; print(n.__file__, m.__file__)"
+    )
+    out = fabric.run(*fabric.compose, "exec", "-T", "node1", "/opt/emunet/bin/python3", "-c", code)
+    assert out.returncode == 0, out.stderr
+    netns, mac = out.stdout.split()
+    assert netns.endswith(".so") and mac.endswith(".py"), out.stdout
+
+
 def test_2_services_reached_from_pods_the_lan_and_the_internet(fabric: Fabric) -> None:
     e = fabric.emunet
     assert e("run", "web", "--app", "http", "--replicas", "3").returncode == 0
