@@ -148,7 +148,10 @@ COMMANDS: dict[str, tuple[Callable[[Shell, list[str]], Awaitable[int]], str]] = 
     "curl": (cmd_curl, "curl [-s] [-v] [-i] [-I] [-m S] [-X METHOD] [-H HEADER] URL"),
     "nc": (cmd_nc, "nc [-u] [-z] [-w S] HOST PORT   (stdin is sent)"),
     "tcpdump": (cmd_tcpdump, "tcpdump [-c N] [-n] [-i IFACE] [--duration S]"),
-    "iperf": (cmd_iperf, "iperf -c HOST [-t S] [-p PORT] [-l LEN] | iperf -s [-t S] [-p PORT]"),
+    "iperf": (
+        cmd_iperf,
+        "iperf -c HOST [-u [-b RATE]] [-t S] [-p PORT] [-l LEN] | iperf -s [-u] [-t S] [-p PORT]",
+    ),
     "echo": (cmd_echo, "echo TEXT..."),
     "help": (cmd_help, "help"),
     "true": (cmd_true, ""),

@@ -128,3 +128,17 @@ def os_reason(exc: OSError) -> str:
     if exc.errno:
         return os.strerror(exc.errno)
     return exc.strerror or str(exc)
+
+
+def human(nbytes: float) -> str:
+    for unit, scale in (("GBytes", 1 << 30), ("MBytes", 1 << 20), ("KBytes", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes:.0f} Bytes"
+
+
+def rate(bits_per_s: float) -> str:
+    for unit, scale in (("Gbits/sec", 1e9), ("Mbits/sec", 1e6), ("Kbits/sec", 1e3)):
+        if bits_per_s >= scale:
+            return f"{bits_per_s / scale:.2f} {unit}"
+    return f"{bits_per_s:.0f} bits/sec"

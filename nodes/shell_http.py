@@ -8,7 +8,18 @@ import time
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
-from emunet.nodes.shell_env import Shell, UsageError, clip, int_opt, num_opt, os_reason, parse_opts
+from emunet.nodes.iperf_udp import iperf_udp_client, iperf_udp_server
+from emunet.nodes.shell_env import (
+    Shell,
+    UsageError,
+    clip,
+    human,
+    int_opt,
+    num_opt,
+    os_reason,
+    parse_opts,
+    rate,
+)
 from emunet.nodes.sockets import Stream
 
 __all__ = ["cmd_curl", "cmd_iperf", "cmd_nc"]
@@ -267,23 +278,9 @@ async def _nc_udp(
 # -------------------------------------------------------------------- iperf
 
 
-def _human(nbytes: float) -> str:
-    for unit, scale in (("GBytes", 1 << 30), ("MBytes", 1 << 20), ("KBytes", 1 << 10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes:.0f} Bytes"
-
-
-def _rate(bits_per_s: float) -> str:
-    for unit, scale in (("Gbits/sec", 1e9), ("Mbits/sec", 1e6), ("Kbits/sec", 1e3)):
-        if bits_per_s >= scale:
-            return f"{bits_per_s / scale:.2f} {unit}"
-    return f"{bits_per_s:.0f} bits/sec"
-
-
 async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
     try:
-        opts, _rest = parse_opts(argv[1:], "c:st:p:l:")
+        opts, _rest = parse_opts(argv[1:], "c:st:p:l:ub:")
         seconds = num_opt(opts, "-t", 10.0 if "-c" in opts else 60.0, "time", 3600)
         port = int_opt(opts, "-p", 5001, 1, 65535)
         chunk = int_opt(opts, "-l", 128 * 1024, 1, 1 << 20)
@@ -291,6 +288,8 @@ async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
         sh.eprint(f"iperf: {exc}")
         return 1
     bar = "-" * 60
+    if "-s" in opts and "-u" in opts:
+        return await iperf_udp_server(sh, port, seconds)
     if "-s" in opts:
         return await _iperf_server(sh, port, seconds, bar)
     if "-c" not in opts:
@@ -301,6 +300,8 @@ async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
     if ip is None:
         sh.eprint(f"iperf: failed to resolve host '{host}'")
         return 1
+    if "-u" in opts:
+        return await iperf_udp_client(sh, host, str(ip), port, seconds, opts)
     sh.print(bar)
     sh.print(f"Client connecting to {host}, TCP port {port}")
     sh.print("TCP window size:  256 KByte (default)")
@@ -339,7 +340,7 @@ async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
     except ValueError:
         received = sent
     sh.print("[ ID] Interval       Transfer     Bandwidth")
-    sh.print(f"[  1] 0.0000-{elapsed:.4f} sec  {_human(received)}  {_rate(received * 8 / elapsed)}")
+    sh.print(f"[  1] 0.0000-{elapsed:.4f} sec  {human(received)}  {rate(received * 8 / elapsed)}")
     return 0
 
 
@@ -364,9 +365,7 @@ async def _iperf_server(sh: Shell, port: int, seconds: float, bar: str) -> int:
         elapsed = max(sh.now - t0, 1e-9)
         writer.write(f"{total}\n".encode())
         writer.close()
-        sh.print(
-            f"[{n:3d}] 0.0000-{elapsed:.4f} sec  {_human(total)}  {_rate(total * 8 / elapsed)}"
-        )
+        sh.print(f"[{n:3d}] 0.0000-{elapsed:.4f} sec  {human(total)}  {rate(total * 8 / elapsed)}")
 
     try:
         server = await sh.runtime.start_server(sh.pod, port, serve)

@@ -293,6 +293,18 @@ async def test_pod_to_pod_and_service_across_nodes(cluster: Cluster) -> None:
     rate = re.search(r"sec\s+[\d.]+ \w+\s+([\d.]+ [KMG]bits/sec)", out)
     assert code == 0 and rate is not None, out
     print(f"iperf across two agent processes: {rate.group(1)}")
+    # iperf -u: paced datagrams, the server's report (loss, jitter) back to the client
+    server = asyncio.create_task(cluster.exec(1, "sink", "iperf", "-s", "-u", "-t", "5"))
+    await asyncio.sleep(0.5)
+    code, out = await cluster.exec(0, "client", "iperf", "-c", "sink", "-u", "-b", "2M", "-t", "2")
+    assert code == 0 and "Sending 1470 byte datagrams" in out and "Server Report:" in out, out
+    sent = int(re.search(r"Sent (\d+) datagrams", out).group(1))  # type: ignore[union-attr]
+    assert 300 <= sent <= 360, out  # 2 Mbit/s of 1470 B for 2 s: 340
+    report = re.search(r"ms\s+(\d+)/\s*(\d+) \(", out)
+    assert report is not None and int(report.group(2)) == sent, out
+    code, served = await server
+    assert code == 0 and f"/{sent:5d} (" in served, served
+    print("iperf -u across two agent processes:", out.splitlines()[-1])
     code, out = await cluster.exec(0, "client", "traceroute", "-n", "-w", "0.5", "web-2")
     assert code == 0
     assert out.splitlines()[2] == " 2  * * *" and str(web2.pod_ip) in out.splitlines()[-1]
