@@ -13,35 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Any, Protocol
 
 from emunet.dataplane.frag import fragment
 from emunet.dataplane.interfaces import Interface
+from emunet.dataplane.netfilter import Netfilter
+from emunet.dataplane.netns import Namespace
 from emunet.dataplane.trace import Tracer
-
-
-class BridgedHooks(Protocol):
-    """The netfilter hooks a bridged packet crosses."""
-
-    def fast_forward(self, pkt: bytearray, now: float) -> Any: ...
-
-    def prerouting(self, pkt: bytearray, in_iface: str, now: float) -> Any: ...
-
-    def forward(self, pkt: bytearray, in_iface: str, out_iface: str, now: float) -> Any: ...
-
-    def postrouting(
-        self, pkt: bytearray, out_iface: str, out_src: IPv4Address, now: float
-    ) -> Any: ...
-
-
-class RootStack(Protocol):
-    """What the hook asks of the root namespace."""
-
-    def reassemble(self, iface: Interface, pkt: bytearray, now: float) -> bytearray | None: ...
-
-    def nf_refused(self, iface: Interface, pkt: bytearray, verdict: Any, now: float) -> bool: ...
-
-    def route_input(self, iface: Interface, pkt: bytearray, now: float) -> None: ...
 
 
 class BrNetfilter:
@@ -49,8 +26,8 @@ class BrNetfilter:
 
     def __init__(
         self,
-        nf: BridgedHooks,
-        root: RootStack,
+        nf: Netfilter,
+        root: Namespace,
         cni0: Interface,
         gateway_ip: IPv4Address,
         *,

@@ -47,9 +47,6 @@ class Nud(StrEnum):
     FAILED = "FAILED"
 
 
-USABLE = frozenset({Nud.REACHABLE, Nud.STALE, Nud.DELAY, Nud.PROBE})  # states with a MAC
-
-
 class Pending(Enum):
     """A packet :meth:`NeighTable.resolve` queued: behind a request already sent, or
     in a new entry whose first request is due."""
@@ -98,9 +95,6 @@ class NeighTable:
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    def get(self, ip: bytes) -> Neighbour | None:
-        return self.entries.get(ip)
 
     def used(self, n: Neighbour, now: float) -> None:
         """A packet is sent with this entry's MAC (``neigh_event_send``)."""
@@ -178,14 +172,14 @@ class NeighTable:
         for ip in list(self.entries):
             self.forget(ip)
 
-    def delete(self, ip: bytes) -> list[bytearray] | None:
-        """``ip neigh del``: the packets that waited for the entry, or None if absent."""
+    def delete(self, ip: bytes) -> tuple[Neighbour, list[bytearray]] | None:
+        """``ip neigh del``: the entry and the packets that waited for it, or None."""
         n = self.entries.get(ip)
         if n is None:
             return None
         queued, n.queue = list(n.queue), deque()
         self.forget(ip)
-        return queued
+        return n, queued
 
     # ---------------------------------------------------------------- timers
 

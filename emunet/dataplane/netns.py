@@ -366,11 +366,7 @@ class Namespace:
         driver takes the packet (flanneld, the node network); lo loops it back."""
         driver = dev.driver
         if driver is not None:
-            dev.tx_packets += 1
-            dev.tx_bytes += len(pkt)
-            if dev.taps:
-                for tap in dev.taps:
-                    tap(now, pkt)
+            self._count_tx(dev, pkt, now)
             driver(pkt, next_hop, now)
         elif dev.kind == LOOPBACK:
             self._count_tx(dev, pkt, now)
@@ -381,8 +377,9 @@ class Namespace:
     def _count_tx(self, dev: Interface, data: bytes | bytearray, now: float) -> None:
         dev.tx_packets += 1
         dev.tx_bytes += len(data)
-        for tap in dev.taps:
-            tap(now, data)
+        if dev.taps:
+            for tap in dev.taps:
+                tap(now, data)
 
     # ------------------------------------------------------- L2 transmission
 
@@ -669,10 +666,10 @@ class Namespace:
     def neigh_delete(self, ip: IPv4Address, now: float) -> bool:
         """``ip neigh del``: forget an entry (the next packet resolves it again).
         Packets waiting for its resolution fail as on an ARP timeout."""
-        n = self.neigh.get(ip.packed)
-        queued = self.neigh.delete(ip.packed)
-        if n is None or queued is None:
+        deleted = self.neigh.delete(ip.packed)
+        if deleted is None:
             return False
+        n, queued = deleted
         if queued:
             self._neigh_failed(n, queued, f"{ip} (deleted)", now)
         return True
