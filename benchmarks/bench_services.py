@@ -4,7 +4,8 @@ For N Services of 3 endpoints: the cost of the first packet of a new
 connection (conntrack allocation, KUBE-SERVICES lookup, endpoint choice,
 DNAT, confirm) and of a packet of an established connection (conntrack lookup,
 state update, DNAT re-applied), each through prerouting -> forward ->
-postrouting; and the time of one kube-proxy sync (``set_services``).
+postrouting; and the time of one kube-proxy sync (``set_services``). The
+measurement is :mod:`emunet.control.bench_services`' (``emunet bench`` uses it).
 
     python benchmarks/bench_services.py [--sizes 10,1000,10000] [--packets N] [--sync N]
 """
@@ -12,113 +13,8 @@ postrouting; and the time of one kube-proxy sync (``set_services``).
 from __future__ import annotations
 
 import argparse
-import gc
-import random
-import time
-from ipaddress import IPv4Address, IPv4Network
 
-from emunet.cluster.kubeproxy import Endpoint, Service, ServicePort
-from emunet.dataplane.netfilter import Netfilter
-from emunet.dataplane.trace import Tracer
-from emunet.packets import ipv4, tcp
-from emunet.packets.tcp import ACK, SYN, TCPHeader
-
-NODE = IPv4Address("172.18.0.2")
-POD = IPv4Address("10.244.1.2")
-
-
-def services(n: int) -> tuple[list[Service], dict[tuple[str, str], list[Endpoint]]]:
-    base = int(IPv4Address("10.96.0.0")) + 16
-    svcs = []
-    eps: dict[tuple[str, str], list[Endpoint]] = {}
-    for i in range(n):
-        svc = Service(
-            "bench", f"svc{i}", IPv4Address(base + i), (ServicePort("", "TCP", 80, 8080),)
-        )
-        svcs.append(svc)
-        eps[svc.key] = [
-            Endpoint(
-                IPv4Address(int(IPv4Address("10.244.0.0")) + 256 * (j + 2) + i % 250 + 2), f"n{j}"
-            )
-            for j in range(3)
-        ]
-    return svcs, eps
-
-
-def packet(
-    dst: IPv4Address, sport: int, flags: int, src: IPv4Address = POD, dport: int = 80
-) -> bytearray:
-    seg = tcp.build(TCPHeader(sport, dport, flags=flags), b"", src, dst)
-    return bytearray(ipv4.build(ipv4.IPv4Header(src, dst, 6), seg))
-
-
-def path(nf: Netfilter, pkt: bytearray) -> None:
-    nf.prerouting(pkt, "cni0", 0.0)
-    nf.forward(pkt, "cni0", "flannel0", 0.0)
-    nf.postrouting(pkt, "flannel0", NODE, 0.0)
-
-
-BLOCK = 500
-
-
-def timed(nf: Netfilter, pkts: list[bytearray]) -> float:
-    """ns/packet: the fastest block of BLOCK packets (timeit's rule: the minimum
-    is the least disturbed by the other processes of a shared machine)."""
-    best = float("inf")
-    gc.collect()
-    gc.disable()
-    try:
-        for start in range(0, len(pkts), BLOCK):
-            block = pkts[start : start + BLOCK]
-            t0 = time.perf_counter_ns()
-            for p in block:
-                path(nf, p)
-            best = min(best, (time.perf_counter_ns() - t0) / len(block))
-    finally:
-        gc.enable()
-    return best
-
-
-def measure(n: int, packets: int) -> tuple[float, float]:
-    svcs, eps = services(n)
-    nf = Netfilter(
-        "bench",
-        Tracer(enabled=False),
-        cluster_cidr=IPv4Network("10.244.0.0/16"),
-        service_cidr=IPv4Network("10.96.0.0/12"),
-        local_addresses={NODE},
-        rng=random.Random(1),
-        conntrack_max=4 * packets + 16,
-    )
-    nf.set_services(svcs, eps)
-    rnd = random.Random(2)
-    targets = [svcs[rnd.randrange(n)].cluster_ip for _ in range(packets)]
-    # new connections: fresh source ports (packets built beforehand, copied in the loop)
-    syns = [packet(dst, 1024 + i % 60000, SYN) for i, dst in enumerate(targets)]
-    new_ns = timed(nf, syns)
-    # complete the handshakes (SYN-ACK from the chosen endpoint), then time ACKs
-    for i, p in enumerate(syns):
-        ep = IPv4Address(bytes(p[16:20]))
-        path(nf, packet(POD, 8080, SYN | ACK, src=ep, dport=1024 + i % 60000))
-    acks = [packet(dst, 1024 + i % 60000, ACK) for i, dst in enumerate(targets)]
-    est_ns = timed(nf, acks)
-    return new_ns, est_ns
-
-
-def sync_time(n: int) -> float:
-    svcs, eps = services(n)
-    nf = Netfilter(
-        "bench",
-        Tracer(enabled=False),
-        cluster_cidr=IPv4Network("10.244.0.0/16"),
-        service_cidr=IPv4Network("10.96.0.0/12"),
-        local_addresses={NODE},
-        rng=random.Random(1),
-    )
-    gc.collect()
-    t0 = time.perf_counter()
-    nf.set_services(svcs, eps)
-    return time.perf_counter() - t0
+from emunet.control.bench_services import measure, sync_time
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ Objects (:mod:`emunet.control.objects_cmd`): ``get nodes|pods|services|endpoints
 Node state through each agent's control API (:mod:`emunet.control.debug_cmd`):
 ``trace``, ``capture``, ``conntrack``, ``iptables-save``, ``routes``, ``fdb``,
 ``neigh``, ``counters``.
+Benchmarks (:mod:`emunet.control.bench_cmd`): ``bench [--quick] [-o json] [--save DIR]``.
 
 What the commands print is :mod:`emunet.control.views`'; what they write is
 decided by pure functions in :mod:`emunet.cluster` (``apply``, ``imperative``,
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from emunet.control import debug_cmd, objects_cmd, views
+from emunet.control import bench_cmd, debug_cmd, objects_cmd, views
 from emunet.control.args import Output
 from emunet.control.common import (
     OutputOpt,
@@ -339,6 +340,7 @@ def _explicit_status(target: FabricTarget, output: Output | None) -> None:
 # the object and node-state commands, after the fabric's (the order --help lists)
 objects_cmd.register(app)
 debug_cmd.register(app)
+app.command()(bench_cmd.bench)
 
 
 # -- entry point -------------------------------------------------------------------

@@ -15,7 +15,8 @@ probing the 3 queries of a hop in parallel. Names are not reverse-resolved.
 This module is the dispatcher (:data:`COMMANDS`, :func:`run_command`) and the
 iproute2 commands; ``ping``/``traceroute``/``tcpdump`` are in
 :mod:`emunet.nodes.shell_net`, ``curl``/``nc``/``iperf`` in
-:mod:`emunet.nodes.shell_http`, and every tool's output format in
+:mod:`emunet.nodes.shell_http`, ``sockperf ping-pong`` (UDP request/response
+latency) in :mod:`emunet.nodes.shell_sockperf`, and every tool's output format in
 :mod:`emunet.render`.
 """
 
@@ -30,6 +31,7 @@ from emunet.nodes.runtime import NodeRuntime
 from emunet.nodes.shell_env import Output, Resolver, Shell, clip
 from emunet.nodes.shell_http import cmd_curl, cmd_iperf, cmd_nc
 from emunet.nodes.shell_net import cmd_ping, cmd_tcpdump, cmd_traceroute
+from emunet.nodes.shell_sockperf import USAGE, cmd_sockperf
 
 from emunet.render import ip_addr, ip_link
 
@@ -152,6 +154,7 @@ COMMANDS: dict[str, tuple[Callable[[Shell, list[str]], Awaitable[int]], str]] = 
         cmd_iperf,
         "iperf -c HOST [-u [-b RATE]] [-t S] [-p PORT] [-l LEN] | iperf -s [-u] [-t S] [-p PORT]",
     ),
+    "sockperf": (cmd_sockperf, USAGE),
     "echo": (cmd_echo, "echo TEXT..."),
     "help": (cmd_help, "help"),
     "true": (cmd_true, ""),
