@@ -8,8 +8,9 @@ temporary one this command starts and stops) and, when Docker runs one, the
 compose fabric too. Its objects (``bench-*``) are deleted afterwards.
 
 ``--quick`` keeps every path and measure with shorter trials (under two
-minutes on the local fabric); the full run also writes ``bench.json`` and
-``bench.png`` (``--save DIR``, default ``./emunet-bench``).
+minutes on the local fabric); the full run also writes ``bench.json``,
+``bench.md`` (the tables) and ``bench.png`` (``--save DIR``, default
+``./emunet-bench``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import typer
 from emunet.control import bench_baseline, bench_services
 from emunet.control.args import Output
 from emunet.control.bench_plan import PATHS, SIZES, goals
-from emunet.control.bench_report import print_report, write_png
+from emunet.control.bench_report import markdown, print_report, write_png
 from emunet.control.bench_run import FULL, QUICK, FabricBench, Settings
 from emunet.control.common import fail, handled, run, settings, state_dir
 from emunet.control.fabric import FabricTarget, discover_compose, select_target
@@ -205,7 +206,8 @@ def bench(
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "bench.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (folder / "bench.md").write_text(markdown(doc))
         drawn = write_png(doc, folder / "bench.png")
         note = "" if drawn else " (no PNG: matplotlib is not installed; pip install matplotlib)"
-        extra = " and bench.png" if drawn else note
+        extra = ", bench.md and bench.png" if drawn else f" and bench.md{note}"
         typer.echo(f"wrote {folder / 'bench.json'}{extra}", err=True)

@@ -25,7 +25,7 @@ from emunet.control.bench_plan import SIZES
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_report", "write_png"]
+__all__ = ["markdown", "print_report", "write_png"]
 
 
 def _baseline_pps(doc: dict[str, Any], hops: int, size: int) -> float:
@@ -119,6 +119,35 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
             f"{svc['services_low']}, {svc['new_ns_high']:.0f} with {svc['services_high']:,} "
             f"({svc['ratio']:.2f}x)"
         )
+
+
+def _md_rows(table: Table) -> list[str]:
+    cells = [list(c.cells) for c in table.columns]
+    head = [str(c.header) for c in table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in zip(*cells, strict=True):
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The tables as Markdown (``bench.md``: what the README shows), with the command."""
+    out = [
+        f"`{doc['command']}` ({doc['when']}, {doc['machine']['cpus']} CPUs, Python "
+        f"{doc['machine']['python']}, core {'compiled' if doc['machine']['compiled'] else 'pure'})",
+        "",
+    ]
+    for fabric in doc["fabrics"]:
+        for table in (
+            throughput_table(doc, fabric),
+            latency_table(doc, fabric),
+            goals_table(fabric),
+        ):
+            out += [f"**{table.title}**", "", *_md_rows(table), ""]
+    text = "\n".join(out)
+    for style in ("green", "red", "dim"):
+        text = text.replace(f"[{style}]", "").replace(f"[/{style}]", "")
+    return text
 
 
 def write_png(doc: dict[str, Any], path: Path) -> bool:

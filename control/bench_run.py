@@ -228,9 +228,13 @@ class FabricBench:
             for node in await reg.nodes():
                 if node.control_endpoint:
                     self.controls[node.name] = self.target.reach(node.control_endpoint)
+            served: dict[str, list[str]] = {}  # an internet process's endpoint: its hosts
             for h in await reg.hosts():
                 if h.control_endpoint:
-                    self.controls["internet"] = self.target.reach(h.control_endpoint)
+                    served.setdefault(h.control_endpoint, []).append(h.name)
+            for endpoint, names in served.items():
+                label = "internet" if "example" in names else "+".join(sorted(names))
+                self.controls[label] = self.target.reach(endpoint)
 
     async def cleanup(self) -> None:
         for kind, name in (
