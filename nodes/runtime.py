@@ -368,7 +368,7 @@ class NodeRuntime(Service):
                 if ov is None or _backlog(ov) > TX_BUFFER_LIMIT:
                     stats.overlay_tx_dropped += 1
                     continue
-                dst, payload = action
+                dst, payload, _ = action  # sent now: the agent's time is real
                 ov.sendto(payload, (self.real(dst[0]), dst[1]) if self.address_map else dst)
                 stats.overlay_tx += 1
         self._arm_timer(floor)

@@ -117,7 +117,8 @@ class Bridge:
                     self._trace(now, "fdb learn", f"{MAC(src)} on {port.name}", self.name)
             else:
                 entry.port = port
-                entry.updated = now
+                if now > entry.updated:  # the latest: a queue's steps need not come in time order
+                    entry.updated = now
         if dst[0] & 1:
             if self._tracer.enabled:
                 self._trace(

@@ -2,8 +2,10 @@
 
 The fabric plays the part the node agents and the real network play in a
 deployment: it moves overlay datagrams and :class:`UnderlayPacket`
-actions between nodes after a per-link delay, with optional random loss, and
-fires node timers in time order. Everything is deterministic for a seed.
+actions between nodes after a per-link delay, counted from the time each
+action carries (the time the packet left its node), with optional random
+loss, and fires node timers in time order. Everything is deterministic for a
+seed.
 
     fab = Fabric(nodes=2, seed=1)
     a = fab.add_pod("node1", "a"); b = fab.add_pod("node2", "b")
@@ -234,7 +236,7 @@ class Fabric:
         if link.loss and self.rng.random() < link.loss:
             link.lost += 1
             return
-        at = self.now + link.delay
+        at = max(self.now, action.time) + link.delay
         if segment == NODES:
             node = self.by_ip.get(action.next_hop)
             if node is not None:
@@ -255,6 +257,8 @@ class Fabric:
         *,
         overlay: bool,
     ) -> None:
+        sent = action.time if isinstance(action, UnderlayPacket) else action[2]
+        sent = max(self.now, sent)
         dst = self.by_ip.get(dst_ip)
         if dst is None:
             owner = (
@@ -267,7 +271,7 @@ class Fabric:
                 return
             assert isinstance(action, UnderlayPacket)
             self.schedule(
-                self.now + self.default_link.delay, owner[0].receive, owner[1], bytes(action.packet)
+                sent + self.default_link.delay, owner[0].receive, owner[1], bytes(action.packet)
             )
             return
         link = self.links.get((src.node_ip, dst_ip)) or self.default_link
@@ -276,11 +280,11 @@ class Fabric:
             link.lost += 1
             return
         if isinstance(action, UnderlayPacket):
-            self.schedule(self.now + link.delay, dst.underlay_received, bytes(action.packet))
+            self.schedule(sent + link.delay, dst.underlay_received, bytes(action.packet))
         else:
-            (_, port), payload = action
+            (_, port), payload, _ = action
             self.schedule(
-                self.now + link.delay,
+                sent + link.delay,
                 dst.overlay_received,
                 (str(src.node_ip), port),
                 bytes(payload),

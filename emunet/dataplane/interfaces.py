@@ -18,6 +18,9 @@ may use it.
   leave the node (an action for the adapter).
 * ``dummy`` (``kube-ipvs0``): holds addresses and nothing else; kube-proxy's
   IPVS mode binds every ClusterIP to it, which makes them local addresses.
+
+Every interface has a ``delay``, taken from :data:`HOP_DELAY` for its kind: the
+modelled time from its transmit to the far side's receive.
 """
 
 from __future__ import annotations
@@ -36,6 +39,38 @@ UNDERLAY = "underlay"
 DUMMY = "dummy"
 
 L2_KINDS = frozenset({VETH, BRIDGE})
+
+HOP_DELAY: dict[str, float] = {
+    VETH: 8e-6,
+    BRIDGE: 4e-6,
+    LOOPBACK: 5e-6,
+    TUN: 20e-6,
+    UNDERLAY: 5e-6,
+    DUMMY: 0.0,
+}
+"""Seconds from a device's transmit to the receive on its far side, by kind: a
+model, as netem's ``delay`` is, not a measurement (nothing reads a clock per
+packet). The step that receives runs at the transmit's ``now`` plus the delay,
+so a packet's time moves as it crosses a machine; a step's work itself takes no
+time. Each figure lumps in what a real node spends around the hop (the softirq
+backlog, the socket wakeups of the end hosts):
+
+* ``veth``: one end's transmit to the other end's receive (``veth_xmit`` ->
+  the peer's backlog);
+* ``bridge``: a frame entering the bridge (from a port, or the bridge device's
+  own transmit) until it leaves it (out of a port, or up to the device);
+* ``loopback``: ``lo``'s transmit to its own receive;
+* ``tun``: a packet handed between ``flannel0`` and flanneld, either way (a
+  ``read``/``write`` on the TUN with flanneld's wakeup);
+* ``underlay``: eth0's transmit onto the node network (the wire itself is the
+  adapter's, or the in-memory fabric's link delay);
+* ``dummy``: never transmits.
+
+A same-node pod-to-pod ping crosses veth, bridge, veth each way: an RTT of
+2 x 20 us = 40 us, as on a real node (20-50 us through veth pairs and a bridge).
+Set one interface's ``delay`` to change one device only (``tc qdisc ... netem
+delay``).
+"""
 
 # A tap sees (now, bytes) for every frame/packet received or sent.
 Tap = Callable[[float, bytes | bytearray], None]
@@ -59,6 +94,7 @@ class Stack(Protocol):
 class Interface:
     __slots__ = (
         "addresses",
+        "delay",
         "driver",
         "index",
         "kind",
@@ -97,6 +133,7 @@ class Interface:
         self.mac = mac
         self.mtu = mtu
         self.up = True
+        self.delay = HOP_DELAY[kind]  # see HOP_DELAY
         self.addresses: list[IPv4Interface] = []
         self.peer: Interface | None = None
         self.master: Interface | None = None  # the bridge device this port belongs to

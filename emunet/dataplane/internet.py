@@ -88,11 +88,12 @@ INTERNET = "internet"
 
 
 class HostPacket(NamedTuple):
-    """An IPv4 packet leaving interface ``iface`` of a host for ``next_hop``."""
+    """An IPv4 packet leaving interface ``iface`` of a host for ``next_hop`` at ``time``."""
 
     iface: str
     next_hop: IPv4Address
     packet: bytearray
+    time: float
 
 
 # --------------------------------------------------------------------- hosts
@@ -117,7 +118,7 @@ class Host(Machine):
 
     def _underlay_xmit(self, iface: str, pkt: bytearray, next_hop: bytes, now: float) -> None:
         """An L3 interface's driver: the packet leaves on the interface's segment."""
-        self.actions.append(HostPacket(iface, IPv4Address(next_hop), pkt))
+        self.actions.append(HostPacket(iface, IPv4Address(next_hop), pkt, now))
 
     # ------------------------------------------------------------- setup
 

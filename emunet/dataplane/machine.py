@@ -5,7 +5,10 @@ actions that leave it.
 The queue is the softirq of the emulation: entry points enqueue a step and run
 the queue to completion, so a frame crossing five devices is five queue steps,
 not five nested calls, and an app called from a socket event is never
-re-entered from inside its own call.
+re-entered from inside its own call. A step carries its packet's time as its
+last argument, which grows by each device's modelled delay
+(``interfaces.HOP_DELAY``); the queue is first in, first out, so a later step
+may carry an earlier time than the one before it.
 """
 
 from __future__ import annotations

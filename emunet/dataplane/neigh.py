@@ -148,7 +148,7 @@ class NeighTable:
             n = self.entries[ip] = Neighbour(ip, dev, now)
         n.mac = mac
         n.state = Nud.REACHABLE
-        n.updated = now
+        n.updated = max(n.updated, now)  # steps of one queue run need not come in time order
         n.dev = dev
         return n
 

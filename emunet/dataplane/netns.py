@@ -21,7 +21,11 @@ same output path.
 
 Nothing here does I/O or reads a clock: every entry point takes ``now``;
 transmission on an L2 interface is a step on the machine's queue, which runs
-to completion and turns what leaves the machine into actions. Packets inside
+to completion and turns what leaves the machine into actions. ``now`` is the
+packet's time: the two transmit functions (:meth:`Namespace.l2_xmit`,
+:meth:`Namespace.dev_xmit`) hand a packet on with ``now`` plus the device's
+modelled delay (:data:`~emunet.dataplane.interfaces.HOP_DELAY`), so the steps
+of one queue run need not see ``now`` in order. Packets inside
 the namespace are ``bytearray`` IPv4 packets (header at offset 0), rewritten in
 place (TTL, NAT). Malformed input is counted and dropped with a reason.
 """
@@ -365,12 +369,12 @@ class Namespace:
         """``ip_finish_output2``: an L2 device resolves the neighbour; an L3 device's
         driver takes the packet (flanneld, the node network); lo loops it back."""
         driver = dev.driver
-        if driver is not None:
+        if driver is not None:  # the driver takes it the device's delay later (HOP_DELAY)
             self._count_tx(dev, pkt, now)
-            driver(pkt, next_hop, now)
+            driver(pkt, next_hop, now + dev.delay)
         elif dev.kind == LOOPBACK:
             self._count_tx(dev, pkt, now)
-            self.node.enqueue(self.rx_packet, dev, pkt, now)
+            self.node.enqueue(self.rx_packet, dev, pkt, now + dev.delay)
         else:
             self.neigh_output(dev, next_hop, pkt, now)
 
@@ -397,9 +401,15 @@ class Namespace:
             if peer is None or not dev.up or not peer.up:
                 self.drop(now, dev, Drop.LINK_DOWN, dev.name)
                 return
-            self._push((peer.receive, (peer, frame, now)))  # the peer receives it next
+            # the peer receives it next, the veth's delay later (HOP_DELAY), and
+            # the bridge's too when the peer is a bridge port: the frame enters it
+            at = now + dev.delay
+            master = peer.master
+            if master is not None:
+                at += master.delay
+            self._push((peer.receive, (peer, frame, at)))
         elif dev.start_xmit is not None:  # the bridge device: into its bridge
-            dev.start_xmit(frame, now)
+            dev.start_xmit(frame, now + dev.delay)
 
     # ------------------------------------------------------------ neighbours
 
@@ -572,11 +582,9 @@ class Namespace:
             )
             if nf is not None and self.nf_refused(dev, pkt, nf.output(pkt, now), now):
                 return
-            lo = self.interfaces["lo"]
-            self._count_tx(lo, pkt, now)
             if self._tracer.enabled:
                 self.trace(now, "lo", "tx", describe(pkt))
-            self.node.enqueue(self.rx_packet, lo, pkt, now)
+            self.dev_xmit(self.interfaces["lo"], dpk, pkt, now)
             return
         route = self.routes.lookup(dpk)
         if route is None:

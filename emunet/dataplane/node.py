@@ -223,8 +223,8 @@ class Node(Machine):
     # ------------------------------------------------------------- overlay
 
     def underlay_xmit(self, pkt: bytearray, next_hop: bytes, now: float) -> None:
-        """eth0's driver: a packet for the node network leaves the node."""
-        self.actions.append(UnderlayPacket(IPv4Address(next_hop), pkt))
+        """eth0's driver: a packet for the node network leaves the node at ``now``."""
+        self.actions.append(UnderlayPacket(IPv4Address(next_hop), pkt, now))
 
     # -------------------------------------------------------- entry points
 

@@ -36,8 +36,8 @@ DEFAULT_PORT = 8285
 # flannel0's MTU is the underlay's minus an IPv4 and a UDP header
 OVERHEAD = 20 + 8
 
-# an overlay datagram leaving the node: ((PublicIP, port), the inner packet)
-OverlayDatagram = tuple[tuple[str, int], bytearray]
+# an overlay datagram leaving the node: ((PublicIP, port), the inner packet, its time)
+OverlayDatagram = tuple[tuple[str, int], bytearray, float]
 
 
 class Lease:
@@ -123,7 +123,8 @@ class FlannelUDP:
     # ------------------------------------------------------------------ send
 
     def tun_to_udp(self, pkt: bytearray, next_hop: bytes, now: float) -> None:
-        """flanneld read a packet from flannel0: lease, TTL, then the datagram."""
+        """flanneld read a packet from flannel0: lease, TTL, then the datagram, which
+        leaves eth0 its delay later (``HOP_DELAY``)."""
         root = self.root
         lease = self.table.lookup(_DST.unpack_from(pkt)[0])
         if lease is None:
@@ -161,7 +162,7 @@ class FlannelUDP:
             outer = encapsulated(self.node_ip, lease.public_ip, pkt)
             for tap in eth0.taps:
                 tap(now, outer)
-        self._emit((lease.addr, pkt))
+        self._emit((lease.addr, pkt, now + eth0.delay))
 
     def _send_net_unreachable(self, pkt: bytearray, now: float) -> None:
         """flanneld's ``send_net_unreachable``: never about any ICMP packet (not only
@@ -171,12 +172,13 @@ class FlannelUDP:
         msg = icmp.error(icmp.DEST_UNREACH, icmp.NET_UNREACH, pkt)
         src = self.own_subnet.network_address.packed
         reply = ipv4.build_fast(src, bytes(pkt[12:16]), ipv4.PROTO_ICMP, msg, ttl=8, df=False)
-        self._enqueue(self.root.rx_packet, self.flannel0, reply, now)
+        self._enqueue(self.root.rx_packet, self.flannel0, reply, now + self.flannel0.delay)
 
     # --------------------------------------------------------------- receive
 
     def udp_to_tun(self, src: tuple[str, int], payload: bytes | bytearray, now: float) -> None:
-        """A datagram arrived on the flannel port: checks, TTL, written into flannel0."""
+        """A datagram arrived on the flannel port: checks, TTL, written into flannel0
+        (received there the TUN's delay later, ``HOP_DELAY``)."""
         root = self.root
         n = len(payload)
         eth0 = self.eth0
@@ -218,7 +220,7 @@ class FlannelUDP:
             root.drop(now, flannel0, Drop.FLANNEL_TTL_ZERO, detail)
             return
         ipv4.decrement_ttl(pkt)
-        root.rx_packet(flannel0, pkt, now)
+        root.rx_packet(flannel0, pkt, now + flannel0.delay)
 
 
 def encapsulated(src: IPv4Address, dst: IPv4Address, inner: bytes | bytearray) -> bytearray:

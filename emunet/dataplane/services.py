@@ -86,7 +86,7 @@ class Balancer:
             ep = self._choose(sp, chain, eps, t)
         if timeout:  # KUBE-SEP: -m recent --set
             lst = self._recent.setdefault(ep.chain, OrderedDict())
-            lst[src] = now
+            lst[src] = max(now, lst.get(src, now))  # steps need not come in time order
             lst.move_to_end(src)
             if len(lst) > RECENT_LIST_TOT:
                 lst.popitem(last=False)

@@ -220,10 +220,10 @@ class InternetSite:
         for other in self:
             iface = other.owns(segment, action.next_hop)
             if iface is not None:
-                other.receive(iface, action.packet, host.now)
+                other.receive(iface, action.packet, action.time)
                 return
         if segment == NODES:
-            self.actions.append(UnderlayPacket(action.next_hop, action.packet))
+            self.actions.append(UnderlayPacket(action.next_hop, action.packet, action.time))
         else:
             self.undeliverable += 1
 

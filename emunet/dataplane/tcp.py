@@ -582,6 +582,10 @@ class TCPConnection:
 
     def _rtt_sample(self, r: float) -> None:
         # RFC 6298 section 2.2-2.3 (alpha = 1/8, beta = 1/4, K = 4).
+        if r < 0.0:
+            # a segment carries its packet's time, an app's call its caller's clock,
+            # which may lag: an ACK sent from a call can seem to precede its data
+            r = 0.0
         srtt = self._srtt
         if srtt is None:
             srtt = r
