@@ -274,6 +274,23 @@ def test_inside_a_container_the_compose_etcd_is_used_as_given(fabric: Fabric) ->
     assert "node4   Ready" in r.stdout
 
 
+def test_bench_quick_on_the_compose_fabric(fabric: Fabric) -> None:
+    """`emunet bench` on the containers: every path through the published control
+    ports, then its objects deleted."""
+    out = fabric.emunet("--fabric", "compose", "bench", "--quick", "-o", "json", timeout=600)
+    assert out.returncode == 0, out.stderr
+    (found,) = json.loads(out.stdout)["fabrics"]
+    assert found["kind"] == "compose"
+    for key, path in found["paths"].items():
+        assert path["tcp_bps"] > 1e6, key
+        assert all(u["zero_loss_pps"] > 0 for u in path["udp"].values()), key
+        assert path["latency"]["light"]["p50"] > 0, key
+    # the internet and vm containers are separate processes: each has its CPU figure
+    cpu = found["paths"]["nodeport"]["udp"]["1400"]["cpu_us_per_packet"]
+    assert {"internet", "vm", "node2"} <= set(cpu)
+    assert not fabric.pods("bench-")
+
+
 def test_up_again_changes_nothing(fabric: Fabric) -> None:
     before = {c["name"]: c["published"] for c in json.loads(
         fabric.emunet("status", "-o", "json").stdout)["containers"]}  # fmt: skip
