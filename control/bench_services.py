@@ -79,17 +79,21 @@ def timed(nf: Netfilter, pkts: list[bytearray]) -> float:
     return best
 
 
-def measure(n: int, packets: int) -> tuple[float, float]:
-    svcs, eps = services(n)
-    nf = Netfilter(
+def _netfilter(conntrack_max: int = 262144) -> Netfilter:
+    return Netfilter(
         "bench",
         Tracer(enabled=False),
         cluster_cidr=IPv4Network("10.244.0.0/16"),
         service_cidr=IPv4Network("10.96.0.0/12"),
         local_addresses={NODE},
         rng=random.Random(1),
-        conntrack_max=4 * packets + 16,
+        conntrack_max=conntrack_max,
     )
+
+
+def measure(n: int, packets: int) -> tuple[float, float]:
+    svcs, eps = services(n)
+    nf = _netfilter(conntrack_max=4 * packets + 16)
     nf.set_services(svcs, eps)
     rnd = random.Random(2)
     targets = [svcs[rnd.randrange(n)].cluster_ip for _ in range(packets)]
@@ -107,14 +111,7 @@ def measure(n: int, packets: int) -> tuple[float, float]:
 
 def sync_time(n: int) -> float:
     svcs, eps = services(n)
-    nf = Netfilter(
-        "bench",
-        Tracer(enabled=False),
-        cluster_cidr=IPv4Network("10.244.0.0/16"),
-        service_cidr=IPv4Network("10.96.0.0/12"),
-        local_addresses={NODE},
-        rng=random.Random(1),
-    )
+    nf = _netfilter()
     gc.collect()
     t0 = time.perf_counter()
     nf.set_services(svcs, eps)
