@@ -35,6 +35,9 @@ __all__ = ["Chain", "ping_pong", "relay_search"]
 
 HOST = "127.0.0.1"
 _SEQ = struct.Struct("!q")
+# -P: not the current directory first on the path (from a checkout, ./emunet is the
+# source tree, without the installed control and nodes packages)
+_PYTHON = (sys.executable, "-P", "-m")
 _BURST = 256  # datagrams a late sender catches up with at once (iperf -u's bound)
 
 
@@ -137,7 +140,7 @@ async def _pingpong(dst: int, seconds: float, size: int) -> None:
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emunet.control.bench_baseline", *args],
+        [*_PYTHON, "emunet.control.bench_baseline", *args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -190,8 +193,7 @@ class Chain:
     async def trial(self, pps: float, size: int, seconds: float) -> Trial:
         self._received()  # reset
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
+            *_PYTHON,
             "emunet.control.bench_baseline",
             "sender",
             str(self.entry),
@@ -223,8 +225,7 @@ async def ping_pong(seconds: float, size: int = 64) -> dict[str, float]:
     echo = _spawn("echo", str(port))
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
+            *_PYTHON,
             "emunet.control.bench_baseline",
             "pingpong",
             str(port),

@@ -15,11 +15,13 @@ minutes on the local fabric); the full run also writes ``bench.json``,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -128,6 +130,12 @@ async def _one_fabric(
 
 
 async def _bench(s: Settings, progress: Progress, task: Any) -> dict[str, Any]:
+    # SIGTERM stops the run as Ctrl-C does: the finally blocks delete the bench's
+    # objects and stop a temporary fabric (its processes run in their own sessions)
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+
     def step(text: str) -> None:
         progress.update(task, description=text, advance=1)
 
@@ -196,6 +204,9 @@ def bench(
         task = progress.add_task("measuring the bare baseline", total=None)
         try:
             doc = run(_bench(s, progress, task))
+        except asyncio.CancelledError:
+            typer.echo("terminated", err=True)
+            raise typer.Exit(143) from None
         except (TimeoutError, OSError, RuntimeError) as exc:
             raise EmunetError(f"bench failed: {exc}") from None
     if output == Output.JSON:

@@ -173,7 +173,7 @@ class FabricBench:
     # ------------------------------------------------------------- objects
 
     async def cli(self, *args: str) -> str:
-        argv = [sys.executable, "-c", "from emunet.control.cli import main; main()"]
+        argv = [sys.executable, "-P", "-c", "from emunet.control.cli import main; main()"]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             *self.cli_args,
