@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from emunet.control.bench_plan import PATHS, SIZES
+from emunet.control.local import pid_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -60,3 +61,31 @@ def test_bench_quick_measures_every_path_and_saves_json_and_png(tmp_path: Path) 
     names = [g["name"] for g in fabric["goals"]]
     assert "cross-node TCP goodput" in names and "same-node ping RTT" in names
     assert all(g["met"] is not None for g in fabric["goals"])
+
+
+def test_sigterm_stops_the_bench_and_its_temporary_fabric(tmp_path: Path) -> None:
+    env = {**os.environ, "EMUNET_STATE": str(tmp_path / "state"), "TMPDIR": str(tmp_path)}
+    for var in ("EMUNET_ETCD", "EMUNET_FABRIC"):
+        env.pop(var, None)
+    proc = subprocess.Popen(
+        [*CLI, "--fabric", "local", "bench", "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    # the temporary fabric's state directory appears under TMPDIR once it starts
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("emunet-bench-*/state/state.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(5)
+    state = json.loads(next(tmp_path.glob("emunet-bench-*/state/state.json")).read_text())
+    procs = [(p["pid"], p["marker"]) for p in state["processes"]]
+    proc.send_signal(15)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated" in err
+    assert not list(tmp_path.glob("emunet-bench-*"))
+    assert not [pid for pid, marker in procs if pid_alive(pid, marker)]
