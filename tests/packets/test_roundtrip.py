@@ -606,6 +606,14 @@ def test_ones_sum_matches_rfc1071_reference_at_any_alignment(data: bytes, skew: 
 
 
 @FAST
+@given(st.binary(max_size=1600), u16)
+def test_ones_sum_with_an_initial_sum_is_the_folded_word_sum(data: bytes, initial: int) -> None:
+    # the remainder form gives exactly the folded sum: 0 only for no bits set at all
+    padded = initial.to_bytes(2, "big") + data
+    assert checksum.ones_sum(data, initial) == reference_ones_sum(padded)
+
+
+@FAST
 @given(st.binary(min_size=2, max_size=60).filter(lambda b: len(b) % 2 == 0), st.data())
 def test_incremental_update_equals_full_recompute(data: bytes, d: st.DataObject) -> None:
     i = d.draw(st.integers(0, len(data) // 2 - 1)) * 2
