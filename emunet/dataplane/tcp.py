@@ -77,6 +77,8 @@ from emunet.packets.tcp import (
     TCPHeader,
     WindowScale,
     build_fast,
+    build_options,
+    build_segment,
 )
 
 MASK = 0xFFFFFFFF
@@ -1066,10 +1068,19 @@ class TCPConnection:
         elif flags & SYN:
             space = max(0, self.rcv_buf_size - len(self._rcv_buf))
             window = space if space < 0xFFFF else 0xFFFF
-        hdr = TCPHeader(
-            self.local_port, self.remote_port, seq & MASK, ack, flags, window, 0, options
+        segment = build_segment(
+            self.local_port,
+            self.remote_port,
+            seq & MASK,
+            ack,
+            flags,
+            window,
+            payload,
+            self._lp,
+            self._rp,
+            options=build_options(options) if options else b"",
         )
-        self._out.append(build_fast(hdr, payload, self._lp, self._rp))
+        self._out.append(segment)
         self.stats.segments_out += 1
 
 

@@ -134,9 +134,7 @@ class Transport:
         ip = self.ip
         src, dst = bytes(pkt[12:16]), bytes(pkt[16:20])
         try:
-            hdr, payload = tcp.parse(
-                memoryview(pkt)[hlen:], verify_with=(IPv4Address(src), IPv4Address(dst))
-            )
+            hdr, payload = tcp.parse(memoryview(pkt)[hlen:], verify_with=(src, dst))
         except MalformedFrame as exc:
             ip.drop(now, iface, Drop.MALFORMED, exc.reason)
             return

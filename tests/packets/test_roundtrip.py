@@ -97,7 +97,7 @@ tcp_option = st.one_of(
 
 def _fits(options: tuple[tcp.Option, ...]) -> bool:
     try:
-        tcp._build_options(options)
+        tcp.build_options(options)
     except ConfigError:
         return False
     return True
@@ -186,6 +186,14 @@ def test_tcp_round_trip(
     assert got.data_offset == len(raw) - len(payload)
     assert bytes(body) == payload
     assert tcp.build(got, body, src, dst) == raw
+    assert tcp.parse(raw, verify_with=(src.packed, dst.packed))[0] == h  # packed addresses
+
+
+def test_tcp_flag_constants_are_plain_ints_of_the_flag_bits() -> None:
+    bits = (tcp.FIN, tcp.SYN, tcp.RST, tcp.PSH, tcp.ACK)
+    assert bits == (tcp.Flags.FIN, tcp.Flags.SYN, tcp.Flags.RST, tcp.Flags.PSH, tcp.Flags.ACK)
+    assert all(type(b) is int for b in bits)
+    assert type(tcp.ACK | tcp.PSH) is int
 
 
 @FAST
