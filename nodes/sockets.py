@@ -202,6 +202,9 @@ class Stream:
         self.rt = rt
         self.conn = conn
         self._waker = _Waker(rt.loop)
+        # drain() has its own: it only wakes once the pending bytes are all in the
+        # send buffer (or the connection failed), not at each ACK that frees space
+        self._drain_waker = _Waker(rt.loop)
         self._buf = bytearray()  # read but not yet consumed (readline/readexactly)
         self._pending = bytearray()  # written but not yet accepted by the send buffer
         self._close_requested = False
@@ -211,8 +214,11 @@ class Stream:
     # -------------------------------------------------------------- events
 
     def _on_event(self) -> None:
-        if self._pending and self.conn.send_space:
+        conn = self.conn
+        if self._pending and conn.send_space:
             self._push()
+        if not self._pending or conn.error is not None or conn.state is TCPState.CLOSED:
+            self._drain_waker()
         self._waker()
 
     def _push(self) -> None:
@@ -263,6 +269,10 @@ class Stream:
 
     def _take(self, n: int) -> bytes:
         conn = self.conn
+        if not self._buf and conn.readable:
+            data = conn.recv(n)  # straight from the receive buffer, no staging copy
+            self.rt.poke()  # the window may have reopened
+            return data
         if conn.readable:
             self._buf += conn.recv()
             self.rt.poke()  # the window may have reopened
@@ -351,7 +361,7 @@ class Stream:
             self._raise_if_failed()
             if self.conn.state is TCPState.CLOSED:
                 raise os_error("EPIPE", "connection closed")
-            await self._waker.wait()
+            await self._drain_waker.wait()
         self._raise_if_failed()
 
     def can_write_eof(self) -> bool:

@@ -25,7 +25,7 @@ from emunet.nodes.control import ControlServer
 from emunet.nodes.control_client import MAX_FRAME, ControlError, call
 from emunet.nodes.runtime import NodeRuntime
 from emunet.nodes.shell import run_command
-from emunet.nodes.sockets import Stream
+from emunet.nodes.sockets import Stream, _Waker
 
 from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
@@ -164,6 +164,35 @@ async def test_drain_waits_for_the_peer(pair: Pair) -> None:
     writer.close()
     await asyncio.wait_for(writer.wait_closed(), 20)
     assert received == 2 << 20
+
+
+async def test_drain_resumes_once_when_its_bytes_fit_not_at_every_ack(pair: Pair) -> None:
+    """The ACKs that free send buffer space move pending bytes on without waking the
+    writer; drain() resumes once they are all in the send buffer."""
+
+    async def sink(reader: Stream, writer: Stream) -> None:
+        while await reader.read(1 << 20):
+            pass
+
+    await pair.r2.start_server("c", 9002, sink)
+    _r, writer = await pair.r1.open_connection("a", pair.n2.pods["c"].ip, 9002, timeout=5)
+    wakeups = 0
+
+    class Counted(_Waker):
+        async def wait(self, timeout: float | None = None) -> bool:
+            nonlocal wakeups
+            wakeups += 1
+            return await super().wait(timeout)
+
+    writer._drain_waker = Counted(asyncio.get_running_loop())
+    acks_before = pair.r1.stats.overlay_rx
+    writer.write(bytes(1 << 20))  # four send buffers' worth
+    await asyncio.wait_for(writer.drain(), 20)
+    assert writer.pending == 0
+    assert pair.r1.stats.overlay_rx - acks_before > 20  # many ACKs freed space
+    assert wakeups == 1
+    writer.close()
+    await asyncio.wait_for(writer.wait_closed(), 20)
 
 
 async def test_connect_refused_raises(pair: Pair) -> None:
