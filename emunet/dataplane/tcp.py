@@ -181,6 +181,7 @@ class TCPConnection:
 
     __slots__ = (
         "_backoff",
+        "_batching",
         "_changed",
         "_close_pending",
         "_cwnd_acc",
@@ -320,6 +321,7 @@ class TCPConnection:
         self.ack_now = False
         self._delack_at: float | None = None
         self._unacked_segs = 0
+        self._batching = False  # see receive(batched=True)
         # Retransmission (RFC 6298) and persist timers.
         self._srtt: float | None = None
         self._rttvar = 0.0
@@ -525,9 +527,20 @@ class TCPConnection:
         self._output(now)
         self._notify()
 
-    def receive(self, hdr: TCPHeader, payload: memoryview | bytes, now: float) -> None:
-        """Process one arriving segment addressed to this connection."""
+    def receive(
+        self, hdr: TCPHeader, payload: memoryview | bytes, now: float, *, batched: bool = False
+    ) -> None:
+        """Process one arriving segment addressed to this connection.
+
+        ``batched``: the segment is one of a batch that arrived together, and the
+        caller calls :meth:`end_batch` once the batch is through. The ACK owed
+        for every second in-order segment then waits for the end of the batch,
+        so a batch is acknowledged once, as Linux acknowledges the one large
+        segment GRO makes of what a NAPI poll received. ACKs owed for any other
+        reason (out of order data, a window overrun, a FIN) still go at once.
+        """
         self.now = now
+        self._batching = batched
         self.stats.segments_in += 1
         state = self.state
         if state is _SYN_SENT:
@@ -542,6 +555,19 @@ class TCPConnection:
             self._receive_synchronized(hdr, payload, now)
         self._output(now)
         self._notify()
+
+    @property
+    def ack_deferred(self) -> bool:
+        """A batched receive owes an ACK that waits for :meth:`end_batch`."""
+        return self._batching and self._unacked_segs >= 2
+
+    def end_batch(self, now: float) -> None:
+        """The batch of :meth:`receive` calls ended: send the ACK it owes."""
+        self._batching = False
+        if self._unacked_segs >= 2 and self.state is not _CLOSED:
+            self.now = now
+            self.ack_now = True
+            self._output(now)
 
     # ------------------------------------------------------------ internals
 
@@ -951,7 +977,7 @@ class TCPConnection:
                 self.ack_now = True  # a hole was (partly) filled: ACK at once
             else:
                 self._unacked_segs += 1
-                if self._unacked_segs >= 2:
+                if self._unacked_segs >= 2 and not self._batching:
                     self.ack_now = True
                 elif self._delack_at is None:
                     self._delack_at = now + DELACK
