@@ -49,7 +49,9 @@ merged when the hole is filled. The advertised window is the free buffer space
 window and send an update only once it at least doubled (receiver SWS
 avoidance, RFC 9293 section 3.8.6.2.2, with Linux's threshold). ACKs are
 delayed up to 40 ms or every second segment (RFC 5681 section 4.2; Linux's
-delack floor).
+delack floor); the in-order segments of one arrival batch (``receive(...,
+batched=True)`` until ``end_batch``) are acknowledged once, as Linux
+acknowledges the one segment GRO merges them into.
 
 Sequence numbers are 32-bit and compared modulo 2**32 (RFC 9293 section 3.4).
 Not implemented: SACK, timestamps, urgent data, keepalive, Nagle (sending
