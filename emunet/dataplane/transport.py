@@ -186,7 +186,7 @@ class Transport:
             ip.drop(now, iface, Drop.MALFORMED, "icmp: bad checksum")
             return
         typ = mv[0]
-        src = IPv4Address(bytes(pkt[12:16]))
+        src = ip.address(bytes(pkt[12:16]))
         if typ == icmp.ECHO_REQUEST:
             dst = bytes(pkt[16:20])
             if dst == BROADCAST_IP:
@@ -198,7 +198,7 @@ class Transport:
             if self._tracer.enabled:
                 ip.trace(now, "", "deliver", "icmp echo request: replying")
             # the kernel's ICMP socket sends with IP_PMTUDISC_DONT: big replies fragment
-            ip.ip_send_local(1, IPv4Address(dst), src, bytes(reply), now, df=False)
+            ip.ip_send_local(1, ip.address(dst), src, bytes(reply), now, df=False)
         elif typ == icmp.ECHO_REPLY:
             ident, seq = _PORTS.unpack_from(mv, 4)
             sock = self.ping_sockets.get(ident)
