@@ -72,33 +72,40 @@ def os_error(errno_name: str, message: str = "") -> OSError:
 
 
 class _Waker:
-    """Wakes the one task waiting on a socket; set as the socket's ``on_event``."""
+    """Wakes the one task waiting on a socket; set as the socket's ``on_event``.
+
+    A wait with a timeout is one future and one timer handle that resolves it
+    with False (``wait_for`` over a shielded future costs several callbacks, and
+    a ping's round trip is timed across it).
+    """
 
     __slots__ = ("_fut", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._fut: asyncio.Future[None] | None = None
+        self._fut: asyncio.Future[bool] | None = None
 
     def __call__(self) -> None:
         fut = self._fut
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            fut.set_result(True)
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the next event; False on timeout."""
-        self._fut = self._loop.create_future()
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._fut = fut
+        timer = None if timeout is None else self._loop.call_later(timeout, _expire, fut)
         try:
-            if timeout is None:
-                await self._fut
-                return True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._fut), timeout)
-            except TimeoutError:
-                return False
-            return True
+            return await fut
         finally:
             self._fut = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 class UDPEndpoint:
