@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 from collections.abc import Callable
@@ -767,3 +768,13 @@ def test_bad_values_from_the_caller_are_config_errors(build: Callable[[], object
 def test_icmp_quote_of_a_short_packet_is_malformed() -> None:
     with pytest.raises(MalformedFrame):
         icmp.quote(b"\x45")
+
+
+def test_tcp_header_stays_a_frozen_dataclass_with_its_own_init() -> None:
+    h = tcp.TCPHeader(1, 2, flags=tcp.SYN, options=(tcp.MSS(1460),), checksum=7)
+    assert h == tcp.TCPHeader(1, 2, 0, 0, tcp.SYN, 65535, 0, (tcp.MSS(1460),), 0, 0)
+    assert hash(h) == hash(tcp.TCPHeader(1, 2, flags=tcp.SYN, options=(tcp.MSS(1460),)))
+    assert dataclasses.replace(h, seq=5).seq == 5 and dataclasses.replace(h, seq=5).checksum == 7
+    assert repr(h).startswith("TCPHeader(sport=1, dport=2, seq=0, ack=0, flags=2,")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.seq = 1  # type: ignore[misc]
