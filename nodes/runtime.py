@@ -16,11 +16,14 @@ bytes and supplies time:
   there is handed to ``node.underlay_received``. The kernel does not route
   between emulated nodes, so this wire is the node network's "cable".
 
-After every event (datagram in, timer, app socket call) the runtime flushes:
-``take_actions()`` runs the node's queue and returns what leaves the node;
-each action becomes one ``sendto``; then the single timer handle is re-armed
-from ``get_timer()`` (``loop.call_later``). App calls only queue work in the
-node, so they schedule one coalesced flush with ``call_soon``.
+A datagram only queues its packet in the node (``defer=True``) and schedules
+one coalesced flush with ``call_soon``; app calls only queue work too. The
+flush runs once the loop has handed over every datagram of its wakeup (the
+event loop reads several per readable socket): ``take_actions()`` runs the
+node's queue over the whole batch, as one NAPI poll would (TCP acknowledges
+a batch's segments once), and returns what leaves the node; each action
+becomes one ``sendto``; then the single timer handle is re-armed from
+``get_timer()`` (``loop.call_later``). Timers flush at once.
 
 Time is ``time.monotonic()``, which is what asyncio's ``loop.time()`` returns;
 uvloop's ``loop.time()`` is libuv's millisecond clock cached once per loop
@@ -324,7 +327,7 @@ class NodeRuntime(Service):
             if src is None:
                 src = self._to_emulated[addr[0]] = amap.to_emulated(addr[0])
             addr = (src, addr[1])
-        self.node.overlay_received(addr, data, self.now())
+        self.node.overlay_received(addr, data, self.now(), defer=True)
         self.poke()
 
     def _wire_in(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -332,7 +335,7 @@ class NodeRuntime(Service):
         if len(data) < 20:
             self.node.root.drop(self.now(), self.node.eth0, Drop.MALFORMED, "wire datagram")
             return
-        self.node.underlay_received(data, self.now())
+        self.node.underlay_received(data, self.now(), defer=True)
         self.poke()
 
     def poke(self) -> None:

@@ -72,33 +72,40 @@ def os_error(errno_name: str, message: str = "") -> OSError:
 
 
 class _Waker:
-    """Wakes the one task waiting on a socket; set as the socket's ``on_event``."""
+    """Wakes the one task waiting on a socket; set as the socket's ``on_event``.
+
+    A wait with a timeout is one future and one timer handle that resolves it
+    with False (``wait_for`` over a shielded future costs several callbacks, and
+    a ping's round trip is timed across it).
+    """
 
     __slots__ = ("_fut", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._fut: asyncio.Future[None] | None = None
+        self._fut: asyncio.Future[bool] | None = None
 
     def __call__(self) -> None:
         fut = self._fut
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            fut.set_result(True)
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the next event; False on timeout."""
-        self._fut = self._loop.create_future()
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._fut = fut
+        timer = None if timeout is None else self._loop.call_later(timeout, _expire, fut)
         try:
-            if timeout is None:
-                await self._fut
-                return True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._fut), timeout)
-            except TimeoutError:
-                return False
-            return True
+            return await fut
         finally:
             self._fut = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 class UDPEndpoint:
@@ -202,6 +209,9 @@ class Stream:
         self.rt = rt
         self.conn = conn
         self._waker = _Waker(rt.loop)
+        # drain() has its own: it only wakes once the pending bytes are all in the
+        # send buffer (or the connection failed), not at each ACK that frees space
+        self._drain_waker = _Waker(rt.loop)
         self._buf = bytearray()  # read but not yet consumed (readline/readexactly)
         self._pending = bytearray()  # written but not yet accepted by the send buffer
         self._close_requested = False
@@ -211,8 +221,11 @@ class Stream:
     # -------------------------------------------------------------- events
 
     def _on_event(self) -> None:
-        if self._pending and self.conn.send_space:
+        conn = self.conn
+        if self._pending and conn.send_space:
             self._push()
+        if not self._pending or conn.error is not None or conn.state is TCPState.CLOSED:
+            self._drain_waker()
         self._waker()
 
     def _push(self) -> None:
@@ -263,6 +276,10 @@ class Stream:
 
     def _take(self, n: int) -> bytes:
         conn = self.conn
+        if not self._buf and conn.readable:
+            data = conn.recv(n)  # straight from the receive buffer, no staging copy
+            self.rt.poke()  # the window may have reopened
+            return data
         if conn.readable:
             self._buf += conn.recv()
             self.rt.poke()  # the window may have reopened
@@ -351,7 +368,7 @@ class Stream:
             self._raise_if_failed()
             if self.conn.state is TCPState.CLOSED:
                 raise os_error("EPIPE", "connection closed")
-            await self._waker.wait()
+            await self._drain_waker.wait()
         self._raise_if_failed()
 
     def can_write_eof(self) -> bool:

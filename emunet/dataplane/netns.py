@@ -574,7 +574,7 @@ class Namespace:
         """
         dpk = dst.packed
         nf = self.netfilter
-        if dpk in self.local or dst.is_loopback:
+        if dpk in self.local or dpk[0] == 127:  # 127.0.0.0/8, dst.is_loopback
             dev = self.local.get(dpk) or self.interfaces["lo"]
             s = src or dst
             pkt = ipv4.build_fast(

@@ -229,15 +229,26 @@ class Node(Machine):
     # -------------------------------------------------------- entry points
 
     def overlay_received(
-        self, src: tuple[str, int], payload: bytes | bytearray, now: float
+        self, src: tuple[str, int], payload: bytes | bytearray, now: float, *, defer: bool = False
     ) -> None:
-        """A UDP datagram arrived on the flannel port (flanneld's ``udp_to_tun``)."""
-        self.run(self.flannel.udp_to_tun, src, payload, now)
+        """A UDP datagram arrived on the flannel port (flanneld's ``udp_to_tun``).
 
-    def underlay_received(self, packet: bytes | bytearray, now: float) -> None:
-        """An IPv4 packet arrived on eth0 from the node network (not the overlay)."""
+        ``defer``: only queue it; the next :meth:`take_actions` (or ``process``)
+        runs it together with whatever else arrived meanwhile, as one batch (what
+        an adapter reads in one loop wakeup, a NAPI poll's worth).
+        """
+        self.enqueue(self.flannel.udp_to_tun, src, payload, now)
+        if not defer:
+            self.process()
+
+    def underlay_received(
+        self, packet: bytes | bytearray, now: float, *, defer: bool = False
+    ) -> None:
+        """An IPv4 packet arrived on eth0 from the node network (not the overlay);
+        ``defer`` as for :meth:`overlay_received`."""
         self.enqueue(self.root.rx_packet, self.eth0, bytearray(packet), now)
-        self.process()
+        if not defer:
+            self.process()
 
     def inject(self, netns: str, iface: str, data: bytes | bytearray, now: float) -> None:
         """Hand raw bytes to any interface as if received there (tests, fuzzing)."""

@@ -71,6 +71,12 @@ class EchoReply:
     rtt: float
 
 
+def _address(addr: IPv4Address | str) -> IPv4Address:
+    """``addr`` as an address: ``IPv4Address(an IPv4Address)`` would format and
+    re-parse it, on every datagram sent."""
+    return addr if isinstance(addr, IPv4Address) else IPv4Address(addr)
+
+
 class SocketLayer(Protocol):
     """What a socket calls in its namespace's transport layer."""
 
@@ -130,7 +136,7 @@ class UDPSocket(_Socket):
         if self.local is None:
             self.bind()
         assert self.local is not None
-        self.ns.udp_send(self, data, IPv4Address(dst[0]), dst[1], now)
+        self.ns.udp_send(self, data, _address(dst[0]), dst[1], now)
 
     def recvfrom(self) -> tuple[bytes, tuple[IPv4Address, int]] | None:
         return self.rx.popleft() if self.rx else None
@@ -174,7 +180,7 @@ class PingSocket(_Socket):
             raise SocketError("EBADF", "socket is closed")
         self.sent[seq & 0xFFFF] = now
         msg = icmp.echo(icmp.ECHO_REQUEST, self.ident, seq, payload)
-        self.ns.ping_send(self, IPv4Address(dst), msg, now, ttl or self.ttl, df)
+        self.ns.ping_send(self, _address(dst), msg, now, ttl or self.ttl, df)
 
     def reply_received(self, seq: int, src: IPv4Address, ttl: int, size: int, now: float) -> None:
         sent = self.sent.pop(seq, None)

@@ -49,7 +49,9 @@ merged when the hole is filled. The advertised window is the free buffer space
 window and send an update only once it at least doubled (receiver SWS
 avoidance, RFC 9293 section 3.8.6.2.2, with Linux's threshold). ACKs are
 delayed up to 40 ms or every second segment (RFC 5681 section 4.2; Linux's
-delack floor).
+delack floor); the in-order segments of one arrival batch (``receive(...,
+batched=True)`` until ``end_batch``) are acknowledged once, as Linux
+acknowledges the one segment GRO merges them into.
 
 Sequence numbers are 32-bit and compared modulo 2**32 (RFC 9293 section 3.4).
 Not implemented: SACK, timestamps, urgent data, keepalive, Nagle (sending
@@ -77,6 +79,8 @@ from emunet.packets.tcp import (
     TCPHeader,
     WindowScale,
     build_fast,
+    build_options,
+    build_segment,
 )
 
 MASK = 0xFFFFFFFF
@@ -179,6 +183,7 @@ class TCPConnection:
 
     __slots__ = (
         "_backoff",
+        "_batching",
         "_changed",
         "_close_pending",
         "_cwnd_acc",
@@ -318,6 +323,7 @@ class TCPConnection:
         self.ack_now = False
         self._delack_at: float | None = None
         self._unacked_segs = 0
+        self._batching = False  # see receive(batched=True)
         # Retransmission (RFC 6298) and persist timers.
         self._srtt: float | None = None
         self._rttvar = 0.0
@@ -523,9 +529,20 @@ class TCPConnection:
         self._output(now)
         self._notify()
 
-    def receive(self, hdr: TCPHeader, payload: memoryview | bytes, now: float) -> None:
-        """Process one arriving segment addressed to this connection."""
+    def receive(
+        self, hdr: TCPHeader, payload: memoryview | bytes, now: float, *, batched: bool = False
+    ) -> None:
+        """Process one arriving segment addressed to this connection.
+
+        ``batched``: the segment is one of a batch that arrived together, and the
+        caller calls :meth:`end_batch` once the batch is through. The ACK owed
+        for every second in-order segment then waits for the end of the batch,
+        so a batch is acknowledged once, as Linux acknowledges the one large
+        segment GRO makes of what a NAPI poll received. ACKs owed for any other
+        reason (out of order data, a window overrun, a FIN) still go at once.
+        """
         self.now = now
+        self._batching = batched
         self.stats.segments_in += 1
         state = self.state
         if state is _SYN_SENT:
@@ -540,6 +557,19 @@ class TCPConnection:
             self._receive_synchronized(hdr, payload, now)
         self._output(now)
         self._notify()
+
+    @property
+    def ack_deferred(self) -> bool:
+        """A batched receive owes an ACK that waits for :meth:`end_batch`."""
+        return self._batching and self._unacked_segs >= 2
+
+    def end_batch(self, now: float) -> None:
+        """The batch of :meth:`receive` calls ended: send the ACK it owes."""
+        self._batching = False
+        if self._unacked_segs >= 2 and self.state is not _CLOSED:
+            self.now = now
+            self.ack_now = True
+            self._output(now)
 
     # ------------------------------------------------------------ internals
 
@@ -953,7 +983,7 @@ class TCPConnection:
                 self.ack_now = True  # a hole was (partly) filled: ACK at once
             else:
                 self._unacked_segs += 1
-                if self._unacked_segs >= 2:
+                if self._unacked_segs >= 2 and not self._batching:
                     self.ack_now = True
                 elif self._delack_at is None:
                     self._delack_at = now + DELACK
@@ -1070,10 +1100,19 @@ class TCPConnection:
         elif flags & SYN:
             space = max(0, self.rcv_buf_size - len(self._rcv_buf))
             window = space if space < 0xFFFF else 0xFFFF
-        hdr = TCPHeader(
-            self.local_port, self.remote_port, seq & MASK, ack, flags, window, 0, options
+        segment = build_segment(
+            self.local_port,
+            self.remote_port,
+            seq & MASK,
+            ack,
+            flags,
+            window,
+            payload,
+            self._lp,
+            self._rp,
+            options=build_options(options) if options else b"",
         )
-        self._out.append(build_fast(hdr, payload, self._lp, self._rp))
+        self._out.append(segment)
         self.stats.segments_out += 1
 
 

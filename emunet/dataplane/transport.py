@@ -35,11 +35,14 @@ EPHEMERAL_HIGH = 60999
 
 
 class Ids(Protocol):
-    """The machine's sources of port numbers and initial sequence numbers."""
+    """The machine's sources of port numbers and initial sequence numbers, and
+    its work queue."""
 
     def random_port(self, low: int, high: int) -> int: ...
 
     def tcp_iss(self) -> int: ...
+
+    def enqueue(self, fn: Callable[..., None], *args: Any) -> None: ...
 
 
 class IPLayer(Protocol):
@@ -92,6 +95,8 @@ class Transport:
         self.tcp_listeners: dict[tuple[bytes, int], TCPListener] = {}
         self._bound: dict[tuple[int, int], list[bytes]] = {}
         self._tcp_owned: dict[tuple[IPv4Address, int, IPv4Address, int], TCPConnection] = {}
+        # connections whose ACK waits for the end of the current arrival batch
+        self._acks_owed: dict[TCPConnection, None] = {}
         # ip_local_deliver's protocol table (inet_protos)
         self.handlers: dict[int, Handler] = {
             ipv4.PROTO_UDP: self.udp_rcv,
@@ -134,18 +139,20 @@ class Transport:
         ip = self.ip
         src, dst = bytes(pkt[12:16]), bytes(pkt[16:20])
         try:
-            hdr, payload = tcp.parse(
-                memoryview(pkt)[hlen:], verify_with=(IPv4Address(src), IPv4Address(dst))
-            )
+            hdr, payload = tcp.parse(memoryview(pkt)[hlen:], verify_with=(src, dst))
         except MalformedFrame as exc:
             ip.drop(now, iface, Drop.MALFORMED, exc.reason)
             return
         conn = self.tcp_conns.get((dst, hdr.dport, src, hdr.sport))
         if conn is not None:
-            conn.receive(hdr, payload, now)
+            conn.receive(hdr, payload, now, batched=True)
             if self._tracer.enabled:
                 ip.trace(now, "", "deliver", f"tcp socket :{hdr.dport} [{hdr.flag_names}]")
             self.tcp_flush(conn, now)
+            if conn.ack_deferred and conn not in self._acks_owed:
+                if not self._acks_owed:
+                    self.ids.enqueue(self._end_batch)
+                self._acks_owed[conn] = None
             return
         listener = self.tcp_listeners.get((dst, hdr.dport)) or self.tcp_listeners.get(
             (ANY.packed, hdr.dport)
@@ -179,7 +186,7 @@ class Transport:
             ip.drop(now, iface, Drop.MALFORMED, "icmp: bad checksum")
             return
         typ = mv[0]
-        src = IPv4Address(bytes(pkt[12:16]))
+        src = ip.address(bytes(pkt[12:16]))
         if typ == icmp.ECHO_REQUEST:
             dst = bytes(pkt[16:20])
             if dst == BROADCAST_IP:
@@ -191,7 +198,7 @@ class Transport:
             if self._tracer.enabled:
                 ip.trace(now, "", "deliver", "icmp echo request: replying")
             # the kernel's ICMP socket sends with IP_PMTUDISC_DONT: big replies fragment
-            ip.ip_send_local(1, IPv4Address(dst), src, bytes(reply), now, df=False)
+            ip.ip_send_local(1, ip.address(dst), src, bytes(reply), now, df=False)
         elif typ == icmp.ECHO_REPLY:
             ident, seq = _PORTS.unpack_from(mv, 4)
             sock = self.ping_sockets.get(ident)
@@ -261,6 +268,15 @@ class Transport:
             target.error_received(ev)
 
     # ---------------------------------------------------------------- TCP
+
+    def _end_batch(self) -> None:
+        """After the segments queued with the first deferred ACK (the machine's
+        queue is FIFO, so a batch of packets reaches tcp_rcv before this step):
+        one ACK per connection for all its segments of the batch."""
+        owed, self._acks_owed = self._acks_owed, {}
+        for conn in owed:
+            conn.end_batch(conn.now)
+            self.tcp_flush(conn, conn.now)
 
     def tcp_flush(self, conn: TCPConnection, now: float) -> None:
         """Send what a TCP connection has queued; forget it once it is closed."""

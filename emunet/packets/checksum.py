@@ -1,16 +1,16 @@
 """The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 
-The one's-complement sum is independent of byte order (RFC 1071 section 2(B)),
-so :func:`ones_sum` adds native 16-bit words through a memoryview cast, which
-runs in C, and swaps the folded result to network order once at the end.
+The one's-complement sum of 16-bit words is the buffer read as one big-endian
+integer modulo 0xFFFF (2**16 is 1 modulo 0xFFFF, so each word counts once:
+RFC 1071 section 2(E)'s deferred end-around carries, all deferred to one
+remainder), with 0xFFFF standing for a non-zero multiple.
+:func:`ones_sum` does it with ``int.from_bytes`` and one remainder, both in
+C and linear in the length, instead of one Python int per word.
 """
 
 from __future__ import annotations
 
 import struct
-import sys
-
-_LITTLE = sys.byteorder == "little"
 
 Buffer = bytes | bytearray | memoryview
 
@@ -19,24 +19,17 @@ def ones_sum(data: Buffer, initial: int = 0) -> int:
     """One's-complement 16-bit sum of ``data`` (network order), not inverted.
 
     ``initial`` is a partial sum in network order (e.g. a pseudo-header's).
+    An odd trailing byte is the high byte of a last word padded with zero.
     """
     mv = memoryview(data)
-    n = len(mv)
-    total = 0
-    if n >= 2:
-        even = n & ~1
-        total = sum(mv[:even].cast("H"))
-        if _LITTLE:
-            # fold, then swap to network order
-            while total > 0xFFFF:
-                total = (total & 0xFFFF) + (total >> 16)
-            total = ((total & 0xFF) << 8) | (total >> 8)
-    if n & 1:
-        total += mv[n - 1] << 8
+    total = int.from_bytes(mv, "big")
+    if len(mv) & 1:
+        total <<= 8
     total += initial
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
+    if total == 0:
+        return 0
+    rem: int = total % 0xFFFF
+    return rem if rem else 0xFFFF
 
 
 def internet_checksum(data: Buffer, initial: int = 0) -> int:

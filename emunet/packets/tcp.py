@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntFlag
 from ipaddress import IPv4Address
+from typing import Final
 
 from emunet.errors import ConfigError, MalformedFrame
 from emunet.packets.checksum import internet_checksum, pseudo_header_sum
@@ -34,7 +35,14 @@ class Flags(IntFlag):
     CWR = 0x80
 
 
-FIN, SYN, RST, PSH, ACK = Flags.FIN, Flags.SYN, Flags.RST, Flags.PSH, Flags.ACK
+# The bits as plain ints for the per-segment paths: ``flags & ACK`` with an
+# IntFlag operand runs enum's Python-level __and__ and builds a new member on
+# every test. :class:`Flags` stays for names (``flag_names``, rendering).
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
 
 OPT_EOL = 0
 OPT_NOP = 1
@@ -85,7 +93,7 @@ class UnknownOption:
 Option = NOP | MSS | WindowScale | SACKPermitted | SACK | Timestamps | UnknownOption
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class TCPHeader:
     """A TCP header. :func:`build` takes ``seq`` and ``ack`` modulo 2**32 (sequence
     arithmetic); ``data_offset`` and ``checksum`` are filled in by :func:`parse`
@@ -101,6 +109,32 @@ class TCPHeader:
     options: tuple[Option, ...] = ()
     data_offset: int = field(default=0, compare=False)
     checksum: int = field(default=0, compare=False)
+
+    def __init__(
+        self,
+        sport: int,
+        dport: int,
+        seq: int = 0,
+        ack: int = 0,
+        flags: int = 0,
+        window: int = 65535,
+        urgent: int = 0,
+        options: tuple[Option, ...] = (),
+        data_offset: int = 0,
+        checksum: int = 0,
+    ) -> None:
+        # The __init__ dataclasses would write, by hand: mypyc compiles this one
+        # (the generated one runs as Python: 20x slower, once per segment parsed).
+        object.__setattr__(self, "sport", sport)
+        object.__setattr__(self, "dport", dport)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "ack", ack)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "urgent", urgent)
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "data_offset", data_offset)
+        object.__setattr__(self, "checksum", checksum)
 
     def option(self, kind: type[Option]) -> Option | None:
         for opt in self.options:
@@ -159,7 +193,7 @@ def _parse_options(data: memoryview) -> tuple[Option, ...]:
     return tuple(out)
 
 
-def _build_options(options: tuple[Option, ...]) -> bytes:
+def build_options(options: tuple[Option, ...]) -> bytes:
     """Wire form of ``options``; a value that does not fit its field is the caller's error."""
     out = bytearray()
     for opt in options:
@@ -208,9 +242,13 @@ def parse(
     buf: bytes | bytearray | memoryview,
     offset: int = 0,
     *,
-    verify_with: tuple[IPv4Address, IPv4Address] | None = None,
+    verify_with: tuple[IPv4Address, IPv4Address] | tuple[bytes, bytes] | None = None,
 ) -> tuple[TCPHeader, memoryview]:
-    """Parse at ``offset``; ``buf`` ends where the IP payload ends."""
+    """Parse at ``offset``; ``buf`` ends where the IP payload ends.
+
+    ``verify_with``: the IPv4 source and destination (addresses, or the packed
+    four bytes a receive path already holds) to check the checksum against.
+    """
     mv = memoryview(buf)[offset:]
     if len(mv) < MIN_HEADER_LEN:
         raise MalformedFrame(f"tcp: {len(mv)} bytes, header needs {MIN_HEADER_LEN}")
@@ -222,7 +260,12 @@ def parse(
         if len(mv) > 0xFFFF:
             raise MalformedFrame(f"tcp: segment of {len(mv)} bytes exceeds an IPv4 payload")
         src, dst = verify_with
-        initial = pseudo_header_sum(src.packed, dst.packed, PROTO, len(mv))
+        initial = pseudo_header_sum(
+            src if isinstance(src, bytes) else src.packed,
+            dst if isinstance(dst, bytes) else dst.packed,
+            PROTO,
+            len(mv),
+        )
         if internet_checksum(mv, initial) != 0:
             raise MalformedFrame("tcp: bad checksum")
     options = _parse_options(mv[MIN_HEADER_LEN:hlen]) if hlen > MIN_HEADER_LEN else ()
@@ -239,26 +282,57 @@ def build(
 def build_fast(
     hdr: TCPHeader, payload: bytes | bytearray | memoryview, src: bytes, dst: bytes
 ) -> bytes:
-    if not (0 <= hdr.sport <= 0xFFFF and 0 <= hdr.dport <= 0xFFFF and 0 <= hdr.flags <= 0xFF):
-        raise ConfigError(f"tcp field out of range in {hdr}")
-    if not (0 <= hdr.window <= 0xFFFF and 0 <= hdr.urgent <= 0xFFFF):
-        raise ConfigError(f"tcp window or urgent pointer out of range in {hdr}")
-    opts = _build_options(hdr.options) if hdr.options else b""
-    hlen = MIN_HEADER_LEN + len(opts)
+    opts = build_options(hdr.options) if hdr.options else b""
+    return build_segment(
+        hdr.sport,
+        hdr.dport,
+        hdr.seq,
+        hdr.ack,
+        hdr.flags,
+        hdr.window,
+        payload,
+        src,
+        dst,
+        urgent=hdr.urgent,
+        options=opts,
+    )
+
+
+def build_segment(
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    payload: bytes | bytearray | memoryview,
+    src: bytes,
+    dst: bytes,
+    *,
+    urgent: int = 0,
+    options: bytes = b"",
+) -> bytes:
+    """A checksummed segment from its fields and the options' wire form (a
+    :class:`TCPHeader` per segment is what a sender's hot path can skip)."""
+    if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF and 0 <= flags <= 0xFF):
+        raise ConfigError(f"tcp field out of range: ports {sport}, {dport}, flags {flags}")
+    if not (0 <= window <= 0xFFFF and 0 <= urgent <= 0xFFFF):
+        raise ConfigError(f"tcp window {window} or urgent pointer {urgent} out of range")
+    hlen = MIN_HEADER_LEN + len(options)
     out = bytearray(
         HEADER.pack(
-            hdr.sport,
-            hdr.dport,
-            hdr.seq & 0xFFFFFFFF,
-            hdr.ack & 0xFFFFFFFF,
+            sport,
+            dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
             (hlen // 4) << 4,
-            hdr.flags,
-            hdr.window,
+            flags,
+            window,
             0,
-            hdr.urgent,
+            urgent,
         )
     )
-    out += opts
+    out += options
     out += payload
     csum = internet_checksum(out, pseudo_header_sum(src, dst, PROTO, len(out)))
     _U16.pack_into(out, 16, csum)

@@ -528,6 +528,64 @@ def test_delayed_ack_waits_40ms_for_a_lone_segment() -> None:
     assert server.recv() == b"ping"
 
 
+def _deliver_all(
+    conn: TCPConnection, segs: list[bytes], src: IPv4Address, now: float, *, batched: bool
+) -> list[TCPHeader]:
+    """Hand ``segs`` to ``conn``; the headers of what it sends meanwhile."""
+    out = []
+    for seg in segs:
+        hdr, body = parse(seg, verify_with=(src, conn.local_ip))
+        conn.receive(hdr, body, now, batched=batched)
+        out += [parse(s)[0] for s in conn.segments_to_send()]
+    return out
+
+
+def test_a_batch_of_segments_is_acknowledged_once_at_its_end() -> None:
+    net = Net()
+    client, server, _ = open_pair(net)
+    net.run()
+    client.send(payload(10 * 1460), net.now)
+    segs = client.segments_to_send()
+    assert len(segs) == 10  # the initial window
+    # one at a time: an ACK for every second segment (RFC 5681 section 4.2)
+    acks = _deliver_all(server, segs[:4], A_IP, net.now, batched=False)
+    assert [h.ack for h in acks] == [parse(segs[i])[0].seq + 1460 for i in (1, 3)]
+    # a batch: nothing until it ends, then one ACK for all of it
+    assert _deliver_all(server, segs[4:], A_IP, net.now, batched=True) == []
+    assert server.ack_deferred
+    server.end_batch(net.now)
+    (ack,) = [parse(s)[0] for s in server.segments_to_send()]
+    assert ack.flags == ACK and ack.ack == client.snd_nxt
+    assert not server.ack_deferred
+    assert server.recv() == payload(10 * 1460)
+
+
+def test_a_lone_segment_of_a_batch_still_waits_for_the_delayed_ack() -> None:
+    net = Net()
+    client, server, _ = open_pair(net)
+    net.run()
+    client.send(b"x" * 100, net.now)
+    assert _deliver_all(server, client.segments_to_send(), A_IP, net.now, batched=True) == []
+    assert not server.ack_deferred
+    server.end_batch(net.now)
+    assert server.segments_to_send() == []
+    assert server.get_timer() == pytest.approx(net.now + 0.04)
+
+
+def test_out_of_order_segments_of_a_batch_are_still_acknowledged_at_once() -> None:
+    net = Net()
+    client, server, _ = open_pair(net)
+    net.run()
+    client.send(payload(6 * 1460), net.now)
+    segs = client.segments_to_send()
+    del segs[1]  # a hole: every later segment is out of order
+    acks = _deliver_all(server, segs, A_IP, net.now, batched=True)
+    first = parse(segs[0])[0].seq
+    assert [h.ack for h in acks] == [first + 1460] * 4  # duplicate ACKs, one per segment
+    server.end_batch(net.now)
+    assert server.segments_to_send() == []  # nothing in order owed an ACK
+
+
 # --------------------------------------------------------------- flow control
 
 

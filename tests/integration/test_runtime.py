@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import msgpack
 import pytest
+import uvloop
 from emunet.nodes.apps import AppContext, load_app
 from emunet.nodes.control import ControlServer
 from emunet.nodes.control_client import MAX_FRAME, ControlError, call
 from emunet.nodes.runtime import NodeRuntime
 from emunet.nodes.shell import run_command
-from emunet.nodes.sockets import Stream
+from emunet.nodes.sockets import Stream, _Waker
 
 from emunet.dataplane.node import Node
 from emunet.dataplane.sockets import EchoReply, SocketErrorEvent
@@ -112,6 +113,36 @@ async def test_udp_echo_across_nodes(pair: Pair) -> None:
     ep.close()
 
 
+def test_a_burst_of_datagrams_arrives_complete_and_in_order() -> None:
+    """Under uvloop (the agent's loop, which reads several datagrams per wakeup)
+    the runtime feeds a wakeup's datagrams to the node as one batch and flushes
+    once: a burst comes out whole, in order, in fewer flushes than datagrams."""
+
+    async def burst() -> None:
+        n1 = Node("node1", "127.0.4.3", "10.244.1.0/24", node_network="127.0.0.0/8", seed=1)
+        n2 = Node("node2", "127.0.4.4", "10.244.2.0/24", node_network="127.0.0.0/8", seed=2)
+        n1.set_lease("10.244.2.0/24", "127.0.4.4")
+        n2.set_lease("10.244.1.0/24", "127.0.4.3")
+        n1.add_pod("a")
+        c = n2.add_pod("c").ip
+        async with NodeRuntime(n1) as r1, NodeRuntime(n2) as r2:
+            srv = await r2.udp_bind("c", 5000)
+            cli = await r1.udp_bind("a")
+            cli.sendto(b"warm-up", (c, 5000))  # ARP first
+            assert (await srv.recvfrom(timeout=2.0))[0] == b"warm-up"
+            flushes, received = r2.stats.flushes, r2.stats.overlay_rx
+            for i in range(200):
+                cli.sendto(i.to_bytes(2, "big") * 500, (c, 5000))
+            got = [
+                int.from_bytes((await srv.recvfrom(timeout=2.0))[0][:2], "big") for _ in range(200)
+            ]
+            assert got == list(range(200))
+            assert r2.stats.overlay_rx - received == 200
+            assert r2.stats.flushes - flushes < 50  # several datagrams per flush
+
+    uvloop.run(burst())
+
+
 async def test_tcp_1mib_across_nodes(pair: Pair) -> None:
     got = bytearray()
     done = asyncio.Event()
@@ -164,6 +195,35 @@ async def test_drain_waits_for_the_peer(pair: Pair) -> None:
     writer.close()
     await asyncio.wait_for(writer.wait_closed(), 20)
     assert received == 2 << 20
+
+
+async def test_drain_resumes_once_when_its_bytes_fit_not_at_every_ack(pair: Pair) -> None:
+    """The ACKs that free send buffer space move pending bytes on without waking the
+    writer; drain() resumes once they are all in the send buffer."""
+
+    async def sink(reader: Stream, writer: Stream) -> None:
+        while await reader.read(1 << 20):
+            pass
+
+    await pair.r2.start_server("c", 9002, sink)
+    _r, writer = await pair.r1.open_connection("a", pair.n2.pods["c"].ip, 9002, timeout=5)
+    wakeups = 0
+
+    class Counted(_Waker):
+        async def wait(self, timeout: float | None = None) -> bool:
+            nonlocal wakeups
+            wakeups += 1
+            return await super().wait(timeout)
+
+    writer._drain_waker = Counted(asyncio.get_running_loop())
+    acks_before = pair.r1.stats.overlay_rx
+    writer.write(bytes(1 << 20))  # four send buffers' worth
+    await asyncio.wait_for(writer.drain(), 20)
+    assert writer.pending == 0
+    assert pair.r1.stats.overlay_rx - acks_before > 20  # many ACKs freed space
+    assert wakeups == 1
+    writer.close()
+    await asyncio.wait_for(writer.wait_closed(), 20)
 
 
 async def test_connect_refused_raises(pair: Pair) -> None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 from collections.abc import Callable
@@ -97,7 +98,7 @@ tcp_option = st.one_of(
 
 def _fits(options: tuple[tcp.Option, ...]) -> bool:
     try:
-        tcp._build_options(options)
+        tcp.build_options(options)
     except ConfigError:
         return False
     return True
@@ -186,6 +187,14 @@ def test_tcp_round_trip(
     assert got.data_offset == len(raw) - len(payload)
     assert bytes(body) == payload
     assert tcp.build(got, body, src, dst) == raw
+    assert tcp.parse(raw, verify_with=(src.packed, dst.packed))[0] == h  # packed addresses
+
+
+def test_tcp_flag_constants_are_plain_ints_of_the_flag_bits() -> None:
+    bits = (tcp.FIN, tcp.SYN, tcp.RST, tcp.PSH, tcp.ACK)
+    assert bits == (tcp.Flags.FIN, tcp.Flags.SYN, tcp.Flags.RST, tcp.Flags.PSH, tcp.Flags.ACK)
+    assert all(type(b) is int for b in bits)
+    assert type(tcp.ACK | tcp.PSH) is int
 
 
 @FAST
@@ -606,6 +615,14 @@ def test_ones_sum_matches_rfc1071_reference_at_any_alignment(data: bytes, skew: 
 
 
 @FAST
+@given(st.binary(max_size=1600), u16)
+def test_ones_sum_with_an_initial_sum_is_the_folded_word_sum(data: bytes, initial: int) -> None:
+    # the remainder form gives exactly the folded sum: 0 only for no bits set at all
+    padded = initial.to_bytes(2, "big") + data
+    assert checksum.ones_sum(data, initial) == reference_ones_sum(padded)
+
+
+@FAST
 @given(st.binary(min_size=2, max_size=60).filter(lambda b: len(b) % 2 == 0), st.data())
 def test_incremental_update_equals_full_recompute(data: bytes, d: st.DataObject) -> None:
     i = d.draw(st.integers(0, len(data) // 2 - 1)) * 2
@@ -751,3 +768,13 @@ def test_bad_values_from_the_caller_are_config_errors(build: Callable[[], object
 def test_icmp_quote_of_a_short_packet_is_malformed() -> None:
     with pytest.raises(MalformedFrame):
         icmp.quote(b"\x45")
+
+
+def test_tcp_header_stays_a_frozen_dataclass_with_its_own_init() -> None:
+    h = tcp.TCPHeader(1, 2, flags=tcp.SYN, options=(tcp.MSS(1460),), checksum=7)
+    assert h == tcp.TCPHeader(1, 2, 0, 0, tcp.SYN, 65535, 0, (tcp.MSS(1460),), 0, 0)
+    assert hash(h) == hash(tcp.TCPHeader(1, 2, flags=tcp.SYN, options=(tcp.MSS(1460),)))
+    assert dataclasses.replace(h, seq=5).seq == 5 and dataclasses.replace(h, seq=5).checksum == 7
+    assert repr(h).startswith("TCPHeader(sport=1, dport=2, seq=0, ack=0, flags=2,")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.seq = 1  # type: ignore[misc]
