@@ -8,7 +8,8 @@
   finds its zero-loss rate.
 * **ping-pong**: one uvloop process sends a datagram to an echo process and
   waits for it, again and again: the round trip of two processes, the floor
-  of any cross-node RTT.
+  of any cross-node RTT; back to back (beside sockperf's ping-pong) and paced
+  as the bench's ``ping -i`` (beside ping: an idle process answers later).
 
 Each role is ``python -m emunet.control.bench_baseline ROLE ...``; a relay or
 receiver prints ``ready`` once bound. The receiver answers a ``stats``
@@ -111,7 +112,7 @@ async def _echo(sock: socket.socket) -> None:
     await asyncio.Event().wait()
 
 
-async def _pingpong(dst: int, seconds: float, size: int) -> None:
+async def _pingpong(dst: int, seconds: float, size: int, interval: float) -> None:
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] | None = None
 
@@ -131,6 +132,8 @@ async def _pingpong(dst: int, seconds: float, size: int) -> None:
         except TimeoutError:
             continue
         rtts.append((time.monotonic() - start) * 1e6)
+        if interval:
+            await asyncio.sleep(max(0.0, start + interval - time.monotonic()))
     warm = rtts[len(rtts) // 10 :]
     print(json.dumps({f"p{p}_us": percentile(warm, p) for p in (50, 90, 99)}), flush=True)
 
@@ -219,8 +222,10 @@ async def relay_search(
         yield search
 
 
-async def ping_pong(seconds: float, size: int = 64) -> dict[str, float]:
-    """Percentiles (µs) of a bare ping-pong between two uvloop processes."""
+async def ping_pong(seconds: float, size: int = 64, interval: float = 0.0) -> dict[str, float]:
+    """Percentiles (µs) of a bare ping-pong between two uvloop processes: back to
+    back, or one exchange every ``interval`` seconds (as ``ping -i``: a process idle
+    between exchanges wakes up colder, and answers later)."""
     port = _free_port()
     echo = _spawn("echo", str(port))
     try:
@@ -231,6 +236,7 @@ async def ping_pong(seconds: float, size: int = 64) -> dict[str, float]:
             str(port),
             str(seconds),
             str(size),
+            str(interval),
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await proc.communicate()
@@ -254,7 +260,7 @@ def main(argv: list[str]) -> None:
     elif role == "echo":
         coro = _echo(_sock(int(args[0])))
     else:
-        coro = _pingpong(int(args[0]), float(args[1]), int(args[2]))
+        coro = _pingpong(int(args[0]), float(args[1]), int(args[2]), float(args[3]))
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(coro)
 

@@ -32,7 +32,7 @@ from typing import Annotated, Any
 import typer
 from emunet.control import bench_baseline, bench_services
 from emunet.control.args import Output
-from emunet.control.bench_plan import PATHS, SIZES, goals
+from emunet.control.bench_plan import PATHS, PING_INTERVAL, SIZES, goals
 from emunet.control.bench_report import markdown, print_report, write_png
 from emunet.control.bench_run import FULL, QUICK, FabricBench, Settings
 from emunet.control.common import fail, handled, run, settings, state_dir
@@ -73,6 +73,9 @@ async def _baseline(s: Settings, step: Callable[[str], None]) -> dict[str, Any]:
             relay[str(hops)] = sizes
     step("bare ping-pong")
     pingpong = await bench_baseline.ping_pong(max(1.0, s.latency_seconds))
+    paced = await bench_baseline.ping_pong(s.pings * PING_INTERVAL, interval=PING_INTERVAL)
+    pingpong["paced_p50_us"] = paced["p50_us"]
+    pingpong["paced_interval"] = PING_INTERVAL
     return {"relay": relay, "pingpong": pingpong}
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from emunet.control.bench_plan import (
     PATHS,
+    PING_INTERVAL,
     SIZES,
     BenchPath,
     RateSearch,
@@ -310,7 +311,7 @@ class FabricBench:
         if path.ping:
             self.step(f"{path.key}: ping")
             code, out = await client.run(
-                ["ping", "-c", str(s.pings), "-i", "0.01", "-W", "1", dst], timeout=60
+                ["ping", "-c", str(s.pings), "-i", str(PING_INTERVAL), "-W", "1", dst], timeout=60
             )
             rtts = parse_ping(out)
             result["ping_ms"] = {

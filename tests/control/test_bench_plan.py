@@ -132,7 +132,7 @@ def fabric(tcp: float, pps: float, bare: float, ping: float, pong: float) -> dic
         },
         "baseline": {
             "relay": {"1": {"1400": {"zero_loss_pps": bare}}},
-            "pingpong": {"p50_us": pong},
+            "pingpong": {"paced_p50_us": pong},
         },
         "services": {"ratio": 1.1},
     }
