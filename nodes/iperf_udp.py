@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
+from ipaddress import IPv4Address
 
 from emunet.nodes.shell_env import Shell, UsageError, clip, human, int_opt, os_reason, rate
 from emunet.nodes.sockets import UDPEndpoint
@@ -111,7 +112,7 @@ def _sent_at(data: bytes) -> tuple[int, float]:
 
 
 async def iperf_udp_client(
-    sh: Shell, host: str, ip: str, port: int, seconds: float, opts: dict[str, str]
+    sh: Shell, host: str, ip: IPv4Address, port: int, seconds: float, opts: dict[str, str]
 ) -> int:
     try:
         bits = parse_rate(opts["-b"]) if "-b" in opts else DEFAULT_RATE
@@ -162,7 +163,9 @@ async def iperf_udp_client(
         sock.close()
 
 
-async def _fin(sh: Shell, sock: UDPEndpoint, seq: int, pad: bytes, ip: str, port: int) -> int:
+async def _fin(
+    sh: Shell, sock: UDPEndpoint, seq: int, pad: bytes, ip: IPv4Address, port: int
+) -> int:
     """iperf's FIN: the negated sequence number, until the server reports."""
     for _ in range(FIN_TRIES):
         sock.sendto(_stamp(-seq, sh.now) + pad, (ip, port))

@@ -301,7 +301,7 @@ async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
         sh.eprint(f"iperf: failed to resolve host '{host}'")
         return 1
     if "-u" in opts:
-        return await iperf_udp_client(sh, host, str(ip), port, seconds, opts)
+        return await iperf_udp_client(sh, host, ip, port, seconds, opts)
     sh.print(bar)
     sh.print(f"Client connecting to {host}, TCP port {port}")
     sh.print("TCP window size:  256 KByte (default)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
+from ipaddress import IPv4Address
 
 from emunet.nodes.shell_env import Shell, UsageError, clip, int_opt, num_opt, os_reason
 from emunet.nodes.sockets import UDPEndpoint
@@ -118,7 +119,7 @@ async def cmd_sockperf(sh: Shell, argv: list[str]) -> int:
         sh.eprint(f"sockperf: bind failed: {os_reason(exc)}")
         return 1
     try:
-        return await _ping_pong(sh, sock, (str(ip), port), seconds, size, mps, full)
+        return await _ping_pong(sh, sock, (ip, port), seconds, size, mps, full)
     finally:
         sock.close()
 
@@ -126,7 +127,7 @@ async def cmd_sockperf(sh: Shell, argv: list[str]) -> int:
 async def _ping_pong(
     sh: Shell,
     sock: UDPEndpoint,
-    dst: tuple[str, int],
+    dst: tuple[IPv4Address, int],
     seconds: float,
     size: int,
     mps: int,

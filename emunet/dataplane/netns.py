@@ -171,9 +171,10 @@ class Namespace:
 
     def source_for(self, dev: Interface, target: bytes) -> IPv4Address:
         """The source address for a packet to ``target`` out of ``dev``."""
-        t = IPv4Address(target)
+        t = int.from_bytes(target, "big")
         for a in dev.addresses:
-            if t in a.network:
+            net = a.network  # integers: no address objects per packet
+            if t & int(net.netmask) == int(net.network_address):
                 return a.ip
         return dev.addresses[0].ip if dev.addresses else IPv4Address(0)
 
