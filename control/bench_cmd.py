@@ -139,8 +139,12 @@ async def _bench(s: Settings, progress: Progress, task: Any) -> dict[str, Any]:
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
 
+    lines = not progress.console.is_terminal  # a log, not a terminal: one line per step
+
     def step(text: str) -> None:
         progress.update(task, description=text, advance=1)
+        if lines:
+            progress.console.print(f"... {text}", highlight=False)
 
     fabrics = _fabrics()
     progress.update(task, total=_steps(s, len(fabrics)))

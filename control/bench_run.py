@@ -65,7 +65,7 @@ NODEPORT_IPERF = 30501
 NODEPORT_ECHO = 30507
 MAX_BITS = "10g"  # iperf -u's top rate: the sender's full speed
 HEAVY_LOAD = 0.5  # heavy load: a 1400 B stream at this share of the zero-loss rate
-_SERVER_SECONDS = "3600"  # servers are stopped by closing their exec, not by -t
+_SERVER_SECONDS = 3600.0  # servers are stopped by closing their exec, not by -t
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class Settings:
 
 
 QUICK = Settings(True, 1.0, 0.4, 4, 0.8, 20)
-FULL = Settings(False, 5.0, 2.0, 8, 3.0, 100)
+FULL = Settings(False, 5.0, 1.0, 6, 2.0, 100)
 
 
 def _manifest() -> str:
@@ -111,44 +111,56 @@ class Exec:
     def __init__(self, target: PodTarget) -> None:
         self.target = target
 
-    async def run(self, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, str]:
+    def _client(self) -> ControlClient:
+        t = self.target
+        return ControlClient(t.host, t.port, timeout=10.0, token=t.token)
+
+    async def _stream(
+        self, client: ControlClient, argv: Sequence[str], idle: float
+    ) -> tuple[int, str]:
         chunks: list[str] = []
         code = 1
-        t = self.target
-        async with ControlClient(t.host, t.port, timeout=10.0, token=t.token) as client:
-
-            async def go() -> None:
-                nonlocal code
-                async for frame in client.stream(
-                    "exec", idle_timeout=timeout, pod=t.netns, argv=list(argv)
-                ):
-                    if frame.kind == "stream" and isinstance(frame.data, dict):
-                        for key in ("out", "err"):
-                            text = frame.data.get(key)
-                            if isinstance(text, bytes):
-                                text = text.decode(errors="replace")
-                            if isinstance(text, str):
-                                chunks.append(text)
-                    elif frame.kind == "result" and isinstance(frame.data, dict):
-                        code = int(frame.data.get("exit", 1))
-
-            await asyncio.wait_for(go(), timeout)
+        async for frame in client.stream(
+            "exec", idle_timeout=idle, pod=self.target.netns, argv=list(argv)
+        ):
+            if frame.kind == "stream" and isinstance(frame.data, dict):
+                for key in ("out", "err"):
+                    text = frame.data.get(key)
+                    if isinstance(text, bytes):
+                        text = text.decode(errors="replace")
+                    if isinstance(text, str):
+                        chunks.append(text)
+            elif frame.kind == "result" and isinstance(frame.data, dict):
+                code = int(frame.data.get("exit", 1))
         return code, "".join(chunks)
+
+    async def run(self, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, str]:
+        """Run a command to its end (at most ``timeout`` seconds)."""
+        async with self._client() as client, asyncio.timeout(timeout):
+            return await self._stream(client, argv, timeout)
 
     @contextlib.asynccontextmanager
     async def serving(self, argv: Sequence[str]) -> AsyncIterator[None]:
-        """Run a server command for the block (stopped by closing its exec)."""
-        task = asyncio.create_task(self.run(argv, timeout=float(_SERVER_SECONDS)))
-        await asyncio.sleep(0.3)  # it binds its socket
-        if task.done():
-            _code, out = task.result()
-            raise EmunetError(f"{' '.join(argv)} in {self.target.name} stopped: {out.strip()}")
+        """Run a server command for the block. It is stopped by closing its exec's
+        connection (the agent cancels a command whose client went away), not by
+        cancelling a task, so no wait can outlive the block."""
+        client = self._client()
+        await client.start()
+        task = asyncio.create_task(self._stream(client, argv, _SERVER_SECONDS))
         try:
+            await asyncio.sleep(0.3)  # it binds its socket
+            if task.done():
+                _code, out = task.result()
+                raise EmunetError(f"{' '.join(argv)} in {self.target.name} stopped: {out.strip()}")
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await client.close()
+            await asyncio.wait({task}, timeout=5.0)
+            if task.done():
+                if not task.cancelled():
+                    task.exception()  # retrieved: the closed connection ends it with an error
+            else:
+                task.cancel()
             await asyncio.sleep(0.6)  # the agent notices the closed exec and unbinds
 
 
@@ -281,14 +293,16 @@ class FabricBench:
         iperf, echo = self._ports(path)
         result: dict[str, Any] = {"title": path.title, "hops": path.hops, "dst": dst}
         self.step(f"{path.key}: TCP goodput")
-        async with server.serving(["iperf", "-s", "-p", str(IPERF_PORT), "-t", _SERVER_SECONDS]):
+        async with server.serving(
+            ["iperf", "-s", "-p", str(IPERF_PORT), "-t", str(int(_SERVER_SECONDS))]
+        ):
             code, out = await client.run(
                 ["iperf", "-c", dst, "-p", str(iperf), "-t", str(s.tcp_seconds)],
                 timeout=s.tcp_seconds + 20,
             )
         result["tcp_bps"] = parse_iperf_tcp(out) if code == 0 else 0.0
         udp: dict[str, Any] = {}
-        argv = ["iperf", "-s", "-u", "-p", str(IPERF_PORT), "-t", _SERVER_SECONDS]
+        argv = ["iperf", "-s", "-u", "-p", str(IPERF_PORT), "-t", str(int(_SERVER_SECONDS))]
         async with server.serving(argv):
             for size in SIZES:
                 search = RateSearch(s.trials)
