@@ -42,6 +42,9 @@ test: setup
 test-pure: setup
 	@rm -rf build/pure && mkdir -p build/pure
 	@tar -cf - --exclude='*.so' --exclude=__pycache__ emunet | tar -xf - -C build/pure
+	@# the adapters too, as installed (emunet.nodes, emunet.control): the benchmarks import them
+	@tar -cf - --exclude=__pycache__ nodes | tar -xf - -C build/pure/emunet
+	@tar -cf - --exclude=__pycache__ control | tar -xf - -C build/pure/emunet
 	EMUNET_EXPECT_BUILD=pure PYTHONPATH=$(CURDIR)/build/pure $(BIN)/pytest -q \
 	    tests/test_build.py tests/dataplane tests/packets tests/cluster
 
