@@ -110,23 +110,24 @@ async def _one_fabric(
 ) -> dict[str, Any]:
     temp: tempfile.TemporaryDirectory[str] | None = None
     local: LocalFabric | None = None
-    if target is None:
-        temp = tempfile.TemporaryDirectory(prefix="emunet-bench-")
-        local = LocalFabric(Path(temp.name) / "state")
-        step("starting a temporary local fabric (etcd, 3 agents, the internet)")
-        await local.up(3, lambda _text: None)
-        target = select_target(fabric="local", state_dir=local.state_dir)
-        opts = ["--fabric", "local", "--state-dir", str(local.state_dir)]
-    bench = FabricBench(target, opts, s, step)
+    bench: FabricBench | None = None
     try:
+        if target is None:  # stopped in the finally below, even when interrupted starting
+            temp = tempfile.TemporaryDirectory(prefix="emunet-bench-")
+            local = LocalFabric(Path(temp.name) / "state")
+            step("starting a temporary local fabric (etcd, 3 agents, the internet)")
+            await local.up(3, lambda _text: None)
+            target = select_target(fabric="local", state_dir=local.state_dir)
+            opts = ["--fabric", "local", "--state-dir", str(local.state_dir)]
+        bench = FabricBench(target, opts, s, step)
         await bench.prepare()
         paths = {p.key: await bench.run_path(p) for p in PATHS}
     finally:
         with contextlib.suppress(Exception):
-            if local is None:
-                await bench.cleanup()
-            else:
+            if local is not None:
                 local.down()
+            elif bench is not None:
+                await bench.cleanup()
         if temp is not None:
             temp.cleanup()
     return {"kind": kind, "description": target.description, "paths": paths}
