@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from emunet.control.bench_plan import (
-    PATHS,
     PING_INTERVAL,
     SIZES,
     BenchPath,
@@ -401,12 +400,3 @@ def _udp_result(search: RateSearch, cpu: list[dict[str, float]], size: int) -> d
         packets = max(1, best.sent - best.lost)
         out["cpu_us_per_packet"] = {k: v * 1e6 / packets for k, v in cpu[i].items()}
     return out
-
-
-async def run_paths(
-    bench: FabricBench, paths: Sequence[BenchPath] = PATHS
-) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        results[path.key] = await bench.run_path(path)
-    return results
