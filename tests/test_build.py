@@ -10,6 +10,7 @@ import sysconfig
 import pytest
 
 import emunet.dataplane.netns
+import emunet.packets.checksum
 import emunet.packets.ipv4
 import emunet.packets.mac
 
@@ -22,6 +23,7 @@ def test_the_core_is_the_build_that_was_asked_for() -> None:
     expect = os.environ.get("EMUNET_EXPECT_BUILD")
     if expect == "pure":
         assert not compiled(emunet.dataplane.netns) and not compiled(emunet.packets.ipv4)
+        assert not emunet.packets.checksum.COMPILED  # the big-integer sum, not the loop
         return
     if os.environ.get("EMUNET_PURE") == "1" or shutil.which("cc") is None:
         pytest.skip("a pure install was asked for, or no C compiler: nothing is compiled")
@@ -29,3 +31,4 @@ def test_the_core_is_the_build_that_was_asked_for() -> None:
     assert compiled(emunet.dataplane.netns), emunet.dataplane.netns.__file__
     assert compiled(emunet.packets.ipv4), emunet.packets.ipv4.__file__
     assert not compiled(emunet.packets.mac)  # a bytes subclass: interpreted on purpose
+    assert emunet.packets.checksum.COMPILED  # the checksum takes its native loop

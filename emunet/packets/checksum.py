@@ -5,14 +5,36 @@ integer modulo 0xFFFF (2**16 is 1 modulo 0xFFFF, so each word counts once:
 RFC 1071 section 2(E)'s deferred end-around carries, all deferred to one
 remainder), with 0xFFFF standing for a non-zero multiple.
 :func:`ones_sum` does it with ``int.from_bytes`` and one remainder, both in
-C and linear in the length, instead of one Python int per word.
+C and linear in the length, instead of one Python int per word. Compiled by
+mypyc, the module takes :func:`word_sum` instead: a loop over the bytes in
+native 64-bit integers, six times faster than the big integer's remainder for
+a 1400-byte packet (and far slower than it when interpreted).
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Final
+
+from mypy_extensions import i64
 
 Buffer = bytes | bytearray | memoryview
+COMPILED: Final = not __file__.endswith(".py")  # a mypyc build's module is a C extension
+
+
+def word_sum(data: bytes) -> int:
+    """Plain sum of the big-endian 16-bit words of ``data`` (an odd last byte is
+    the high byte of a word padded with zero): congruent to the buffer read as
+    one integer, modulo 0xFFFF, and zero only for a buffer of zeroes."""
+    total: i64 = 0
+    n: i64 = len(data)
+    i: i64 = 0
+    while i + 1 < n:
+        total += (i64(data[i]) << 8) | i64(data[i + 1])
+        i += 2
+    if i < n:
+        total += i64(data[i]) << 8
+    return int(total)
 
 
 def ones_sum(data: Buffer, initial: int = 0) -> int:
@@ -21,11 +43,14 @@ def ones_sum(data: Buffer, initial: int = 0) -> int:
     ``initial`` is a partial sum in network order (e.g. a pseudo-header's).
     An odd trailing byte is the high byte of a last word padded with zero.
     """
-    mv = memoryview(data)
-    total = int.from_bytes(mv, "big")
-    if len(mv) & 1:
-        total <<= 8
-    total += initial
+    if COMPILED:
+        total = word_sum(data if isinstance(data, bytes) else bytes(data)) + initial
+    else:
+        mv = memoryview(data)
+        total = int.from_bytes(mv, "big")
+        if len(mv) & 1:
+            total <<= 8
+        total += initial
     if total == 0:
         return 0
     rem: int = total % 0xFFFF
