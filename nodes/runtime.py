@@ -22,8 +22,15 @@ flush runs once the loop has handed over every datagram of its wakeup (the
 event loop reads several per readable socket): ``take_actions()`` runs the
 node's queue over the whole batch, as one NAPI poll would (TCP acknowledges
 a batch's segments once), and returns what leaves the node; each action
-becomes one ``sendto``; then the single timer handle is re-armed from
-``get_timer()`` (``loop.call_later``). Timers flush at once.
+becomes one ``sendto``, except that a run of overlay datagrams to one peer of
+one size (the last may be shorter) goes to the kernel as one UDP GSO send
+(``UDP_SEGMENT``, up to :data:`GSO_SEGMENTS` datagrams): one syscall instead of
+one per datagram, and the peer's socket receives the same separate datagrams
+(the kernel segments them; a host ``tcpdump`` on the link may show the batch
+as one large packet). ``EMUNET_GSO=0`` turns it off; a kernel that refuses it
+has it turned off after :data:`GSO_FAILURES` refusals. Then the single timer
+handle is re-armed from ``get_timer()`` (``loop.call_later``). Timers flush at
+once.
 
 Time is ``time.monotonic()``, which is what asyncio's ``loop.time()`` returns;
 uvloop's ``loop.time()`` is libuv's millisecond clock cached once per loop
@@ -48,7 +55,9 @@ import asyncio
 import contextlib
 import errno as errno_mod
 import logging
+import os
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -75,6 +84,11 @@ WIRE_PORT = 8286  # emunet's underlay wire (node network stand-in)
 TX_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes queued in a UDP transport before we drop
 SOCKET_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF / SO_SNDBUF asked of the kernel
 _TIMER_FLOOR = 0.0005  # a timer that stays due re-arms this much later, never spins
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h (Python 3.11 lacks it)
+GSO_SEGMENTS = 64  # datagrams per GSO send (the kernel takes up to 64 or 128)
+GSO_BYTES = 65000  # and their bytes, under a UDP datagram's 65,507
+GSO_FAILURES = 8  # refusals (EIO, EINVAL...) before GSO is turned off for good
+_GSO_SIZE = struct.Struct("=H")
 
 
 T = TypeVar("T")
@@ -137,6 +151,8 @@ class RuntimeStats:
     timer_fires: int = 0
     flushes: int = 0
     app_errors: int = 0
+    gso_sends: int = 0
+    gso_refused: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
@@ -229,6 +245,8 @@ class NodeRuntime(Service):
         self.wire_port = wire_port
         self.stats = RuntimeStats()
         self._overlay: asyncio.DatagramTransport | None = None
+        self._overlay_sock: socket.socket | None = None
+        self.gso = os.environ.get("EMUNET_GSO", "1") != "0"
         self._wire: asyncio.DatagramTransport | None = None
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -271,6 +289,7 @@ class NodeRuntime(Service):
             lambda: _Datagrams(self._wire_in, self), sock=wire
         )
         self._overlay, self._wire = t1, t2
+        self._overlay_sock = ov  # the transport reads it; GSO sends go through it
         self.poke()
 
     async def close(self) -> None:
@@ -291,6 +310,7 @@ class NodeRuntime(Service):
             if tr is not None:
                 tr.close()
         self._overlay = self._wire = None
+        self._overlay_sock = None
 
     # ------------------------------------------------------------ data path
 
@@ -358,23 +378,74 @@ class NodeRuntime(Service):
             log.exception("node %s: error running its queue", self.node.name)
             actions = self.node.actions.copy()  # the list stays: emitters hold its append
             self.node.actions.clear()
-        ov, wire = self._overlay, self._wire
+        wire = self._wire
         stats = self.stats
-        for action in actions:
+        i, n = 0, len(actions)
+        while i < n:
+            action = actions[i]
             if isinstance(action, UnderlayPacket):
+                i += 1
                 if wire is None or _backlog(wire) > TX_BUFFER_LIMIT:
                     stats.wire_tx_dropped += 1
                     continue
                 wire.sendto(action.packet, (self.real(str(action.next_hop)), self.wire_port))
                 stats.wire_tx += 1
-            else:  # an overlay datagram
-                if ov is None or _backlog(ov) > TX_BUFFER_LIMIT:
-                    stats.overlay_tx_dropped += 1
-                    continue
-                dst, payload, _ = action  # sent now: the agent's time is real
-                ov.sendto(payload, (self.real(dst[0]), dst[1]) if self.address_map else dst)
-                stats.overlay_tx += 1
+                continue
+            dst, payload, _ = action  # an overlay datagram, sent now: the agent's time is real
+            j = i + 1
+            if self.gso:  # the run of datagrams one GSO send can carry
+                size = total = len(payload)
+                while j < n and j - i < GSO_SEGMENTS:
+                    nxt = actions[j]
+                    if isinstance(nxt, UnderlayPacket) or nxt[0] != dst:
+                        break
+                    length = len(nxt[1])
+                    if length > size or total + length > GSO_BYTES:
+                        break
+                    total += length
+                    j += 1
+                    if length < size:  # a shorter datagram ends the run
+                        break
+            self._send_overlay(dst, actions, i, j)
+            i = j
         self._arm_timer(floor)
+
+    def _send_overlay(self, dst: tuple[str, int], actions: list[Any], i: int, j: int) -> None:
+        """Send the overlay datagrams ``actions[i:j]`` (all to ``dst``): one GSO send
+        for a run, else one ``sendto`` each (the transport queues what the kernel
+        cannot take yet, in order)."""
+        ov, stats = self._overlay, self.stats
+        if ov is None or _backlog(ov) > TX_BUFFER_LIMIT:
+            stats.overlay_tx_dropped += j - i
+            return
+        addr = (self.real(dst[0]), dst[1]) if self.address_map else dst
+        sock = self._overlay_sock
+        if j - i > 1 and sock is not None and _backlog(ov) == 0:
+            data = b"".join([a[1] for a in actions[i:j]])
+            size = _GSO_SIZE.pack(len(actions[i][1]))
+            try:
+                sock.sendmsg([data], [(socket.SOL_UDP, UDP_SEGMENT, size)], 0, addr)
+            except (BlockingIOError, InterruptedError):
+                pass  # the kernel buffer is full: the transport queues them
+            except OSError as exc:
+                self._gso_refused(exc)
+            else:
+                stats.overlay_tx += j - i
+                stats.gso_sends += 1
+                return
+        for k in range(i, j):
+            ov.sendto(actions[k][1], addr)
+        stats.overlay_tx += j - i
+
+    def _gso_refused(self, exc: OSError) -> None:
+        self.stats.gso_refused += 1
+        if self.stats.gso_refused >= GSO_FAILURES and self.gso:
+            self.gso = False
+            log.warning(
+                "node %s: UDP GSO refused (%s): sending datagrams one by one",
+                self.node.name,
+                exc.strerror or exc,
+            )
 
     def _arm_timer(self, floor: float | None = None) -> None:
         try:

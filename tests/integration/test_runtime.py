@@ -24,7 +24,7 @@ import uvloop
 from emunet.nodes.apps import AppContext, load_app
 from emunet.nodes.control import ControlServer
 from emunet.nodes.control_client import MAX_FRAME, ControlError, call
-from emunet.nodes.runtime import NodeRuntime
+from emunet.nodes.runtime import GSO_SEGMENTS, NodeRuntime
 from emunet.nodes.shell import run_command
 from emunet.nodes.sockets import Stream, _Waker
 
@@ -113,10 +113,13 @@ async def test_udp_echo_across_nodes(pair: Pair) -> None:
     ep.close()
 
 
-def test_a_burst_of_datagrams_arrives_complete_and_in_order() -> None:
+@pytest.mark.parametrize("gso", [True, False])
+def test_a_burst_of_datagrams_arrives_complete_and_in_order(gso: bool) -> None:
     """Under uvloop (the agent's loop, which reads several datagrams per wakeup)
     the runtime feeds a wakeup's datagrams to the node as one batch and flushes
-    once: a burst comes out whole, in order, in fewer flushes than datagrams."""
+    once: a burst comes out whole, in order, in fewer flushes than datagrams.
+    The sender hands runs of equal datagrams to the kernel as UDP GSO sends; the
+    receiving socket still reads one datagram per packet."""
 
     async def burst() -> None:
         n1 = Node("node1", "127.0.4.3", "10.244.1.0/24", node_network="127.0.0.0/8", seed=1)
@@ -126,11 +129,13 @@ def test_a_burst_of_datagrams_arrives_complete_and_in_order() -> None:
         n1.add_pod("a")
         c = n2.add_pod("c").ip
         async with NodeRuntime(n1) as r1, NodeRuntime(n2) as r2:
+            r1.gso = gso
             srv = await r2.udp_bind("c", 5000)
             cli = await r1.udp_bind("a")
             cli.sendto(b"warm-up", (c, 5000))  # ARP first
             assert (await srv.recvfrom(timeout=2.0))[0] == b"warm-up"
             flushes, received = r2.stats.flushes, r2.stats.overlay_rx
+            sent = r1.stats.overlay_tx
             for i in range(200):
                 cli.sendto(i.to_bytes(2, "big") * 500, (c, 5000))
             got = [
@@ -138,7 +143,12 @@ def test_a_burst_of_datagrams_arrives_complete_and_in_order() -> None:
             ]
             assert got == list(range(200))
             assert r2.stats.overlay_rx - received == 200
+            assert r1.stats.overlay_tx - sent == 200
             assert r2.stats.flushes - flushes < 50  # several datagrams per flush
+            if gso:  # a few sends of up to GSO_SEGMENTS datagrams each
+                assert 200 / GSO_SEGMENTS <= r1.stats.gso_sends < 50
+            else:
+                assert r1.stats.gso_sends == 0
 
     uvloop.run(burst())
 
