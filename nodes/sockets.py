@@ -116,6 +116,9 @@ class UDPEndpoint:
         self.sock = sock
         self._waker = _Waker(rt.loop)
         sock.on_event = self._waker
+        # the text of the last peer address (the data plane hands one address object
+        # per peer: formatting it for every datagram of a stream is wasted)
+        self._peer: tuple[IPv4Address | None, str] = (None, "")
 
     @property
     def local(self) -> tuple[IPv4Address, int]:
@@ -141,7 +144,10 @@ class UDPEndpoint:
             got = self.sock.recvfrom()
             if got is not None:
                 data, (ip, port) = got
-                return data, (str(ip), port)
+                peer = self._peer
+                if peer[0] is not ip:
+                    peer = self._peer = (ip, str(ip))
+                return data, (peer[1], port)
             if self.sock.closed:
                 raise os_error("EBADF", "socket is closed")
             left = None if deadline is None else deadline - self.rt.now()

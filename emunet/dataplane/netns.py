@@ -78,6 +78,8 @@ class Namespace:
         self.tcp_conns = self.sockets.tcp_conns  # ``ss -t``: connections and listeners
         self.tcp_listeners = self.sockets.tcp_listeners
         self._addr_cache: dict[bytes, IPv4Address] = {}
+        # ip_send_local's source decisions: packed dst -> (route version, src)
+        self._src_cache: dict[bytes, tuple[int, IPv4Address]] = {}
         self._broadcasts: set[bytes] = set()  # directed broadcasts of our subnets
         self._next_ifindex = 1
         self._push = node.push
@@ -594,7 +596,15 @@ class Namespace:
             self.drop(now, None, Drop.NO_ROUTE, f"to {dst}")
             return
         if src is None:
-            src = route.src or self.source_for(route.dev, (route.via or dst).packed)
+            version = self.routes.prefixes.version  # bumped by route and address changes
+            hit = self._src_cache.get(dpk)
+            if hit is not None and hit[0] == version:
+                src = hit[1]
+            else:
+                src = route.src or self.source_for(route.dev, (route.via or dst).packed)
+                if len(self._src_cache) >= 4096:
+                    self._src_cache.clear()
+                self._src_cache[dpk] = (version, src)
         pkt = ipv4.build_fast(
             src.packed, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
         )

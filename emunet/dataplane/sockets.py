@@ -123,6 +123,8 @@ class UDPSocket(_Socket):
         self.ttl = 64
         self.df = True
         self.rx_dropped = 0
+        # the transport's last source decision: (dst, route version, src, packed src, dst)
+        self.last_route: tuple[IPv4Address, int, IPv4Address, bytes, bytes] | None = None
 
     def bind(self, addr: IPv4Address | str = ANY, port: int = 0) -> tuple[IPv4Address, int]:
         if self.local is not None:

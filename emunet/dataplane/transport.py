@@ -350,21 +350,34 @@ class Transport:
     ) -> None:
         ip = self.ip
         assert sock.local is not None
-        laddr, lport = sock.local
-        src: IPv4Address | None = laddr if laddr != ANY else None
-        if src is None:
-            if dst.packed in ip.local or dst.is_loopback:
-                src = dst
-            else:
-                route = ip.routes.lookup(dst.packed)
-                if route is None:
-                    raise SocketError("ENETUNREACH", f"no route to {dst} in {ip.name}")
-                src = route.src or ip.source_for(route.dev, (route.via or dst).packed)
-
-        seg = udp.build_fast(lport, dport, data, src.packed, dst.packed)
+        lport = sock.local[1]
+        version = ip.routes.prefixes.version  # bumped by every route or address change
+        last = sock.last_route
+        if last is not None and last[0] is dst and last[1] == version:
+            src, spk, dpk = last[2], last[3], last[4]  # a stream of datagrams to one peer
+        else:
+            src = self._udp_source(sock, dst)
+            spk, dpk = src.packed, dst.packed
+            sock.last_route = (dst, version, src, spk, dpk)
+        seg = udp.build_fast(lport, dport, data, spk, dpk)
         if self._tracer.enabled:
             ip.trace(now, "", "sendto", f"udp {src}:{lport} > {dst}:{dport} ({len(data)} bytes)")
         ip.ip_send_local(17, src, dst, seg, now, ttl=sock.ttl, df=sock.df, owner=sock)
+
+    def _udp_source(self, sock: UDPSocket, dst: IPv4Address) -> IPv4Address:
+        """The source address of a datagram to ``dst``: the bound one, else the
+        route's (``ENETUNREACH`` without a route)."""
+        ip = self.ip
+        assert sock.local is not None
+        laddr = sock.local[0]
+        if laddr != ANY:
+            return laddr
+        if dst.packed in ip.local or dst.is_loopback:
+            return dst
+        route = ip.routes.lookup(dst.packed)
+        if route is None:
+            raise SocketError("ENETUNREACH", f"no route to {dst} in {ip.name}")
+        return route.src or ip.source_for(route.dev, (route.via or dst).packed)
 
     def ping_send(
         self, sock: PingSocket, dst: IPv4Address, msg: bytes, now: float, ttl: int, df: bool
