@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
 
@@ -197,8 +197,16 @@ class EndpointInfo:
 
 @dataclass(slots=True)
 class ServicePortInfo:
-    """Everything the data plane needs about one service port (one KUBE-SVC chain)."""
+    """Everything the data plane needs about one service port (one KUBE-SVC chain).
 
+    What a new connection reads comes first: one cache line of a compiled object
+    (with 10,000 Services each connection meets a different, cold one)."""
+
+    endpoints: tuple[EndpointInfo, ...]  # ready endpoints, cluster policy
+    thresholds: tuple[int, ...]  # statistic_threshold per rule
+    affinity_timeout: int  # 0: no ClientIP affinity
+    external_local: bool
+    local_endpoints: tuple[EndpointInfo, ...]
     name: str  # "ns/svc:port"
     service: tuple[str, str]
     port_name: str
@@ -208,14 +216,9 @@ class ServicePortInfo:
     port: int
     node_port: int
     lb_ip: int  # 0 if none
-    endpoints: tuple[EndpointInfo, ...]  # ready endpoints, cluster policy
-    local_endpoints: tuple[EndpointInfo, ...]
-    affinity_timeout: int  # 0: no ClientIP affinity
-    external_local: bool
     svc_chain: str
     ext_chain: str
     svl_chain: str
-    thresholds: tuple[int, ...] = field(default=())  # statistic_threshold per rule
 
     @property
     def has_endpoints(self) -> bool:

@@ -73,7 +73,6 @@ from typing import Protocol
 
 from emunet.cluster import iptables, kubeproxy
 from emunet.cluster.kubeproxy import (
-    EndpointInfo,
     EndpointsMap,
     Service,
     ServicePortInfo,
@@ -492,7 +491,7 @@ class Netfilter:
                 return  # filter KUBE-SERVICES rejects it
             if (src & self._cmask) != self._cnet:
                 e.masq = True  # KUBE-SVC: ! -s clusterCIDR -j KUBE-MARK-MASQ
-            self._to_endpoint(pkt, end, e, t, sp, sp.svc_chain, sp.endpoints, iface, now)
+            self._to_endpoint(pkt, end, e, t, sp, False, iface, now)
             return
         if tbl.by_lb_ip:
             sp = tbl.by_lb_ip.get((proto, dst, dport))
@@ -503,14 +502,14 @@ class Netfilter:
         # KUBE-EXT
         if not sp.external_local:
             e.masq = True
-            self._to_endpoint(pkt, end, e, t, sp, sp.svc_chain, sp.endpoints, iface, now)
+            self._to_endpoint(pkt, end, e, t, sp, False, iface, now)
         elif (src & self._cmask) == self._cnet:
-            self._to_endpoint(pkt, end, e, t, sp, sp.svc_chain, sp.endpoints, iface, now)
+            self._to_endpoint(pkt, end, e, t, sp, False, iface, now)
         elif src in self._local:
             e.masq = True
-            self._to_endpoint(pkt, end, e, t, sp, sp.svc_chain, sp.endpoints, iface, now)
+            self._to_endpoint(pkt, end, e, t, sp, False, iface, now)
         elif sp.local_endpoints:
-            self._to_endpoint(pkt, end, e, t, sp, sp.svl_chain, sp.local_endpoints, iface, now)
+            self._to_endpoint(pkt, end, e, t, sp, True, iface, now)
         # else: no local endpoint; filter KUBE-EXTERNAL-SERVICES drops it
 
     def _to_endpoint(
@@ -520,23 +519,26 @@ class Netfilter:
         e: ConntrackEntry,
         t: Tuple,
         sp: ServicePortInfo,
-        chain: str,
-        eps: tuple[EndpointInfo, ...],
+        local: bool,
         iface: str,
         now: float,
     ) -> None:
+        """DNAT to an endpoint of KUBE-SVC-* (of KUBE-SVL-*, the local ones, when
+        ``local``); the chain's name is read only where it counts."""
         proto, src, _, sport, _ = t
-        ep = self.balancer.pick(sp, chain, eps, t, now)
+        ep = self.balancer.pick(sp, local, t, now)
         # KUBE-SEP
         if src == ep.ip:
             e.masq = True  # hairpin
         reply = (proto, ep.ip, src, ep.port, sport)
         self.conntrack.set_reply(e, reply)
         e.status |= _DST_NAT
-        e.owner = (chain, ep.addr)
-        self.balancer.connected(chain, ep.addr)
+        if self.balancer.counts:  # IPVS lc: the entry's end is a disconnection
+            e.owner = (sp.svl_chain if local else sp.svc_chain, ep.addr)
+            self.balancer.connected(*e.owner)
         nat.manip(pkt, 0, end, False, ep.ip, ep.port)
         if self.tracer.enabled:
+            chain = sp.svl_chain if local else sp.svc_chain
             how = "IPVS " + self.scheduler.value if self.mode == Mode.IPVS else "iptables"
             self.tracer.hop(now, self.node, "root", "", "DNAT",
                             f"{chain} -> {ep.chain} ({how}) "

@@ -57,17 +57,16 @@ class Balancer:
         self._recent: dict[str, OrderedDict[int, float]] = {}
         self._rr: dict[str, int] = {}
         self._lc: dict[str, dict[str, int]] = {}
+        # IPVS lc counts each endpoint's connections; no other choice needs them
+        self.counts = mode == Mode.IPVS and scheduler == Scheduler.LC
 
     def pick(
-        self,
-        sp: ServicePortInfo,
-        chain: str,
-        eps: tuple[EndpointInfo, ...],
-        t: tuple[int, int, int, int, int],
-        now: float,
+        self, sp: ServicePortInfo, local: bool, t: tuple[int, int, int, int, int], now: float
     ) -> EndpointInfo:
-        """The endpoint of ``eps`` (the chain ``chain``'s) for a new connection of
-        tuple ``t``, remembered for the client when the Service has affinity."""
+        """The endpoint of ``sp`` (of its local endpoints, KUBE-SVL-*, when ``local``)
+        for a new connection of tuple ``t``, remembered for the client when the Service
+        has affinity."""
+        eps = sp.local_endpoints if local else sp.endpoints
         src = t[1]
         ep: EndpointInfo | None = None
         timeout = sp.affinity_timeout
@@ -83,7 +82,7 @@ class Balancer:
                             break
                         del lst[src]  # --reap
         if ep is None:
-            ep = self._choose(sp, chain, eps, t)
+            ep = self._choose(sp, local, eps, t)
         if timeout:  # KUBE-SEP: -m recent --set
             lst = self._recent.setdefault(ep.chain, OrderedDict())
             lst[src] = max(now, lst.get(src, now))  # steps need not come in time order
@@ -95,7 +94,7 @@ class Balancer:
     def _choose(
         self,
         sp: ServicePortInfo,
-        chain: str,
+        local: bool,
         eps: tuple[EndpointInfo, ...],
         t: tuple[int, int, int, int, int],
     ) -> EndpointInfo:
@@ -103,12 +102,13 @@ class Balancer:
         if n == 1:
             return eps[0]
         if self.mode == Mode.IPTABLES:
-            thresholds = sp.thresholds if eps is sp.endpoints else kubeproxy.thresholds(n)
+            thresholds = kubeproxy.thresholds(n) if local else sp.thresholds
             bits = self.rng.getrandbits
             for i, th in enumerate(thresholds):
                 if bits(31) < th:  # xt_statistic: (random & 0x7FFFFFFF) < probability
                     return eps[i]
             return eps[-1]
+        chain = sp.svl_chain if local else sp.svc_chain
         sched = self.scheduler
         if sched == Scheduler.RR:
             i = self._rr.get(chain, -1) + 1
@@ -125,7 +125,7 @@ class Balancer:
 
     def connected(self, chain: str, addr: str) -> None:
         """A connection went to endpoint ``addr`` of ``chain`` (IPVS lc counts it)."""
-        if self.mode == Mode.IPVS and self.scheduler == Scheduler.LC:
+        if self.counts:
             counts = self._lc.setdefault(chain, {})
             counts[addr] = counts.get(addr, 0) + 1
 
