@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -59,11 +60,11 @@ from emunet.nodes.process import (
 from emunet.nodes.registry import Registry
 from emunet.nodes.resolve import resolve_address
 from emunet.nodes.runtime import (
-    TX_BUFFER_LIMIT,
+    GSO_SEGMENTS,
     NodeRuntime,
-    _backlog,
     _Datagrams,
     _udp_socket,
+    datagram_runs,
 )
 from emunet.nodes.subnets import EtcdError
 
@@ -112,6 +113,7 @@ class InternetRuntime(NodeRuntime):
         super().__init__(cast(Node, site), overlay_port=0, address_map=address_map)
         self.site = site
         self._wires: dict[IPv4Address, asyncio.DatagramTransport] = {}
+        self._wire_socks: dict[IPv4Address, socket.socket] = {}  # for GSO sends
         self._local_real: dict[str, IPv4Address] = {}
 
     async def start(self) -> None:
@@ -127,6 +129,7 @@ class InternetRuntime(NodeRuntime):
                 sock.close()
                 raise
             self._wires[addr] = tr
+            self._wire_socks[addr] = sock
         self.poke()
 
     def _protocol_for(self, local: IPv4Address) -> Callable[[], _Datagrams]:
@@ -140,6 +143,7 @@ class InternetRuntime(NodeRuntime):
         for tr in self._wires.values():
             tr.close()
         self._wires.clear()
+        self._wire_socks.clear()
 
     def _site_wire_in(self, local: IPv4Address, data: bytes) -> None:
         self.stats.wire_rx += 1
@@ -161,12 +165,13 @@ class InternetRuntime(NodeRuntime):
             log.exception("%s: error running its hosts", self.site.name)
             actions = []
         wire = next(iter(self._wires.values()), None)
-        for action in actions:
-            if wire is None or _backlog(wire) > TX_BUFFER_LIMIT:
-                self.stats.wire_tx_dropped += 1
-                continue
-            wire.sendto(action.packet, (self.real(str(action.next_hop)), self.wire_port))
-            self.stats.wire_tx += 1
+        sock = next(iter(self._wire_socks.values()), None)
+        for _, hop, payloads in datagram_runs(actions, GSO_SEGMENTS if self.gso else 1):
+            addr = (self.real(str(hop)), self.wire_port)
+            if self._send(wire, sock, addr, payloads):
+                self.stats.wire_tx += len(payloads)
+            else:
+                self.stats.wire_tx_dropped += len(payloads)
         self._arm_timer(floor)
 
 

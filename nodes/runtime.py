@@ -22,8 +22,9 @@ flush runs once the loop has handed over every datagram of its wakeup (the
 event loop reads several per readable socket): ``take_actions()`` runs the
 node's queue over the whole batch, as one NAPI poll would (TCP acknowledges
 a batch's segments once), and returns what leaves the node; each action
-becomes one ``sendto``, except that a run of overlay datagrams to one peer of
-one size (the last may be shorter) goes to the kernel as one UDP GSO send
+becomes one ``sendto``, except that a run of datagrams to one peer of one size
+(the last may be shorter; :func:`datagram_runs`), on the overlay or the wire,
+goes to the kernel as one UDP GSO send
 (``UDP_SEGMENT``, up to :data:`GSO_SEGMENTS` datagrams): one syscall instead of
 one per datagram, and the peer's socket receives the same separate datagrams
 (the kernel segments them; a host ``tcpdump`` on the link may show the batch
@@ -60,7 +61,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, Generic, TypeVar, cast
@@ -218,6 +219,42 @@ def read_udp_drops(wanted: dict[str, str], path: str = "/proc/net/udp") -> dict[
     return out
 
 
+def datagram_runs(
+    actions: list[Any], limit: int
+) -> Iterator[tuple[bool, object, list[bytes | bytearray]]]:
+    """``(wire, destination, payloads)`` for each run of consecutive actions that one
+    GSO send can carry: the same kind (an :class:`UnderlayPacket` to one next hop, or
+    an overlay datagram to one peer), at most ``limit`` datagrams and
+    :data:`GSO_BYTES` bytes, each as long as the first but the last, which may be
+    shorter. In order; ``limit`` 1 gives one datagram per run."""
+    run: list[bytes | bytearray] = []
+    kind = False
+    key: object = None
+    size = total = 0
+    for action in actions:
+        if isinstance(action, UnderlayPacket):
+            wire, dst, payload = True, action.next_hop, action.packet
+        else:
+            wire, dst, payload = False, action[0], action[1]
+        length = len(payload)
+        if run and (
+            wire is not kind
+            or dst != key
+            or length > size
+            or len(run) >= limit
+            or total + length > GSO_BYTES
+            or len(run[-1]) < size
+        ):
+            yield kind, key, run
+            run = []
+        if not run:
+            kind, key, size, total = wire, dst, length, 0
+        run.append(payload)
+        total += length
+    if run:
+        yield kind, key, run
+
+
 class NodeRuntime(Service):
     """Drives one :class:`Node` from an asyncio loop; ``async with NodeRuntime(node):``."""
 
@@ -246,6 +283,7 @@ class NodeRuntime(Service):
         self.stats = RuntimeStats()
         self._overlay: asyncio.DatagramTransport | None = None
         self._overlay_sock: socket.socket | None = None
+        self._wire_sock: socket.socket | None = None
         self.gso = os.environ.get("EMUNET_GSO", "1") != "0"
         self._wire: asyncio.DatagramTransport | None = None
         self._flush_scheduled = False
@@ -289,7 +327,8 @@ class NodeRuntime(Service):
             lambda: _Datagrams(self._wire_in, self), sock=wire
         )
         self._overlay, self._wire = t1, t2
-        self._overlay_sock = ov  # the transport reads it; GSO sends go through it
+        # the transports read them; GSO sends go through them
+        self._overlay_sock, self._wire_sock = ov, wire
         self.poke()
 
     async def close(self) -> None:
@@ -310,7 +349,7 @@ class NodeRuntime(Service):
             if tr is not None:
                 tr.close()
         self._overlay = self._wire = None
-        self._overlay_sock = None
+        self._overlay_sock = self._wire_sock = None
 
     # ------------------------------------------------------------ data path
 
@@ -378,71 +417,56 @@ class NodeRuntime(Service):
             log.exception("node %s: error running its queue", self.node.name)
             actions = self.node.actions.copy()  # the list stays: emitters hold its append
             self.node.actions.clear()
-        wire = self._wire
-        stats = self.stats
-        i, n = 0, len(actions)
-        while i < n:
-            action = actions[i]
-            if isinstance(action, UnderlayPacket):
-                i += 1
-                if wire is None or _backlog(wire) > TX_BUFFER_LIMIT:
-                    stats.wire_tx_dropped += 1
-                    continue
-                wire.sendto(action.packet, (self.real(str(action.next_hop)), self.wire_port))
-                stats.wire_tx += 1
-                continue
-            dst, payload, _ = action  # an overlay datagram, sent now: the agent's time is real
-            j = i + 1
-            if self.gso:  # the run of datagrams one GSO send can carry
-                size = total = len(payload)
-                while j < n and j - i < GSO_SEGMENTS:
-                    nxt = actions[j]
-                    if isinstance(nxt, UnderlayPacket) or nxt[0] != dst:
-                        break
-                    length = len(nxt[1])
-                    if length > size or total + length > GSO_BYTES:
-                        break
-                    total += length
-                    j += 1
-                    if length < size:  # a shorter datagram ends the run
-                        break
-            self._send_overlay(dst, actions, i, j)
-            i = j
+        for wire, key, payloads in datagram_runs(actions, GSO_SEGMENTS if self.gso else 1):
+            if wire:  # UnderlayPacket: raw IPv4 to a next hop on the node network
+                hop = cast(IPv4Address, key)
+                addr = (self.real(str(hop)), self.wire_port)
+                if self._send(self._wire, self._wire_sock, addr, payloads):
+                    self.stats.wire_tx += len(payloads)
+                else:
+                    self.stats.wire_tx_dropped += len(payloads)
+            else:  # an overlay datagram, sent now: the agent's time is real
+                dst = cast(tuple[str, int], key)
+                addr = (self.real(dst[0]), dst[1]) if self.address_map else dst
+                if self._send(self._overlay, self._overlay_sock, addr, payloads):
+                    self.stats.overlay_tx += len(payloads)
+                else:
+                    self.stats.overlay_tx_dropped += len(payloads)
         self._arm_timer(floor)
 
-    def _send_overlay(self, dst: tuple[str, int], actions: list[Any], i: int, j: int) -> None:
-        """Send the overlay datagrams ``actions[i:j]`` (all to ``dst``): one GSO send
-        for a run, else one ``sendto`` each (the transport queues what the kernel
-        cannot take yet, in order)."""
-        ov, stats = self._overlay, self.stats
-        if ov is None or _backlog(ov) > TX_BUFFER_LIMIT:
-            stats.overlay_tx_dropped += j - i
-            return
-        addr = (self.real(dst[0]), dst[1]) if self.address_map else dst
-        sock = self._overlay_sock
-        if j - i > 1 and sock is not None and _backlog(ov) == 0:
-            data = b"".join([a[1] for a in actions[i:j]])
-            size = _GSO_SIZE.pack(len(actions[i][1]))
+    def _send(
+        self,
+        tr: asyncio.DatagramTransport | None,
+        sock: socket.socket | None,
+        addr: tuple[str, int],
+        payloads: list[bytes | bytearray],
+    ) -> bool:
+        """Send ``payloads`` to ``addr``: a run in one GSO send, else one ``sendto``
+        each (the transport queues what the kernel cannot take yet, in order).
+        False: dropped, the transport's backlog is full (or it is closed)."""
+        if tr is None or _backlog(tr) > TX_BUFFER_LIMIT:
+            return False
+        if len(payloads) > 1 and sock is not None and _backlog(tr) == 0:
+            size = _GSO_SIZE.pack(len(payloads[0]))
             try:
-                sock.sendmsg([data], [(socket.SOL_UDP, UDP_SEGMENT, size)], 0, addr)
+                sock.sendmsg([b"".join(payloads)], [(socket.SOL_UDP, UDP_SEGMENT, size)], 0, addr)
             except (BlockingIOError, InterruptedError):
                 pass  # the kernel buffer is full: the transport queues them
             except OSError as exc:
                 self._gso_refused(exc)
             else:
-                stats.overlay_tx += j - i
-                stats.gso_sends += 1
-                return
-        for k in range(i, j):
-            ov.sendto(actions[k][1], addr)
-        stats.overlay_tx += j - i
+                self.stats.gso_sends += 1
+                return True
+        for payload in payloads:
+            tr.sendto(payload, addr)
+        return True
 
     def _gso_refused(self, exc: OSError) -> None:
         self.stats.gso_refused += 1
         if self.stats.gso_refused >= GSO_FAILURES and self.gso:
             self.gso = False
             log.warning(
-                "node %s: UDP GSO refused (%s): sending datagrams one by one",
+                "%s: UDP GSO refused (%s): sending datagrams one by one",
                 self.node.name,
                 exc.strerror or exc,
             )
