@@ -523,8 +523,7 @@ class Netfilter:
         iface: str,
         now: float,
     ) -> None:
-        """DNAT to an endpoint of KUBE-SVC-* (of KUBE-SVL-*, the local ones, when
-        ``local``); the chain's name is read only where it counts."""
+        """DNAT to an endpoint of KUBE-SVC-* (KUBE-SVL-*, the local ones, if ``local``)."""
         proto, src, _, sport, _ = t
         ep = self.balancer.pick(sp, local, t, now)
         # KUBE-SEP
