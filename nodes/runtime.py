@@ -28,8 +28,11 @@ goes to the kernel as one UDP GSO send
 (``UDP_SEGMENT``, up to :data:`GSO_SEGMENTS` datagrams): one syscall instead of
 one per datagram, and the peer's socket receives the same separate datagrams
 (the kernel segments them; a host ``tcpdump`` on the link may show the batch
-as one large packet). ``EMUNET_GSO=0`` turns it off; a kernel that refuses it
-has it turned off after :data:`GSO_FAILURES` refusals. Then the single timer
+as one large packet). ``EMUNET_GSO=0`` turns it off; a kernel without it
+(``EIO``, ``EOPNOTSUPP``...) has it turned off after :data:`GSO_FAILURES`
+refusals; a segment size the path's MTU refuses (``EINVAL``, ``EMSGSIZE``) caps
+that socket's GSO sends below it (larger datagrams go one by one, fragmented as
+before); any other error sends the run one by one. Then the single timer
 handle is re-armed from ``get_timer()`` (``loop.call_later``). Timers flush at
 once.
 
@@ -86,9 +89,14 @@ TX_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes queued in a UDP transport before we d
 SOCKET_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF / SO_SNDBUF asked of the kernel
 _TIMER_FLOOR = 0.0005  # a timer that stays due re-arms this much later, never spins
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h (Python 3.11 lacks it)
-GSO_SEGMENTS = 64  # datagrams per GSO send (the kernel takes up to 64 or 128)
+# datagrams per GSO send: the kernel takes 64 (128 since 6.x), but before 5.16 it
+# counted the headers too, so 64 full segments were one too many
+GSO_SEGMENTS = 63
 GSO_BYTES = 65000  # and their bytes, under a UDP datagram's 65,507
-GSO_FAILURES = 8  # refusals (EIO, EINVAL...) before GSO is turned off for good
+GSO_FAILURES = 8  # refusals of GSO itself before it is turned off for good
+# the kernel has no UDP GSO here (no checksum offload, xfrm, an old kernel)
+_GSO_UNSUPPORTED = frozenset({errno_mod.ENOPROTOOPT, errno_mod.EOPNOTSUPP, errno_mod.EIO})
+_GSO_TOO_BIG = frozenset({errno_mod.EINVAL, errno_mod.EMSGSIZE})  # segment > path MTU
 _GSO_SIZE = struct.Struct("=H")
 
 
@@ -238,7 +246,8 @@ def datagram_runs(
             wire, dst, payload = False, action[0], action[1]
         length = len(payload)
         if run and (
-            wire is not kind
+            length == 0  # an empty datagram goes alone (GSO cannot carry it)
+            or wire is not kind
             or dst != key
             or length > size
             or len(run) >= limit
@@ -284,6 +293,7 @@ class NodeRuntime(Service):
         self._overlay: asyncio.DatagramTransport | None = None
         self._overlay_sock: socket.socket | None = None
         self._wire_sock: socket.socket | None = None
+        self._gso_cap: dict[socket.socket, int] = {}  # largest segment a socket's path takes
         self.gso = os.environ.get("EMUNET_GSO", "1") != "0"
         self._wire: asyncio.DatagramTransport | None = None
         self._flush_scheduled = False
@@ -446,14 +456,24 @@ class NodeRuntime(Service):
         False: dropped, the transport's backlog is full (or it is closed)."""
         if tr is None or _backlog(tr) > TX_BUFFER_LIMIT:
             return False
-        if len(payloads) > 1 and sock is not None and _backlog(tr) == 0:
-            size = _GSO_SIZE.pack(len(payloads[0]))
+        size = len(payloads[0])
+        if (
+            len(payloads) > 1
+            and sock is not None
+            and size <= self._gso_cap.get(sock, GSO_BYTES)
+            and _backlog(tr) == 0
+        ):
             try:
-                sock.sendmsg([b"".join(payloads)], [(socket.SOL_UDP, UDP_SEGMENT, size)], 0, addr)
+                sock.sendmsg(
+                    [b"".join(payloads)],
+                    [(socket.SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))],
+                    0,
+                    addr,
+                )
             except (BlockingIOError, InterruptedError):
                 pass  # the kernel buffer is full: the transport queues them
             except OSError as exc:
-                self._gso_refused(exc)
+                self._gso_failed(sock, size, exc)
             else:
                 self.stats.gso_sends += 1
                 return True
@@ -461,7 +481,12 @@ class NodeRuntime(Service):
             tr.sendto(payload, addr)
         return True
 
-    def _gso_refused(self, exc: OSError) -> None:
+    def _gso_failed(self, sock: socket.socket, size: int, exc: OSError) -> None:
+        """A GSO send failed (its datagrams go one by one): learn what it says."""
+        if exc.errno in _GSO_TOO_BIG:  # segments of ``size`` exceed the path's MTU
+            self._gso_cap[sock] = min(self._gso_cap.get(sock, GSO_BYTES), size - 1)
+        if exc.errno not in _GSO_UNSUPPORTED:
+            return  # the datagrams themselves will meet the error, as without GSO
         self.stats.gso_refused += 1
         if self.stats.gso_refused >= GSO_FAILURES and self.gso:
             self.gso = False
