@@ -167,11 +167,7 @@ class InternetRuntime(NodeRuntime):
         wire = next(iter(self._wires.values()), None)
         sock = next(iter(self._wire_socks.values()), None)
         for _, hop, payloads in datagram_runs(actions, GSO_SEGMENTS if self.gso else 1):
-            addr = (self.real(str(hop)), self.wire_port)
-            if self._send(wire, sock, addr, payloads):
-                self.stats.wire_tx += len(payloads)
-            else:
-                self.stats.wire_tx_dropped += len(payloads)
+            self._send_wire(wire, sock, cast(IPv4Address, hop), payloads)
         self._arm_timer(floor)
 
 

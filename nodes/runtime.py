@@ -429,12 +429,7 @@ class NodeRuntime(Service):
             self.node.actions.clear()
         for wire, key, payloads in datagram_runs(actions, GSO_SEGMENTS if self.gso else 1):
             if wire:  # UnderlayPacket: raw IPv4 to a next hop on the node network
-                hop = cast(IPv4Address, key)
-                addr = (self.real(str(hop)), self.wire_port)
-                if self._send(self._wire, self._wire_sock, addr, payloads):
-                    self.stats.wire_tx += len(payloads)
-                else:
-                    self.stats.wire_tx_dropped += len(payloads)
+                self._send_wire(self._wire, self._wire_sock, cast(IPv4Address, key), payloads)
             else:  # an overlay datagram, sent now: the agent's time is real
                 dst = cast(tuple[str, int], key)
                 addr = (self.real(dst[0]), dst[1]) if self.address_map else dst
@@ -443,6 +438,19 @@ class NodeRuntime(Service):
                 else:
                     self.stats.overlay_tx_dropped += len(payloads)
         self._arm_timer(floor)
+
+    def _send_wire(
+        self,
+        tr: asyncio.DatagramTransport | None,
+        sock: socket.socket | None,
+        hop: IPv4Address,
+        payloads: list[bytes | bytearray],
+    ) -> None:
+        """Send raw IPv4 packets to ``hop``'s wire port, counted as sent or dropped."""
+        if self._send(tr, sock, (self.real(str(hop)), self.wire_port), payloads):
+            self.stats.wire_tx += len(payloads)
+        else:
+            self.stats.wire_tx_dropped += len(payloads)
 
     def _send(
         self,

@@ -220,6 +220,10 @@ class ServicePortInfo:
     ext_chain: str
     svl_chain: str
 
+    def chain(self, local: bool) -> str:
+        """KUBE-SVL-* (the local endpoints') when ``local``, else KUBE-SVC-*."""
+        return self.svl_chain if local else self.svc_chain
+
     @property
     def has_endpoints(self) -> bool:
         return bool(self.endpoints)

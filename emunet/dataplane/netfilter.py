@@ -533,11 +533,11 @@ class Netfilter:
         self.conntrack.set_reply(e, reply)
         e.status |= _DST_NAT
         if self.balancer.counts:  # IPVS lc: the entry's end is a disconnection
-            e.owner = (sp.svl_chain if local else sp.svc_chain, ep.addr)
+            e.owner = (sp.chain(local), ep.addr)
             self.balancer.connected(*e.owner)
         nat.manip(pkt, 0, end, False, ep.ip, ep.port)
         if self.tracer.enabled:
-            chain = sp.svl_chain if local else sp.svc_chain
+            chain = sp.chain(local)
             how = "IPVS " + self.scheduler.value if self.mode == Mode.IPVS else "iptables"
             self.tracer.hop(now, self.node, "root", "", "DNAT",
                             f"{chain} -> {ep.chain} ({how}) "

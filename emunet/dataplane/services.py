@@ -108,7 +108,7 @@ class Balancer:
                 if bits(31) < th:  # xt_statistic: (random & 0x7FFFFFFF) < probability
                     return eps[i]
             return eps[-1]
-        chain = sp.svl_chain if local else sp.svc_chain
+        chain = sp.chain(local)
         sched = self.scheduler
         if sched == Scheduler.RR:
             i = self._rr.get(chain, -1) + 1
