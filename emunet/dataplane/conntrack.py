@@ -45,8 +45,14 @@ from ipaddress import IPv4Address
 ORIGINAL = 0
 REPLY = 1
 
-Tuple = tuple[int, int, int, int, int]
-"""``(proto, src, dst, sport, dport)``; addresses as ints, ICMP id as both ports."""
+Tuple = tuple[int, ...]
+"""``(proto, src, dst, sport, dport)``; addresses as ints, ICMP id as both ports.
+
+Typed as a tuple of any length on purpose: the compiled core keeps a
+fixed-length tuple as a C struct and boxes a new copy (a tuple and its large
+ints) each time one meets a dict or a list, so every lookup would allocate
+five objects. As ``tuple[int, ...]`` the one tuple object a packet's tuple is
+built as is the object every table holds and looks up."""
 
 
 class TcpState(IntEnum):
@@ -208,7 +214,7 @@ class ConntrackEntry:
 
     def __init__(self, orig: Tuple, now: float) -> None:
         p, s, d, sp, dp = orig
-        self.tuples: list[Tuple] = [orig, (p, d, s, dp, sp)]
+        self.tuples: tuple[Tuple, ...] = (orig, (p, d, s, dp, sp))  # ORIGINAL, REPLY
         self.state: int = TcpState.NONE
         self.status = 0
         self.mark = 0
@@ -360,7 +366,7 @@ class ConntrackTable:
 
     def set_reply(self, e: ConntrackEntry, reply: Tuple) -> None:
         """Bind NAT on an unconfirmed entry: its reply tuple changes."""
-        e.tuples[REPLY] = reply
+        e.tuples = (e.tuples[ORIGINAL], reply)
 
     def set_assured(self, e: ConntrackEntry) -> None:
         if not e.status & _ASSURED:

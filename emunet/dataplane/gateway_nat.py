@@ -30,6 +30,7 @@ from emunet.dataplane.conntrack import (
     ConntrackEntry,
     ConntrackTable,
     Status,
+    Tuple,
 )
 from emunet.dataplane.netfilter import Verdict
 from emunet.dataplane.trace import Drop, Tracer
@@ -161,7 +162,7 @@ class GatewayNAT:
             return ACCEPT  # untracked
         sport, dport, flags = key
         src, dst = _II.unpack_from(pkt, 12)
-        t = (proto, src, dst, sport, dport)
+        t: Tuple = (proto, src, dst, sport, dport)
         table = self.conntrack
         tracked = table.track(t, flags, now)
         if tracked is not None:  # established or not, the connection's NAT applies

@@ -114,9 +114,7 @@ _ICMP_REPLIES = frozenset({0, 14, 16, 18})
 SRC_NAT, DST_NAT = 1 << 4, 1 << 5  # conntrack's IPS_SRC_NAT, IPS_DST_NAT status bits
 
 
-def quoted_tuple(
-    pkt: bytes | bytearray, ihl: int, end: int
-) -> tuple[int, tuple[int, int, int, int, int]] | None:
+def quoted_tuple(pkt: bytes | bytearray, ihl: int, end: int) -> tuple[int, tuple[int, ...]] | None:
     """The ICMP error in ``pkt`` (IP header of ``ihl`` bytes): where its quoted
     packet starts and that packet's tuple *inverted* (the quoted packet went the
     other way, so its inverse is the error's direction); None when the quote is
@@ -145,7 +143,7 @@ def icmp_reply_translation(
     pkt: bytearray,
     ioff: int,
     end: int,
-    tuples: Sequence[tuple[int, int, int, int, int]],
+    tuples: Sequence[tuple[int, ...]],
     status: int,
     direction: int,
     is_src: bool,
