@@ -77,6 +77,8 @@ from emunet.cluster.kubeproxy import (
     Service,
     ServicePortInfo,
     ServiceTable,
+    address_key,
+    node_port_key,
 )
 from emunet.dataplane import nat
 from emunet.dataplane.conntrack import (
@@ -380,7 +382,7 @@ class Netfilter:
                 return Verdict.ACCEPT  # untracked ICMP (redirect, ...): INVALID
         self._src = src
         self._sport = sport
-        t = (proto, src, dst, sport, dport)
+        t: Tuple = (proto, src, dst, sport, dport)
         table = self.conntrack
         tracked = table.track(t, flags, now)
         if tracked is not None:
@@ -485,7 +487,8 @@ class Netfilter:
     ) -> None:
         proto, src, dst, _, dport = t
         tbl = self._table
-        sp = tbl.by_cluster_ip.get((proto, dst, dport))
+        key = address_key(proto, dst, dport)
+        sp = tbl.by_cluster_ip.get(key)
         if sp is not None:
             if not sp.endpoints:
                 return  # filter KUBE-SERVICES rejects it
@@ -494,9 +497,9 @@ class Netfilter:
             self._to_endpoint(pkt, end, e, t, sp, False, iface, now)
             return
         if tbl.by_lb_ip:
-            sp = tbl.by_lb_ip.get((proto, dst, dport))
+            sp = tbl.by_lb_ip.get(key)
         if sp is None and dst in self._local:
-            sp = tbl.by_node_port.get((proto, dport))  # KUBE-NODEPORTS
+            sp = tbl.by_node_port.get(node_port_key(proto, dport))  # KUBE-NODEPORTS
         if sp is None or not sp.endpoints:
             return
         # KUBE-EXT
@@ -554,7 +557,9 @@ class Netfilter:
         f = self._filters
         if not f.reject_cluster or (pkt[9] != 6 and pkt[9] != 17):
             return Verdict.ACCEPT
-        sp = f.reject_cluster.get(self._service_key(pkt))
+        ihl = (pkt[0] & 0x0F) << 2
+        dst = _II.unpack_from(pkt, 12)[1]
+        sp = f.reject_cluster.get(address_key(pkt[9], dst, _U16.unpack_from(pkt, ihl + 2)[0]))
         return Verdict.ACCEPT if sp is None else self._reject(pkt, sp, iface, now)
 
     def _filter_external(self, pkt: bytearray, iface: str, now: float) -> Verdict:
@@ -562,22 +567,17 @@ class Netfilter:
         f = self._filters
         if (not f.external_ip and not f.external_node_port) or (pkt[9] != 6 and pkt[9] != 17):
             return Verdict.ACCEPT
-        key = self._service_key(pkt)
-        hit = f.external_ip.get(key)
-        if hit is None and key[1] in self._local:
-            hit = f.external_node_port.get((key[0], key[2]))
+        ihl = (pkt[0] & 0x0F) << 2
+        proto, dst, dport = pkt[9], _II.unpack_from(pkt, 12)[1], _U16.unpack_from(pkt, ihl + 2)[0]
+        hit = f.external_ip.get(address_key(proto, dst, dport))
+        if hit is None and dst in self._local:
+            hit = f.external_node_port.get(node_port_key(proto, dport))
         if hit is None:
             return Verdict.ACCEPT
         reject, sp = hit
         if reject:
             return self._reject(pkt, sp, iface, now)
         return self._drop(pkt, Drop.NO_LOCAL_ENDPOINTS, iface, now, sp.name)
-
-    @staticmethod
-    def _service_key(pkt: bytearray) -> tuple[int, int, int]:
-        """(protocol, destination, destination port) of a TCP/UDP packet."""
-        ihl = (pkt[0] & 0x0F) << 2
-        return pkt[9], _II.unpack_from(pkt, 12)[1], _U16.unpack_from(pkt, ihl + 2)[0]
 
     def _reject(self, pkt: bytearray, sp: ServicePortInfo, iface: str, now: float) -> Verdict:
         self._abandon()

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from emunet.cluster import kubeproxy
-from emunet.cluster.kubeproxy import EndpointInfo, ServicePortInfo
-from emunet.dataplane.conntrack import ConntrackEntry, Status
+from emunet.cluster.kubeproxy import EndpointInfo, ServicePortInfo, address_key, node_port_key
+from emunet.dataplane.conntrack import ConntrackEntry, Status, Tuple
 
 RECENT_LIST_TOT = 100
 """xt_recent's default ``ip_list_tot``: addresses remembered per list (oldest forgotten)."""
@@ -60,9 +60,7 @@ class Balancer:
         # IPVS lc counts each endpoint's connections; no other choice needs them
         self.counts = mode == Mode.IPVS and scheduler == Scheduler.LC
 
-    def pick(
-        self, sp: ServicePortInfo, local: bool, t: tuple[int, int, int, int, int], now: float
-    ) -> EndpointInfo:
+    def pick(self, sp: ServicePortInfo, local: bool, t: Tuple, now: float) -> EndpointInfo:
         """The endpoint of ``sp`` (of its local endpoints, KUBE-SVL-*, when ``local``)
         for a new connection of tuple ``t``, remembered for the client when the Service
         has affinity."""
@@ -96,7 +94,7 @@ class Balancer:
         sp: ServicePortInfo,
         local: bool,
         eps: tuple[EndpointInfo, ...],
-        t: tuple[int, int, int, int, int],
+        t: Tuple,
     ) -> EndpointInfo:
         n = len(eps)
         if n == 1:
@@ -143,20 +141,21 @@ class ServiceFilters:
     local endpoint with Local policy) one to a LoadBalancer IP or a NodePort."""
 
     def __init__(self, table: kubeproxy.ServiceTable) -> None:
-        # (proto, ClusterIP, port) -> the port
-        self.reject_cluster: dict[tuple[int, int, int], ServicePortInfo] = {}
+        # (proto, ClusterIP, port) -> the port (keys: kubeproxy.address_key)
+        self.reject_cluster: dict[int, ServicePortInfo] = {}
         # (proto, LB IP, port) and (proto, NodePort) -> (REJECT rather than DROP, the port)
-        self.external_ip: dict[tuple[int, int, int], tuple[bool, ServicePortInfo]] = {}
-        self.external_node_port: dict[tuple[int, int], tuple[bool, ServicePortInfo]] = {}
+        self.external_ip: dict[int, tuple[bool, ServicePortInfo]] = {}
+        self.external_node_port: dict[int, tuple[bool, ServicePortInfo]] = {}
         for sp in table.ports:
             if not sp.has_endpoints:
-                self.reject_cluster[(sp.proto, sp.cluster_ip, sp.port)] = sp
+                self.reject_cluster[address_key(sp.proto, sp.cluster_ip, sp.port)] = sp
             if not sp.has_external_endpoints:
                 reject = not sp.has_endpoints
                 if sp.lb_ip:
-                    self.external_ip[(sp.proto, sp.lb_ip, sp.port)] = (reject, sp)
+                    self.external_ip[address_key(sp.proto, sp.lb_ip, sp.port)] = (reject, sp)
                 if sp.node_port:
-                    self.external_node_port[(sp.proto, sp.node_port)] = (reject, sp)
+                    key = node_port_key(sp.proto, sp.node_port)
+                    self.external_node_port[key] = (reject, sp)
 
 
 def stale_udp(
@@ -169,7 +168,7 @@ def stale_udp(
     for sp in old.ports:
         if sp.proto != 17 or not sp.endpoints:
             continue
-        nsp = new.by_cluster_ip.get((17, sp.cluster_ip, sp.port))
+        nsp = new.by_cluster_ip.get(address_key(17, sp.cluster_ip, sp.port))
         alive = {(e.ip, e.port) for e in nsp.endpoints} if nsp is not None else set()
         for ep in sp.endpoints:
             if (ep.ip, ep.port) in alive:
@@ -182,7 +181,7 @@ def stale_udp(
     woke: set[tuple[int, int]] = set()
     for sp in new.ports:
         if sp.proto == 17 and sp.endpoints:
-            osp = old.by_cluster_ip.get((17, sp.cluster_ip, sp.port))
+            osp = old.by_cluster_ip.get(address_key(17, sp.cluster_ip, sp.port))
             if osp is None or not osp.endpoints:
                 woke.add((sp.cluster_ip, sp.port))
     if not stale and not woke:

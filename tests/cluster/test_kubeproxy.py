@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from emunet.cluster import iptables
 from emunet.cluster import kubeproxy as kp
@@ -225,3 +227,31 @@ def test_validation(change: dict[str, object], message: str) -> None:
     base.update(change)
     with pytest.raises(ConfigError, match=message):
         kp.validate([Service(**base)])  # type: ignore[arg-type]
+
+
+_PROTO = st.sampled_from([6, 17, 132])
+_ADDR = st.integers(0, 2**32 - 1)
+_PORT = st.integers(0, 65535)
+
+
+@given(st.tuples(_PROTO, _ADDR, _PORT), st.tuples(_PROTO, _ADDR, _PORT))
+def test_address_keys_tell_ports_apart(a: tuple[int, int, int], b: tuple[int, int, int]) -> None:
+    """One int key per (protocol, address, port): equal exactly when the triples are."""
+    assert (kp.address_key(*a) == kp.address_key(*b)) == (a == b)
+
+
+@given(st.tuples(_PROTO, _PORT), st.tuples(_PROTO, _PORT))
+def test_node_port_keys_tell_ports_apart(a: tuple[int, int], b: tuple[int, int]) -> None:
+    assert (kp.node_port_key(*a) == kp.node_port_key(*b)) == (a == b)
+
+
+def test_tables_are_keyed_by_one_int_per_port() -> None:
+    svc = Service(
+        "d", "s", A("10.96.0.7"), (ServicePort("", "UDP", 53, 5353, 30053),),
+        type=ServiceType.LOAD_BALANCER, load_balancer_ip=A("192.0.2.7"),
+    )  # fmt: skip
+    table = kp.compile_services([svc], {}, "node1")
+    (info,) = table.ports
+    assert table.by_cluster_ip == {kp.address_key(17, int(A("10.96.0.7")), 53): info}
+    assert table.by_lb_ip == {kp.address_key(17, int(A("192.0.2.7")), 53): info}
+    assert table.by_node_port == {kp.node_port_key(17, 30053): info}

@@ -308,7 +308,7 @@ def test_to_kubeproxy_compiles() -> None:
     assert kp.cluster_ip == A("10.96.0.50")
     eps = endpoints_for(s, [pod("a"), pod("b", "10.244.2.2", node="node2")])
     table = kubeproxy.compile_services([kp], {kp.key: eps}, "node1")
-    info = table.by_node_port[(6, 30080)]
+    info = table.by_node_port[kubeproxy.node_port_key(6, 30080)]
     assert [(e.addr, e.local) for e in info.endpoints] == [
         ("10.244.1.2:8080", True),
         ("10.244.2.2:8080", False),
