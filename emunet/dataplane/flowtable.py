@@ -2,17 +2,20 @@
 
 An ESTABLISHED, un-NATed TCP or UDP connection crosses the netfilter hooks the
 same way for every packet: one conntrack lookup and a state refresh, nothing
-rewritten (``Netfilter.fast_forward`` says when that holds). The first such
-packet of a connection seen here gets a flow: its conntrack entry and the
-route it was forwarded by. Later packets of the connection find the flow by
-their tuple and, while the route table is the one the flow was decided with
-and conntrack still calls the connection established and un-NATed, skip the
-hooks and the route lookup. As nf_flowtable's offload path, the namespace then
-decrements the TTL and hands the packet to the route's device, the output
-function every packet ends in (neighbours, the bridge, flanneld); a packet
-whose TTL or size the flow cannot take goes through forwarding, with the
-flow's route and without the hooks. Nothing else is kept, so nothing else can
-go stale.
+rewritten (``Netfilter.fast_forward`` says when that holds). So does, beyond
+nf_flowtable (which waits for the reply), a stream of un-NATed UDP that has not
+seen its reply and that no filter rule judges: only its first packet traverses
+nat, FORWARD accepts every packet and conntrack refreshes the entry's timer.
+The first such packet of a connection seen here gets a flow: its conntrack
+entry, the route it was forwarded by and the versions of the route table and
+the ruleset it was decided with. Later packets of the connection find the flow
+by their tuple and, while both versions hold and conntrack still calls the
+connection established (or unreplied) and un-NATed, skip the hooks and the
+route lookup. As nf_flowtable's offload path, the namespace then decrements the
+TTL and hands the packet to the route's device, the output function every
+packet ends in (neighbours, the bridge, flanneld); a packet whose TTL or size
+the flow cannot take goes through forwarding, with the flow's route and without
+the hooks. Nothing else is kept, so nothing else can go stale.
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ class Flow:
     """One direction of a connection: its conntrack entry, its route and the next
     hop the route gives (the gateway, else the destination itself; packed)."""
 
-    __slots__ = ("ct", "next_hop", "route", "version")
+    __slots__ = ("ct", "next_hop", "route", "rules", "version")
 
-    def __init__(self, ct: ConntrackEntry, route: Route | None, version: int, dst: bytes) -> None:
+    def __init__(
+        self, ct: ConntrackEntry, route: Route | None, version: int, rules: int, dst: bytes
+    ) -> None:
         self.ct = ct
         self.route = route
         self.version = version
+        self.rules = rules
         self.next_hop = route.via.packed if route is not None and route.via is not None else dst
 
 
@@ -75,8 +81,11 @@ class FlowTable:
         flows = self.flows
         flow = flows.get(key)
         if flow is not None:
-            if flow.version == self._prefixes.version and self._hooks.flow_refresh(
-                flow.ct, flags, now
+            hooks = self._hooks
+            if (
+                flow.version == self._prefixes.version
+                and flow.rules == hooks.rules_version
+                and hooks.flow_refresh(flow.ct, flags, now)
             ):
                 return flow
             del flows[key]
@@ -87,7 +96,8 @@ class FlowTable:
         hit = self._hooks.fast_forward(pkt, now)
         if hit is None:
             return None
-        flow = Flow(hit[0], self._routes.lookup(dst), self._prefixes.version, dst)
+        route = self._routes.lookup(dst)
+        flow = Flow(hit[0], route, self._prefixes.version, self._hooks.rules_version, dst)
         if flow.route is not None:
             if len(flows) >= FLOW_TABLE_MAX:
                 flows.clear()

@@ -184,6 +184,7 @@ class Netfilter:
         self._pnet = int(pod_subnet.network_address) if pod_subnet else -1
         self._pmask = int(pod_subnet.netmask) if pod_subnet else 0
         self._local: set[int] = set()
+        self.rules_version = 0  # moves with every change of the filter rules' inputs
         self.set_local_addresses(local_addresses)
         self.conntrack = ConntrackTable(conntrack_max, timeouts, on_destroy=self._destroyed)
         self.last_reject: tuple[int, int] | None = None
@@ -211,6 +212,7 @@ class Netfilter:
     def set_local_addresses(self, addresses: set[IPv4Address]) -> None:
         """The node's own addresses (``--dst-type LOCAL`` / ``--src-type LOCAL``)."""
         self._local = {int(a) for a in addresses}
+        self.rules_version += 1
 
     def set_services(
         self, services: Sequence[Service], endpoints: EndpointsMap, now: float = 0.0
@@ -222,6 +224,7 @@ class Netfilter:
         self.endpoints = endpoints
         self._table = new
         self._filters = ServiceFilters(new)
+        self.rules_version += 1
         self._flush_stale_udp(old, new, now)
 
     def _flush_stale_udp(self, old: ServiceTable, new: ServiceTable, now: float) -> None:
@@ -240,7 +243,7 @@ class Netfilter:
         v = self._enter(pkt, "", now)
         if v != Verdict.ACCEPT or self._state != CtState.NEW:
             return v
-        return self._filter_services(pkt, "", now)
+        return self._filter(pkt, "", now, True, False)
 
     def forward(self, pkt: bytearray, in_iface: str, out_iface: str, now: float) -> Verdict:
         state = self._state if pkt is self._skb else self._relookup(pkt, now)
@@ -253,24 +256,21 @@ class Netfilter:
         ct = self._ct
         if ct is not None and ct.masq:
             return Verdict.ACCEPT  # KUBE-FORWARD: marked 0x4000
-        v = self._filter_services(pkt, in_iface, now)
-        if v != Verdict.ACCEPT:
-            return v
-        return self._filter_external(pkt, in_iface, now)
+        return self._filter(pkt, in_iface, now, True, True)
 
     def fast_forward(self, pkt: bytearray, now: float) -> tuple[ConntrackEntry, int] | None:
-        """PREROUTING + FORWARD + POSTROUTING of an ESTABLISHED, un-NATed TCP/UDP packet.
+        """PREROUTING + FORWARD + POSTROUTING of a tracked, un-NATed TCP/UDP packet
+        that is ESTABLISHED, or UDP in the ORIGINAL direction of a connection that
+        has not seen its reply (NEW) and that no filter rule judges.
 
         For such a packet the hooks do exactly this: one conntrack lookup and
-        one state update (no rule matches a packet that is not NEW, and a
-        connection without a NAT binding is not rewritten): conntrack's
-        :meth:`ConntrackTable.refresh_established`, and forgetting :attr:`left`
-        as any packet entering the hooks does (:meth:`flow_refresh`). Returns the
-        entry and the packet's direction, or None, having changed nothing, when
-        the packet needs the full hooks: not tracked yet,
-        NEW (no reply seen), NATed or marked, or a TCP segment whose flags could
-        move the state (SYN, FIN, RST).
-        """
+        one state update (only the first packet traverses nat, a connection
+        without a NAT binding is not rewritten, FORWARD accepts it): conntrack's
+        ``refresh_established`` or ``refresh_unreplied``, and forgetting
+        :attr:`left` as any packet entering the hooks does (:meth:`flow_refresh`).
+        Returns the entry and the packet's direction, or None, having changed
+        nothing, when the packet needs the full hooks. FORWARD's verdict holds
+        while :attr:`rules_version` does."""
         proto = pkt[9]
         if proto != 6 and proto != 17:
             return None
@@ -282,16 +282,24 @@ class Netfilter:
         hit = self.conntrack.lookup((proto, src, dst, sport, dport), now)
         if hit is None:
             return None
-        if not self.flow_refresh(hit[0], pkt[ihl + 13] if proto == 6 else 0, now):
+        e, d = hit
+        if not e.status & _SEEN_REPLY and (  # NEW: FORWARD's rules see every packet
+            d != ORIGINAL
+            or self._filters.match(proto, dst, dport, dst in self._local, True, True) is not None
+        ):
+            return None
+        if not self.flow_refresh(e, pkt[ihl + 13] if proto == 6 else 0, now):
             return None
         return hit
 
     def flow_refresh(self, ct: ConntrackEntry, flags: int, now: float) -> bool:
-        """The hooks' whole work for a packet of an ESTABLISHED, un-NATed connection
-        whose entry the caller holds (a flow table's): conntrack's refresh, and
-        :attr:`left` forgotten as any packet entering the hooks does. False, having
-        changed nothing, when the packet needs the full hooks."""
-        if not self.conntrack.refresh_established(ct, flags, now):
+        """The hooks' whole work for a packet :meth:`fast_forward` took, of the
+        direction it took, whose entry the caller holds (a flow table's, decided
+        with this :attr:`rules_version`): conntrack's refresh, and :attr:`left`
+        forgotten as any packet entering the hooks does. False, having changed
+        nothing, when the packet needs the full hooks."""
+        table = self.conntrack
+        if not table.refresh_established(ct, flags, now) and not table.refresh_unreplied(ct, now):
             return False
         self.left = None
         return True
@@ -300,7 +308,7 @@ class Netfilter:
         if pkt is not self._skb:
             self._relookup(pkt, now)
         if self._state == CtState.NEW:
-            v = self._filter_external(pkt, in_iface, now)
+            v = self._filter(pkt, in_iface, now, False, True)
             if v != Verdict.ACCEPT:
                 return v
         self._leave(pkt, None, now)
@@ -552,32 +560,23 @@ class Netfilter:
 
     # --- internals: filter rules --------------------------------------------
 
-    def _filter_services(self, pkt: bytearray, iface: str, now: float) -> Verdict:
-        """filter KUBE-SERVICES (FORWARD, OUTPUT; NEW): ClusterIPs without endpoints."""
+    def _filter(
+        self, pkt: bytearray, iface: str, now: float, cluster: bool, external: bool
+    ) -> Verdict:
+        """filter KUBE-SERVICES (``cluster``) and KUBE-EXTERNAL-SERVICES (``external``)
+        for a NEW packet (:meth:`ServiceFilters.match`)."""
         f = self._filters
-        if not f.reject_cluster or (pkt[9] != 6 and pkt[9] != 17):
+        proto = pkt[9]
+        if f.empty or (proto != 6 and proto != 17):
             return Verdict.ACCEPT
-        ihl = (pkt[0] & 0x0F) << 2
         dst = _II.unpack_from(pkt, 12)[1]
-        sp = f.reject_cluster.get(address_key(pkt[9], dst, _U16.unpack_from(pkt, ihl + 2)[0]))
-        return Verdict.ACCEPT if sp is None else self._reject(pkt, sp, iface, now)
-
-    def _filter_external(self, pkt: bytearray, iface: str, now: float) -> Verdict:
-        """filter KUBE-EXTERNAL-SERVICES (INPUT, FORWARD; NEW)."""
-        f = self._filters
-        if (not f.external_ip and not f.external_node_port) or (pkt[9] != 6 and pkt[9] != 17):
-            return Verdict.ACCEPT
-        ihl = (pkt[0] & 0x0F) << 2
-        proto, dst, dport = pkt[9], _II.unpack_from(pkt, 12)[1], _U16.unpack_from(pkt, ihl + 2)[0]
-        hit = f.external_ip.get(address_key(proto, dst, dport))
-        if hit is None and dst in self._local:
-            hit = f.external_node_port.get(node_port_key(proto, dport))
+        dport = _U16.unpack_from(pkt, ((pkt[0] & 0x0F) << 2) + 2)[0]
+        hit = f.match(proto, dst, dport, dst in self._local, cluster, external)
         if hit is None:
             return Verdict.ACCEPT
-        reject, sp = hit
-        if reject:
-            return self._reject(pkt, sp, iface, now)
-        return self._drop(pkt, Drop.NO_LOCAL_ENDPOINTS, iface, now, sp.name)
+        if hit[0]:
+            return self._reject(pkt, hit[1], iface, now)
+        return self._drop(pkt, Drop.NO_LOCAL_ENDPOINTS, iface, now, hit[1].name)
 
     def _reject(self, pkt: bytearray, sp: ServicePortInfo, iface: str, now: float) -> Verdict:
         self._abandon()

@@ -156,6 +156,24 @@ class ServiceFilters:
                 if sp.node_port:
                     key = node_port_key(sp.proto, sp.node_port)
                     self.external_node_port[key] = (reject, sp)
+        self.empty = not (self.reject_cluster or self.external_ip or self.external_node_port)
+
+    def match(
+        self, proto: int, dst: int, dport: int, local: bool, cluster: bool, external: bool
+    ) -> tuple[bool, ServicePortInfo] | None:
+        """The rule a NEW packet to ``dst``:``dport`` meets (``local``: ``dst`` is the
+        node's own address) in filter KUBE-SERVICES (``cluster``: FORWARD, OUTPUT)
+        and KUBE-EXTERNAL-SERVICES (``external``: FORWARD, INPUT): (REJECT rather
+        than DROP, the port), or None when the packet goes on."""
+        key = address_key(proto, dst, dport)
+        if cluster and (sp := self.reject_cluster.get(key)) is not None:
+            return True, sp
+        if not external:
+            return None
+        hit = self.external_ip.get(key)
+        if hit is None and local:
+            hit = self.external_node_port.get(node_port_key(proto, dport))
+        return hit
 
 
 def stale_udp(

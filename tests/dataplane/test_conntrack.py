@@ -225,3 +225,44 @@ def test_refresh_established_declines_natted_flows(nat: str) -> None:
     before = (e.expires, e.status)
     assert not table.refresh_established(e, 0, 5.0)
     assert (e.expires, e.status) == before
+
+
+@pytest.mark.parametrize("proto", [6, 17])
+@pytest.mark.parametrize("replied", [True, False])
+@pytest.mark.parametrize("nat", ["", "src", "dst"])
+@pytest.mark.parametrize("at", [0.5, 29.0, 31.0])
+def test_refresh_unreplied_is_update_for_what_it_takes(
+    proto: int, replied: bool, nat: str, at: float
+) -> None:
+    """The refresh of an unreplied stream's cached flow either declines, changing
+    nothing, or does what update does for an ORIGINAL packet; it takes exactly
+    the live, un-NATed UDP connections that have not seen their reply."""
+
+    def entry() -> tuple[ConntrackTable, object]:
+        table = ConntrackTable()
+        if proto == 6:
+            e = open_tcp(table)
+        else:
+            e = table.allocate((17, C, S, 5000, 53), 0.0)
+            assert e is not None and table.start(e, 0, 0.0)
+            table.confirm(e)
+        if replied:
+            table.update(e, REPLY, SYN | ACK, 0.1)
+        if nat:
+            e.status |= Status.SRC_NAT if nat == "src" else Status.DST_NAT
+        return table, e
+
+    fast_table, fast = entry()
+    slow_table, slow = entry()
+
+    def state(e: object) -> tuple[object, ...]:
+        return (e.state, e.expires, e.status, e.live)  # type: ignore[attr-defined]
+
+    before = state(fast)
+    if fast_table.refresh_unreplied(fast, at):  # type: ignore[arg-type]
+        assert slow_table.update(slow, ORIGINAL, 0, at) == TcpVerdict.OK  # type: ignore[arg-type]
+        assert state(fast) == state(slow)
+    else:
+        assert state(fast) == before
+    taken = proto == 17 and not replied and not nat and at < 30.0
+    assert state(fast) != before if taken else state(fast) == before
