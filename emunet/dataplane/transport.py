@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.routing import RouteTable
@@ -25,13 +25,15 @@ from emunet.errors import MalformedFrame, SocketError
 from emunet.packets import icmp, ipv4, tcp, udp
 from emunet.packets.checksum import internet_checksum, pseudo_header_sum
 
-_U16 = struct.Struct("!H")
-_PORTS = struct.Struct("!HH")
-_UDP_HDR = struct.Struct("!HHHH")
+_U16: Final = struct.Struct("!H")
+_PORTS: Final = struct.Struct("!HH")
+_UDP_HDR: Final = struct.Struct("!HHHH")
+_ADDRS: Final = struct.Struct("!4s4s")  # source and destination of an IPv4 header, at 12
+_ANY: Final = ANY.packed  # a wildcard bind's address in the socket tables
 
-BROADCAST_IP = b"\xff\xff\xff\xff"
-EPHEMERAL_LOW = 32768
-EPHEMERAL_HIGH = 60999
+BROADCAST_IP: Final = b"\xff\xff\xff\xff"
+EPHEMERAL_LOW: Final = 32768
+EPHEMERAL_HIGH: Final = 60999
 
 
 class Ids(Protocol):
@@ -116,20 +118,21 @@ class Transport:
         if length < 8 or length > n:
             ip.drop(now, iface, Drop.MALFORMED, f"udp: length {length} with {n} bytes")
             return
-        mv = memoryview(pkt)
+        # the payload is copied once, for the socket; the checksum sums that copy,
+        # the pseudo-header and the UDP header's four words (a 16-bit-aligned split)
+        data = bytes(memoryview(pkt)[hlen + 8 : hlen + length])
+        src, dst = _ADDRS.unpack_from(pkt, 12)
         if csum:
-            init = pseudo_header_sum(bytes(pkt[12:16]), bytes(pkt[16:20]), 17, length)
-            if internet_checksum(mv[hlen : hlen + length], init) != 0:
+            init = pseudo_header_sum(src, dst, 17, length) + sport + dport + length + csum
+            if internet_checksum(data, init) != 0:
                 ip.drop(now, iface, Drop.MALFORMED, "udp: bad checksum")
                 return
-        dst = bytes(pkt[16:20])
-        sock = self.udp_sockets.get((dst, dport)) or self.udp_sockets.get((ANY.packed, dport))
+        sock = self.udp_sockets.get((dst, dport)) or self.udp_sockets.get((_ANY, dport))
         if sock is None:
             ip.icmp_send(pkt, icmp.DEST_UNREACH, icmp.PORT_UNREACH, now)
             ip.drop(now, iface, Drop.PORT_UNREACHABLE, f"udp port {dport}")
             return
-        src = ip.address(bytes(pkt[12:16]))
-        if sock.deliver(bytes(mv[hlen + 8 : hlen + length]), (src, sport)):
+        if sock.deliver(data, (ip.address(src), sport)):
             if self._tracer.enabled:
                 ip.trace(now, "", "deliver", f"udp socket :{dport} ({length - 8} bytes)")
         else:
@@ -155,7 +158,7 @@ class Transport:
                 self._acks_owed[conn] = None
             return
         listener = self.tcp_listeners.get((dst, hdr.dport)) or self.tcp_listeners.get(
-            (ANY.packed, hdr.dport)
+            (_ANY, hdr.dport)
         )
         if listener is not None and hdr.flags & tcp.SYN and not hdr.flags & (tcp.ACK | tcp.RST):
             route = ip.routes.lookup(src)
