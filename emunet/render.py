@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Protocol
+from typing import Final, Protocol
 
 from emunet.dataplane.interfaces import LOOPBACK
 from emunet.packets import ethernet, icmp, ipv4, tcp
@@ -36,20 +36,20 @@ __all__ = [
     "tcpdump_line",
 ]
 
-_ETH = ethernet.HEADER
-_IP = ipv4.HEADER
-_TCP = tcp.HEADER
-_PORTS = struct.Struct("!HH")
-_ICMP_ECHO = struct.Struct("!BBHHH")
-_U16 = struct.Struct("!H")
+_ETH: Final = ethernet.HEADER
+_IP: Final = ipv4.HEADER
+_TCP: Final = tcp.HEADER
+_PORTS: Final = struct.Struct("!HH")
+_ICMP_ECHO: Final = struct.Struct("!BBHHH")
+_U16: Final = struct.Struct("!H")
 
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_ARP = 0x0806
+ETHERTYPE_IPV4: Final = 0x0800
+ETHERTYPE_ARP: Final = 0x0806
 
 # ----------------------------------------------------------------------- ping
 
 #: ``ping``'s words for ICMP destination-unreachable codes (iputils).
-UNREACH_TEXT = {
+UNREACH_TEXT: Final = {
     0: "Destination Net Unreachable",
     1: "Destination Host Unreachable",
     2: "Destination Protocol Unreachable",
@@ -73,10 +73,10 @@ def ping_icmp_error(icmp_type: int, icmp_code: int, mtu: int) -> str:
 
 # -------------------------------------------------------------------- tcpdump
 
-_TCP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x20, "U"))
-_PROTO_NAMES = {ipv4.PROTO_ICMP: "ICMP", ipv4.PROTO_TCP: "TCP", ipv4.PROTO_UDP: "UDP"}
+_TCP_FLAGS: Final = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x20, "U"))
+_PROTO_NAMES: Final = {ipv4.PROTO_ICMP: "ICMP", ipv4.PROTO_TCP: "TCP", ipv4.PROTO_UDP: "UDP"}
 # tcpdump's ip_frag_values, in its order
-_FRAG_FLAGS = ((0x2000, "+"), (0x4000, "DF"), (0x8000, "rsvd"))
+_FRAG_FLAGS: Final = ((0x2000, "+"), (0x4000, "DF"), (0x8000, "rsvd"))
 
 
 def tcpdump_line(

@@ -29,15 +29,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
+from typing import Final
 
 from emunet.errors import ConfigError
 
-MASQ_MARK = 0x4000
-NODE_PORT_RANGE = range(30000, 32768)
-DEFAULT_AFFINITY_TIMEOUT = 10800
-MAX_AFFINITY_TIMEOUT = 86400
+MASQ_MARK: Final = 0x4000
+NODE_PORT_RANGE: Final = range(30000, 32768)
+DEFAULT_AFFINITY_TIMEOUT: Final = 10800
+MAX_AFFINITY_TIMEOUT: Final = 86400
 
-PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
+PROTO_NUMBERS: Final = {"TCP": 6, "UDP": 17}
 
 
 class ServiceType(StrEnum):
@@ -257,7 +258,7 @@ class ServiceTable:
     ports: list[ServicePortInfo]
 
 
-_THRESHOLDS: dict[int, tuple[int, ...]] = {}
+_THRESHOLDS: Final[dict[int, tuple[int, ...]]] = {}
 
 
 def thresholds(n: int) -> tuple[int, ...]:

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Final
 
 from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.netns import Namespace
 from emunet.dataplane.trace import Drop
 from emunet.packets.mac import MAC
 
-DEFAULT_AGEING = 300.0
-FORGOTTEN = -math.inf  # the update time of a removed entry: older than any ageing
+DEFAULT_AGEING: Final = 300.0
+FORGOTTEN: Final = -math.inf  # the update time of a removed entry: older than any ageing
 
 NfHook = Callable[["Interface", bytes | bytearray, float], bytes | bytearray | None]
 

@@ -41,9 +41,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from ipaddress import IPv4Address
+from typing import Final
 
-ORIGINAL = 0
-REPLY = 1
+ORIGINAL: Final = 0
+REPLY: Final = 1
 
 Tuple = tuple[int, ...]
 """``(proto, src, dst, sport, dport)``; addresses as ints, ICMP id as both ports.
@@ -111,9 +112,9 @@ class Timeouts:
     generic: float = 600.0
 
 
-DEFAULT_TIMEOUTS = Timeouts()
+DEFAULT_TIMEOUTS: Final = Timeouts()
 # a replied UDP connection older than this is a stream (udp_stream timeout, ASSURED)
-UDP_STREAM_AFTER = 2.0
+UDP_STREAM_AFTER: Final = 2.0
 
 # plain ints of the Status bits for the per-packet path (IntFlag arithmetic is slow)
 _SEEN_REPLY, _ASSURED, _CONFIRMED = (
@@ -122,22 +123,22 @@ _SEEN_REPLY, _ASSURED, _CONFIRMED = (
     int(Status.CONFIRMED),
 )
 _SRC_NAT, _DST_NAT = int(Status.SRC_NAT), int(Status.DST_NAT)
-_FAST_STATUS = _SEEN_REPLY | _SRC_NAT | _DST_NAT
+_FAST_STATUS: Final = _SEEN_REPLY | _SRC_NAT | _DST_NAT
 
 # --- the TCP state machine (Linux nf_conntrack_proto_tcp.c, tcp_conntracks) ---
 # Flag classes, in Linux's order of precedence: RST, SYN(+ACK), FIN, ACK, none.
 SYN, SYNACK, FIN, ACK, RST, NOFLAG = range(6)
-_IV = -1  # invalid: the packet does not fit the connection
-_IG = -2  # ignore: pass the packet, keep the state
+_IV: Final = -1  # invalid: the packet does not fit the connection
+_IG: Final = -2  # ignore: pass the packet, keep the state
 
-_S = TcpState
+_S: Final = TcpState
 sNO, sSS, sSR, sES, sFW, sCW, sLA, sTW, sCL, sS2 = (
     _S.NONE, _S.SYN_SENT, _S.SYN_RECV, _S.ESTABLISHED, _S.FIN_WAIT,
     _S.CLOSE_WAIT, _S.LAST_ACK, _S.TIME_WAIT, _S.CLOSE, _S.SYN_SENT2,
 )  # fmt: skip
 sIV, sIG = _IV, _IG
 
-TCP_TRANSITIONS: tuple[tuple[tuple[int, ...], ...], ...] = (
+TCP_TRANSITIONS: Final[tuple[tuple[tuple[int, ...], ...], ...]] = (
     # ORIGINAL direction
     # state:  sNO  sSS  sSR  sES  sFW  sCW  sLA  sTW  sCL  sS2
     (
@@ -163,10 +164,10 @@ TCP_TRANSITIONS: tuple[tuple[tuple[int, ...], ...], ...] = (
 _FLAG_FIN, _FLAG_SYN, _FLAG_RST, _FLAG_ACK = 0x01, 0x02, 0x04, 0x10
 
 
-_ESTABLISHED = int(TcpState.ESTABLISHED)
+_ESTABLISHED: Final = int(TcpState.ESTABLISHED)
 # the flags that decide a segment's class: with PSH/URG/ECE/CWR masked off, a
 # plain ACK is exactly _FLAG_ACK
-_ACK_CLASS_MASK = _FLAG_FIN | _FLAG_SYN | _FLAG_RST | _FLAG_ACK
+_ACK_CLASS_MASK: Final = _FLAG_FIN | _FLAG_SYN | _FLAG_RST | _FLAG_ACK
 # refresh_established relies on it: a plain ACK keeps ESTABLISHED either way
 # (tests/dataplane/test_conntrack.py checks the table says so)
 
@@ -190,8 +191,8 @@ class TcpVerdict(IntEnum):
     REOPEN = 2  # SYN on a TIME_WAIT/CLOSE connection: kill it, treat as new
 
 
-_ICMP_REPLY_TYPE = {8: 0, 13: 14, 15: 16, 17: 18}
-_PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
+_ICMP_REPLY_TYPE: Final = {8: 0, 13: 14, 15: 16, 17: 18}
+_PROTO_NAMES: Final = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
 class ConntrackEntry:

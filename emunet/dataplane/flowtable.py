@@ -21,15 +21,15 @@ the hooks. Nothing else is kept, so nothing else can go stale.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Final
 
 from emunet.dataplane.conntrack import ConntrackEntry
 from emunet.dataplane.netfilter import Netfilter
 from emunet.dataplane.routing import Route, RouteTable
 
-FLOW_TABLE_MAX = 65536
-_FLOW_KEY = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports) of a 20-byte header
-_DST = struct.Struct("!16x4s")
+FLOW_TABLE_MAX: Final = 65536
+_FLOW_KEY: Final = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports) of a 20-byte header
+_DST: Final = struct.Struct("!16x4s")
 
 
 class Flow:

@@ -15,17 +15,18 @@ call returns the reasons.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from emunet.packets import ipv4
 from emunet.packets.checksum import internet_checksum
 
-_U16 = struct.Struct("!H")
+_U16: Final = struct.Struct("!H")
 
 # net.ipv4.ipfrag_time, net.ipv4.ipfrag_high_thresh; a queued fragment costs its
 # data plus an skb's overhead (Linux counts truesize): 4 MiB / 256 B, 16384 queues at most
-FRAG_TIMEOUT = 30.0
-FRAG_HIGH_THRESH = 4 * 1024 * 1024
-FRAG_TRUESIZE = 256
+FRAG_TIMEOUT: Final = 30.0
+FRAG_HIGH_THRESH: Final = 4 * 1024 * 1024
+FRAG_TRUESIZE: Final = 256
 
 FragKey = tuple[bytes, bytes, int, int]  # (source, destination, identification, protocol)
 

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import Final
 
 from emunet.cluster.kubeproxy import (
     PROTO_NUMBERS,
@@ -35,15 +36,15 @@ from emunet.dataplane.conntrack import (
 from emunet.dataplane.netfilter import Verdict
 from emunet.dataplane.trace import Drop, Tracer
 
-NO_HEALTHY_TARGET = Drop.LB_NO_HEALTHY_TARGET
+NO_HEALTHY_TARGET: Final = Drop.LB_NO_HEALTHY_TARGET
 ACCEPT, NF_DROP = Verdict.ACCEPT, Verdict.DROP
 
-_U16 = struct.Struct("!H")
-_II = struct.Struct("!II")
-_HH = struct.Struct("!HH")
-_ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
-_ICMP_QUERIES = frozenset({8, 13, 15, 17})
-_ICMP_REPLIES = frozenset({0, 14, 16, 18})
+_U16: Final = struct.Struct("!H")
+_II: Final = struct.Struct("!II")
+_HH: Final = struct.Struct("!HH")
+_ICMP_ERRORS: Final = frozenset({3, 4, 5, 11, 12})
+_ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})
+_ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
 _SRC_NAT, _DST_NAT, _SEEN_REPLY = int(Status.SRC_NAT), int(Status.DST_NAT), int(Status.SEEN_REPLY)
 
 

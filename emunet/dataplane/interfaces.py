@@ -27,20 +27,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from ipaddress import IPv4Interface
-from typing import Protocol
+from typing import Final, Protocol
 
 from emunet.packets.mac import MAC
 
-LOOPBACK = "loopback"
-VETH = "veth"
-BRIDGE = "bridge"
-TUN = "tun"
-UNDERLAY = "underlay"
-DUMMY = "dummy"
+LOOPBACK: Final = "loopback"
+VETH: Final = "veth"
+BRIDGE: Final = "bridge"
+TUN: Final = "tun"
+UNDERLAY: Final = "underlay"
+DUMMY: Final = "dummy"
 
-L2_KINDS = frozenset({VETH, BRIDGE})
+L2_KINDS: Final = frozenset({VETH, BRIDGE})
 
-HOP_DELAY: dict[str, float] = {
+HOP_DELAY: Final[dict[str, float]] = {
     VETH: 8e-6,
     BRIDGE: 4e-6,
     LOOPBACK: 5e-6,

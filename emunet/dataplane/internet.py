@@ -51,7 +51,7 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from emunet.cluster.kubeproxy import EndpointsMap, Service
 from emunet.dataplane.gateway_nat import (
@@ -81,9 +81,9 @@ __all__ = [
     "load_balancer_targets",
 ]
 
-NODES = "nodes"
+NODES: Final = "nodes"
 """The segment of the node network (the nodes' ``eth0``)."""
-INTERNET = "internet"
+INTERNET: Final = "internet"
 """The segment of public addresses."""
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from ipaddress import IPv4Network
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 
-_CACHE_MAX = 4096
+_CACHE_MAX: Final = 4096
 
 
 class PrefixMap(Generic[T]):

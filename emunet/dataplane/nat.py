@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Final
 
 from emunet.packets.checksum import incremental_update, internet_checksum
 from emunet.packets.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
+_U16: Final = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
 
 
 # ICMP query types whose identifier is tracked like a port (RFC 792).
-ICMP_QUERY_TYPES = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
+ICMP_QUERY_TYPES: Final = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
 
 
 def _csum_add32(csum: int, old: int, new: int) -> int:
@@ -107,10 +108,10 @@ def fix_icmp_checksum(pkt: bytearray, icmp_off: int, end: int) -> None:
 # ---------------------------------------------------------------- ICMP errors
 # shared by every NAT engine (the node's netfilter, the internet gateway)
 
-_II = struct.Struct("!II")
-_HH = struct.Struct("!HH")
-_ICMP_QUERIES = frozenset({8, 13, 15, 17})
-_ICMP_REPLIES = frozenset({0, 14, 16, 18})
+_II: Final = struct.Struct("!II")
+_HH: Final = struct.Struct("!HH")
+_ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})
+_ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
 SRC_NAT, DST_NAT = 1 << 4, 1 << 5  # conntrack's IPS_SRC_NAT, IPS_DST_NAT status bits
 
 

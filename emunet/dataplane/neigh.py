@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterator
 from enum import Enum, StrEnum
 from ipaddress import IPv4Address
+from typing import Final
 
 from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.trace import Drop
@@ -28,12 +29,12 @@ from emunet.packets.mac import MAC
 # Linux neighbour defaults: 3 probes one second apart (mcast_solicit,
 # retrans_time), base_reachable_time 30 s, unresolved queue (a packet count
 # here rather than unres_qlen_bytes).
-ARP_RETRIES = 3
-ARP_RETRANS = 1.0
-REACHABLE_TIME = 30.0
-ARP_QUEUE_MAX = 101
-DELAY_FIRST_PROBE_TIME = 5.0
-NEIGH_GC_THRESH3 = 1024
+ARP_RETRIES: Final = 3
+ARP_RETRANS: Final = 1.0
+REACHABLE_TIME: Final = 30.0
+ARP_QUEUE_MAX: Final = 101
+DELAY_FIRST_PROBE_TIME: Final = 5.0
+NEIGH_GC_THRESH3: Final = 1024
 
 
 class Nud(StrEnum):

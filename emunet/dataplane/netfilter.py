@@ -69,7 +69,7 @@ import struct
 from collections.abc import Sequence
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network
-from typing import Protocol
+from typing import Final, Protocol
 
 from emunet.cluster import iptables, kubeproxy
 from emunet.cluster.kubeproxy import (
@@ -107,15 +107,15 @@ from emunet.errors import ConfigError
 
 __all__ = ["RECENT_LIST_TOT", "Mode", "Netfilter", "Scheduler", "Verdict"]
 
-_U16 = struct.Struct("!H")
-_II = struct.Struct("!II")
-_HH = struct.Struct("!HH")
+_U16: Final = struct.Struct("!H")
+_II: Final = struct.Struct("!II")
+_HH: Final = struct.Struct("!HH")
 
 _SEEN_REPLY, _SRC_NAT, _DST_NAT = int(Status.SEEN_REPLY), int(Status.SRC_NAT), int(Status.DST_NAT)
-_ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
-_ICMP_QUERIES = frozenset({8, 13, 15, 17})  # may open a connection
-_ICMP_REPLIES = frozenset({0, 14, 16, 18})
-_MULTICAST = (0xE0000000, 0xF0000000)  # 224.0.0.0/4
+_ICMP_ERRORS: Final = frozenset({3, 4, 5, 11, 12})
+_ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})  # may open a connection
+_ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
+_MULTICAST: Final = (0xE0000000, 0xF0000000)  # 224.0.0.0/4
 
 
 class Verdict(IntEnum):

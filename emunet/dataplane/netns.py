@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import struct
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import Any, Final
 
 from emunet.dataplane.flowtable import FlowTable
 from emunet.dataplane.frag import Defrag, fragment
@@ -54,8 +54,8 @@ from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
 from emunet.packets.mac import MAC
 from emunet.render import ip_neigh_line
 
-_ETH = struct.Struct("!6s6sH")
-ACCEPT = Verdict.ACCEPT
+_ETH: Final = struct.Struct("!6s6sH")
+ACCEPT: Final = Verdict.ACCEPT
 
 
 class Namespace:

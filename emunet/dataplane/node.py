@@ -30,7 +30,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import Any, Final
 
 from emunet.cluster.kubeproxy import EndpointsMap, Service
 from emunet.dataplane.actions import UnderlayPacket
@@ -47,8 +47,8 @@ from emunet.packets import arp, ethernet
 from emunet.packets.ethernet import ETH_P_ARP
 from emunet.packets.mac import MAC
 
-DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
-DEFAULT_SERVICE_CIDR = IPv4Network("10.96.0.0/12")
+DEFAULT_NETWORK: Final = IPv4Network("10.244.0.0/16")
+DEFAULT_SERVICE_CIDR: Final = IPv4Network("10.96.0.0/12")
 
 
 @dataclass

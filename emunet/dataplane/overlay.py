@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
+from typing import Final
 
 from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.lpm import PrefixMap
@@ -30,11 +31,11 @@ from emunet.dataplane.netns import Namespace
 from emunet.dataplane.trace import Drop, Tracer, describe
 from emunet.packets import icmp, ipv4, udp
 
-_DST = struct.Struct("!16x4s")  # an IPv4 header's destination
+_DST: Final = struct.Struct("!16x4s")  # an IPv4 header's destination
 
-DEFAULT_PORT = 8285
+DEFAULT_PORT: Final = 8285
 # flannel0's MTU is the underlay's minus an IPv4 and a UDP header
-OVERHEAD = 20 + 8
+OVERHEAD: Final = 20 + 8
 
 # an overlay datagram leaving the node: ((PublicIP, port), the inner packet, its time)
 OverlayDatagram = tuple[tuple[str, int], bytearray, float]

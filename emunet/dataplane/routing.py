@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import Final
 
 from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.lpm import PrefixMap
 from emunet.errors import ConfigError
 
-SCOPE_LINK = "link"
-SCOPE_GLOBAL = "global"
-SCOPE_HOST = "host"
+SCOPE_LINK: Final = "link"
+SCOPE_GLOBAL: Final = "global"
+SCOPE_HOST: Final = "host"
 
 
 @dataclass(frozen=True, slots=True)

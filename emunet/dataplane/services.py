@@ -21,12 +21,13 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Final
 
 from emunet.cluster import kubeproxy
 from emunet.cluster.kubeproxy import EndpointInfo, ServicePortInfo, address_key, node_port_key
 from emunet.dataplane.conntrack import ConntrackEntry, Status, Tuple
 
-RECENT_LIST_TOT = 100
+RECENT_LIST_TOT: Final = 100
 """xt_recent's default ``ip_list_tot``: addresses remembered per list (oldest forgotten)."""
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Final
 
 from emunet.cluster.kubeproxy import EndpointsMap, Service
 from emunet.dataplane.actions import UnderlayPacket
@@ -54,11 +55,13 @@ from emunet.errors import ConfigError
 
 __all__ = ["APPS", "InternetSite"]
 
-APPS = ("http:80/tcp", "echo:7/tcp", "echo:7/udp")
+APPS: Final = ("http:80/tcp", "echo:7/tcp", "echo:7/udp")
 """What every external host serves."""
 
-_DOC_NETS = tuple(IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
-_MAX_ROUNDS = 64  # local deliveries carried per take_actions (a loop between hosts ends)
+_DOC_NETS: Final = tuple(
+    IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+)
+_MAX_ROUNDS: Final = 64  # local deliveries carried per take_actions (a loop between hosts ends)
 
 
 class InternetSite:

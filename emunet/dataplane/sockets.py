@@ -13,16 +13,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from emunet.errors import SocketError
 from emunet.packets import icmp
 
-ANY = IPv4Address(0)
-RCVBUF_DATAGRAMS = 4096
+ANY: Final = IPv4Address(0)
+RCVBUF_DATAGRAMS: Final = 4096
 
 # ICMP error (type, code) -> errno name, as Linux's icmp_err_convert table
-_ERRNO = {
+_ERRNO: Final = {
     (icmp.DEST_UNREACH, icmp.NET_UNREACH): "ENETUNREACH",
     (icmp.DEST_UNREACH, icmp.HOST_UNREACH): "EHOSTUNREACH",
     (icmp.DEST_UNREACH, icmp.PROTO_UNREACH): "ENOPROTOOPT",

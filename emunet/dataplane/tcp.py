@@ -65,6 +65,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
+from typing import Final
 
 from emunet.errors import ConfigError, SocketError
 from emunet.packets.tcp import (
@@ -83,21 +84,21 @@ from emunet.packets.tcp import (
     build_segment,
 )
 
-MASK = 0xFFFFFFFF
-HALF = 0x80000000
+MASK: Final = 0xFFFFFFFF
+HALF: Final = 0x80000000
 
-RTO_INITIAL = 1.0  # RFC 6298 section 2.1
-RTO_MIN = 0.2  # Linux TCP_RTO_MIN
-RTO_MAX = 120.0  # Linux TCP_RTO_MAX
-DELACK = 0.04  # Linux TCP_DELACK_MIN
-TIME_WAIT_LEN = 60.0  # Linux TCP_TIMEWAIT_LEN, i.e. 2*MSL
-DEFAULT_BUF = 256 * 1024
-DEFAULT_MSS = 536  # RFC 9293 section 3.7.1: no MSS option received
-MAX_RETRIES = 15  # Linux net.ipv4.tcp_retries2
-SYN_RETRIES = 6  # Linux net.ipv4.tcp_syn_retries
-DUPACK_THRESHOLD = 3  # RFC 5681 section 3.2
-MAX_WSCALE = 14  # RFC 7323 section 2.3
-_CWND_MAX = 1 << 30
+RTO_INITIAL: Final = 1.0  # RFC 6298 section 2.1
+RTO_MIN: Final = 0.2  # Linux TCP_RTO_MIN
+RTO_MAX: Final = 120.0  # Linux TCP_RTO_MAX
+DELACK: Final = 0.04  # Linux TCP_DELACK_MIN
+TIME_WAIT_LEN: Final = 60.0  # Linux TCP_TIMEWAIT_LEN, i.e. 2*MSL
+DEFAULT_BUF: Final = 256 * 1024
+DEFAULT_MSS: Final = 536  # RFC 9293 section 3.7.1: no MSS option received
+MAX_RETRIES: Final = 15  # Linux net.ipv4.tcp_retries2
+SYN_RETRIES: Final = 6  # Linux net.ipv4.tcp_syn_retries
+DUPACK_THRESHOLD: Final = 3  # RFC 5681 section 3.2
+MAX_WSCALE: Final = 14  # RFC 7323 section 2.3
+_CWND_MAX: Final = 1 << 30
 
 
 def seq_lt(a: int, b: int) -> bool:
@@ -126,32 +127,36 @@ class TCPState(Enum):
     TIME_WAIT = "TIME-WAIT"
 
 
-_CLOSED = TCPState.CLOSED
-_LISTEN = TCPState.LISTEN
-_SYN_SENT = TCPState.SYN_SENT
-_SYN_RECEIVED = TCPState.SYN_RECEIVED
-_ESTABLISHED = TCPState.ESTABLISHED
-_FIN_WAIT_1 = TCPState.FIN_WAIT_1
-_FIN_WAIT_2 = TCPState.FIN_WAIT_2
-_CLOSE_WAIT = TCPState.CLOSE_WAIT
-_CLOSING = TCPState.CLOSING
-_LAST_ACK = TCPState.LAST_ACK
-_TIME_WAIT = TCPState.TIME_WAIT
+_CLOSED: Final = TCPState.CLOSED
+_LISTEN: Final = TCPState.LISTEN
+_SYN_SENT: Final = TCPState.SYN_SENT
+_SYN_RECEIVED: Final = TCPState.SYN_RECEIVED
+_ESTABLISHED: Final = TCPState.ESTABLISHED
+_FIN_WAIT_1: Final = TCPState.FIN_WAIT_1
+_FIN_WAIT_2: Final = TCPState.FIN_WAIT_2
+_CLOSE_WAIT: Final = TCPState.CLOSE_WAIT
+_CLOSING: Final = TCPState.CLOSING
+_LAST_ACK: Final = TCPState.LAST_ACK
+_TIME_WAIT: Final = TCPState.TIME_WAIT
 
 # States in which our data or FIN may still be (re)transmitted.
-_SENDING = frozenset({_ESTABLISHED, _CLOSE_WAIT, _FIN_WAIT_1, _CLOSING, _LAST_ACK})
+_SENDING: Final = frozenset({_ESTABLISHED, _CLOSE_WAIT, _FIN_WAIT_1, _CLOSING, _LAST_ACK})
 # States in which the peer's data and FIN are still accepted.
-_RECEIVING = frozenset({_ESTABLISHED, _FIN_WAIT_1, _FIN_WAIT_2})
+_RECEIVING: Final = frozenset({_ESTABLISHED, _FIN_WAIT_1, _FIN_WAIT_2})
 # States in which abort() sends a RST (RFC 9293 section 3.10.5).
-_RST_ON_ABORT = frozenset(
+_RST_ON_ABORT: Final = frozenset(
     {_SYN_RECEIVED, _ESTABLISHED, _FIN_WAIT_1, _FIN_WAIT_2, _CLOSE_WAIT, _CLOSING, _LAST_ACK}
 )
 # Our FIN acknowledged: next state (RFC 9293 section 3.10.7.4, "fifth, check the ACK").
-_ON_FIN_ACKED = {_FIN_WAIT_1: _FIN_WAIT_2, _CLOSING: _TIME_WAIT, _LAST_ACK: _CLOSED}
+_ON_FIN_ACKED: Final = {_FIN_WAIT_1: _FIN_WAIT_2, _CLOSING: _TIME_WAIT, _LAST_ACK: _CLOSED}
 # The peer's FIN consumed: next state ("eighth, check the FIN bit").
-_ON_FIN_RECEIVED = {_ESTABLISHED: _CLOSE_WAIT, _FIN_WAIT_1: _CLOSING, _FIN_WAIT_2: _TIME_WAIT}
+_ON_FIN_RECEIVED: Final = {
+    _ESTABLISHED: _CLOSE_WAIT,
+    _FIN_WAIT_1: _CLOSING,
+    _FIN_WAIT_2: _TIME_WAIT,
+}
 # close() called: next state (RFC 9293 section 3.10.4).
-_ON_CLOSE = {_ESTABLISHED: _FIN_WAIT_1, _CLOSE_WAIT: _LAST_ACK}
+_ON_CLOSE: Final = {_ESTABLISHED: _FIN_WAIT_1, _CLOSE_WAIT: _LAST_ACK}
 
 
 @dataclass(slots=True)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Final
 
 from emunet.errors import MalformedFrame
 from emunet.packets.mac import MAC
 
-HEADER = struct.Struct("!HHBBH6s4s6s4s")
-LENGTH = HEADER.size  # 28
-HTYPE_ETHERNET = 1
-PTYPE_IPV4 = 0x0800
-REQUEST = 1
-REPLY = 2
+HEADER: Final = struct.Struct("!HHBBH6s4s6s4s")
+LENGTH: Final = HEADER.size  # 28
+HTYPE_ETHERNET: Final = 1
+PTYPE_IPV4: Final = 0x0800
+REQUEST: Final = 1
+REPLY: Final = 2
 
 
 @dataclass(frozen=True, slots=True)

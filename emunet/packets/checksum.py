@@ -62,8 +62,8 @@ def internet_checksum(data: Buffer, initial: int = 0) -> int:
     return ~ones_sum(data, initial) & 0xFFFF
 
 
-_ADDR_WORDS = struct.Struct("!HH")
-HEADER20_WIDE = struct.Struct("!QQI")  # a 20-byte header as 64, 64 and 32 bits
+_ADDR_WORDS: Final = struct.Struct("!HH")
+HEADER20_WIDE: Final = struct.Struct("!QQI")  # a 20-byte header as 64, 64 and 32 bits
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from emunet.errors import ConfigError, MalformedFrame
 from emunet.packets.mac import MAC
 
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-ETH_P_8021Q = 0x8100
-ETH_P_IPV6 = 0x86DD
+ETH_P_IP: Final = 0x0800
+ETH_P_ARP: Final = 0x0806
+ETH_P_8021Q: Final = 0x8100
+ETH_P_IPV6: Final = 0x86DD
 
-HEADER = struct.Struct("!6s6sH")
-TAG = struct.Struct("!HH")  # TCI, inner EtherType
-HEADER_LEN = HEADER.size  # 14
-TYPE_OFFSET = 12
-DST = slice(0, 6)
-SRC = slice(6, 12)
+HEADER: Final = struct.Struct("!6s6sH")
+TAG: Final = struct.Struct("!HH")  # TCI, inner EtherType
+HEADER_LEN: Final = HEADER.size  # 14
+TYPE_OFFSET: Final = 12
+DST: Final = slice(0, 6)
+SRC: Final = slice(6, 12)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,34 +29,34 @@ Addresses stay packed 4-byte ``bytes`` (hashable, the route cache key);
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Final
 
 from emunet.errors import MalformedFrame
 
 #: Ethernet (14) + fixed IPv4 header (20) + the first 4 bytes of L4, in one read.
-FRAME = struct.Struct("!6s6sHBxHxxHBBxx4s4sHH")
-_NO_PORTS = struct.Struct("!6s6sHBxHxxHBBxx4s4s")
-_PORTS = struct.Struct("!HH")
+FRAME: Final = struct.Struct("!6s6sHBxHxxHBBxx4s4sHH")
+_NO_PORTS: Final = struct.Struct("!6s6sHBxHxxHBBxx4s4s")
+_PORTS: Final = struct.Struct("!HH")
 _unpack = FRAME.unpack_from
 
 #: where the IPv4 header starts in an untagged frame
-L3_OFFSET = 14
+L3_OFFSET: Final = 14
 #: where L4 starts when the IPv4 header has no options (IHL 5)
-L4_OFFSET = 34
+L4_OFFSET: Final = 34
 
 # indices into the tuple :func:`peek` returns
-ETH_DST = 0
-ETH_SRC = 1
-ETHERTYPE = 2
-VER_IHL = 3
-TOTAL_LENGTH = 4
-FLAGS_FRAG = 5
-TTL = 6
-PROTO = 7
-SRC = 8
-DST = 9
-SPORT = 10
-DPORT = 11
+ETH_DST: Final = 0
+ETH_SRC: Final = 1
+ETHERTYPE: Final = 2
+VER_IHL: Final = 3
+TOTAL_LENGTH: Final = 4
+FLAGS_FRAG: Final = 5
+TTL: Final = 6
+PROTO: Final = 7
+SRC: Final = 8
+DST: Final = 9
+SPORT: Final = 10
+DPORT: Final = 11
 
 #: (eth dst, eth src, ethertype, version/IHL byte, total length, flags+fragment
 #: offset word, ttl, protocol, ip src, ip dst, sport, dport)

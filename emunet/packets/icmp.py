@@ -10,33 +10,34 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Final
 
 from emunet.errors import ConfigError, MalformedFrame
 from emunet.packets import ipv4
 from emunet.packets.checksum import internet_checksum
 
-HEADER = struct.Struct("!BBHI")
-HEADER_LEN = HEADER.size  # 8
+HEADER: Final = struct.Struct("!BBHI")
+HEADER_LEN: Final = HEADER.size  # 8
 
-ECHO_REPLY = 0
-DEST_UNREACH = 3
-ECHO_REQUEST = 8
-TIME_EXCEEDED = 11
+ECHO_REPLY: Final = 0
+DEST_UNREACH: Final = 3
+ECHO_REQUEST: Final = 8
+TIME_EXCEEDED: Final = 11
 
 # destination unreachable codes
-NET_UNREACH = 0
-HOST_UNREACH = 1
-PROTO_UNREACH = 2
-PORT_UNREACH = 3
-FRAG_NEEDED = 4
-ADMIN_PROHIBITED = 13
+NET_UNREACH: Final = 0
+HOST_UNREACH: Final = 1
+PROTO_UNREACH: Final = 2
+PORT_UNREACH: Final = 3
+FRAG_NEEDED: Final = 4
+ADMIN_PROHIBITED: Final = 13
 # time exceeded codes
-TTL_EXCEEDED = 0
-FRAG_REASSEMBLY_EXCEEDED = 1
+TTL_EXCEEDED: Final = 0
+FRAG_REASSEMBLY_EXCEEDED: Final = 1
 
-ERROR_TYPES = frozenset({DEST_UNREACH, TIME_EXCEEDED, 4, 5, 12})
+ERROR_TYPES: Final = frozenset({DEST_UNREACH, TIME_EXCEEDED, 4, 5, 12})
 
-_U16 = struct.Struct("!H")
+_U16: Final = struct.Struct("!H")
 
 
 @dataclass(frozen=True, slots=True)

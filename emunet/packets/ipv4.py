@@ -10,34 +10,35 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Final
 
 from emunet.errors import ConfigError, MalformedFrame
 from emunet.packets.checksum import incremental_update, internet_checksum
 
-HEADER = struct.Struct("!BBHHHBBH4s4s")
-MIN_HEADER_LEN = HEADER.size  # 20
-MAX_HEADER_LEN = 60
+HEADER: Final = struct.Struct("!BBHHHBBH4s4s")
+MIN_HEADER_LEN: Final = HEADER.size  # 20
+MAX_HEADER_LEN: Final = 60
 
 # byte offsets inside the header
-TOTAL_LENGTH = 2
-IDENT = 4
-FLAGS_FRAG = 6
-TTL = 8
-PROTO = 9
-CHECKSUM = 10
-SRC = 12
-DST = 16
+TOTAL_LENGTH: Final = 2
+IDENT: Final = 4
+FLAGS_FRAG: Final = 6
+TTL: Final = 8
+PROTO: Final = 9
+CHECKSUM: Final = 10
+SRC: Final = 12
+DST: Final = 16
 
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
+PROTO_ICMP: Final = 1
+PROTO_TCP: Final = 6
+PROTO_UDP: Final = 17
 
-FLAG_DF = 0x4000
-FLAG_MF = 0x2000
-FRAG_MASK = 0x1FFF
+FLAG_DF: Final = 0x4000
+FLAG_MF: Final = 0x2000
+FRAG_MASK: Final = 0x1FFF
 
-_U16 = struct.Struct("!H")
-TTL_CSUM = struct.Struct("!HH")  # the TTL/protocol word and the header checksum
+_U16: Final = struct.Struct("!H")
+TTL_CSUM: Final = struct.Struct("!HH")  # the TTL/protocol word and the header checksum
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +211,7 @@ def decrement_ttl(buf: bytearray | memoryview, offset: int = 0) -> int:
 # k TTL decrements at once: the TTL/protocol word drops by 0x100 * k, so RFC 1624's
 # ~m + m' is 0xFFFF - 0x100 * k; one's-complement addition is associative and no
 # step gives +0, so the bytes are those of k single steps (tested on every checksum)
-TTL_STEPS = tuple((0x100 * k, 0xFFFF - 0x100 * k) for k in range(4))
+TTL_STEPS: Final = tuple((0x100 * k, 0xFFFF - 0x100 * k) for k in range(4))
 
 
 def decrement_ttl_by(buf: bytearray, k: int) -> None:

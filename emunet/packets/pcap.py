@@ -11,18 +11,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from emunet.errors import ConfigError, MalformedFrame
 
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
+LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_RAW: Final = 101
 
-MAGIC_USEC = 0xA1B2C3D4
-MAGIC_NSEC = 0xA1B23C4D
+MAGIC_USEC: Final = 0xA1B2C3D4
+MAGIC_NSEC: Final = 0xA1B23C4D
 
-_GLOBAL = struct.Struct("<IHHiIII")
-_RECORD = struct.Struct("<IIII")
+_GLOBAL: Final = struct.Struct("<IHHiIII")
+_RECORD: Final = struct.Struct("<IIII")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,12 @@ from typing import Final
 from emunet.errors import ConfigError, MalformedFrame
 from emunet.packets.checksum import internet_checksum, pseudo_header_sum
 
-HEADER = struct.Struct("!HHIIBBHHH")
-MIN_HEADER_LEN = HEADER.size  # 20
-PROTO = 6
+HEADER: Final = struct.Struct("!HHIIBBHHH")
+MIN_HEADER_LEN: Final = HEADER.size  # 20
+PROTO: Final = 6
 
-_U16 = struct.Struct("!H")
-_U32X2 = struct.Struct("!II")
+_U16: Final = struct.Struct("!H")
+_U32X2: Final = struct.Struct("!II")
 
 
 class Flags(IntFlag):
@@ -44,13 +44,13 @@ RST: Final = 0x04
 PSH: Final = 0x08
 ACK: Final = 0x10
 
-OPT_EOL = 0
-OPT_NOP = 1
-OPT_MSS = 2
-OPT_WSCALE = 3
-OPT_SACK_PERMITTED = 4
-OPT_SACK = 5
-OPT_TIMESTAMPS = 8
+OPT_EOL: Final = 0
+OPT_NOP: Final = 1
+OPT_MSS: Final = 2
+OPT_WSCALE: Final = 3
+OPT_SACK_PERMITTED: Final = 4
+OPT_SACK: Final = 5
+OPT_TIMESTAMPS: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +228,7 @@ def build_options(options: tuple[Option, ...]) -> bytes:
     return bytes(out)
 
 
-_TYPED_KINDS = frozenset(
+_TYPED_KINDS: Final = frozenset(
     {OPT_EOL, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_PERMITTED, OPT_SACK, OPT_TIMESTAMPS}
 )
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Final
 
 from emunet.errors import ConfigError, MalformedFrame
 from emunet.packets.checksum import internet_checksum, pseudo_header_sum
 
-HEADER = struct.Struct("!HHHH")
-HEADER_LEN = HEADER.size  # 8
-PROTO = 17
+HEADER: Final = struct.Struct("!HHHH")
+HEADER_LEN: Final = HEADER.size  # 8
+PROTO: Final = 17
 
-_U16 = struct.Struct("!H")
+_U16: Final = struct.Struct("!H")
 
 
 @dataclass(frozen=True, slots=True)
