@@ -10,6 +10,7 @@ from emunet.dataplane.conntrack import (
     ORIGINAL,
     REPLY,
     TCP_TRANSITIONS,
+    ConntrackEntry,
     ConntrackTable,
     Status,
     TcpState,
@@ -35,8 +36,8 @@ LIFECYCLE = [
 ]
 
 
-def open_tcp(table: ConntrackTable, now: float = 0.0, t: tuple[int, ...] = T):
-    e = table.allocate(t, now)  # type: ignore[arg-type]
+def open_tcp(table: ConntrackTable, now: float = 0.0, t: tuple[int, ...] = T) -> ConntrackEntry:
+    e = table.allocate(t, now)
     assert e is not None
     assert table.start(e, SYN, now)
     table.confirm(e)
@@ -167,6 +168,18 @@ def test_ack_keeps_established_in_both_directions() -> None:
     assert TCP_TRANSITIONS[REPLY][tcp_flag_class(ACK)][est] == est
 
 
+def udp_entry(table: ConntrackTable) -> ConntrackEntry:
+    """A confirmed UDP connection 10.244.1.2:5000 -> :53 that has not seen its reply."""
+    e = table.allocate((17, C, S, 5000, 53), 0.0)
+    assert e is not None and table.start(e, 0, 0.0)
+    table.confirm(e)
+    return e
+
+
+def ct_state(e: ConntrackEntry) -> tuple[object, ...]:
+    return (e.state, e.expires, e.status, e.live)
+
+
 @pytest.mark.parametrize("proto", [6, 17])
 @pytest.mark.parametrize("flags", [ACK, ACK | 0x08, ACK | FIN, SYN, RST | ACK, 0])
 @pytest.mark.parametrize("replied", [True, False])
@@ -176,7 +189,7 @@ def test_refresh_established_is_update_for_what_it_takes(
 ) -> None:
     """The fast refresh either declines, changing nothing, or does what update does."""
 
-    def entry() -> tuple[ConntrackTable, object]:
+    def entry() -> tuple[ConntrackTable, ConntrackEntry]:
         table = ConntrackTable()
         if proto == 6:
             e = open_tcp(table)
@@ -184,24 +197,19 @@ def test_refresh_established_is_update_for_what_it_takes(
                 table.update(e, REPLY, SYN | ACK, 0.1)
                 table.update(e, ORIGINAL, ACK, 0.2)
         else:
-            e = table.allocate((17, C, S, 5000, 53), 0.0)
-            assert e is not None and table.start(e, 0, 0.0)
-            table.confirm(e)
+            e = udp_entry(table)
             if replied:
                 table.update(e, REPLY, 0, 0.1)
         return table, e
 
     fast_table, fast = entry()
     slow_table, slow = entry()
-
-    def state(e: object) -> tuple[object, ...]:
-        return (e.state, e.expires, e.status, e.live)  # type: ignore[attr-defined]
-
+    state = ct_state
     before = state(fast)
-    if fast_table.refresh_established(fast, flags, at):  # type: ignore[arg-type]
-        assert slow_table.update(slow, ORIGINAL, flags, at) == TcpVerdict.OK  # type: ignore[arg-type]
+    if fast_table.refresh_established(fast, flags, at):
+        assert slow_table.update(slow, ORIGINAL, flags, at) == TcpVerdict.OK
         assert state(fast) == state(slow)
-        unassured = fast in fast_table._unassured, slow in slow_table._unassured  # type: ignore[attr-defined]
+        unassured = fast in fast_table._unassured, slow in slow_table._unassured
         assert unassured[0] == unassured[1]
     else:
         assert state(fast) == before
@@ -213,9 +221,7 @@ def test_refresh_established_is_update_for_what_it_takes(
 def test_refresh_established_declines_natted_flows(nat: str) -> None:
     """A NATed connection is rewritten by the hooks: never refreshed past them."""
     table = ConntrackTable()
-    e = table.allocate((17, C, S, 5000, 53), 0.0)
-    assert e is not None and table.start(e, 0, 0.0)
-    table.confirm(e)
+    e = udp_entry(table)
     table.update(e, REPLY, 0, 0.1)
     assert table.refresh_established(e, 0, 0.2)
     if nat == "masq":
@@ -238,14 +244,9 @@ def test_refresh_unreplied_is_update_for_what_it_takes(
     nothing, or does what update does for an ORIGINAL packet; it takes exactly
     the live, un-NATed UDP connections that have not seen their reply."""
 
-    def entry() -> tuple[ConntrackTable, object]:
+    def entry() -> tuple[ConntrackTable, ConntrackEntry]:
         table = ConntrackTable()
-        if proto == 6:
-            e = open_tcp(table)
-        else:
-            e = table.allocate((17, C, S, 5000, 53), 0.0)
-            assert e is not None and table.start(e, 0, 0.0)
-            table.confirm(e)
+        e = open_tcp(table) if proto == 6 else udp_entry(table)
         if replied:
             table.update(e, REPLY, SYN | ACK, 0.1)
         if nat:
@@ -254,13 +255,10 @@ def test_refresh_unreplied_is_update_for_what_it_takes(
 
     fast_table, fast = entry()
     slow_table, slow = entry()
-
-    def state(e: object) -> tuple[object, ...]:
-        return (e.state, e.expires, e.status, e.live)  # type: ignore[attr-defined]
-
+    state = ct_state
     before = state(fast)
-    if fast_table.refresh_unreplied(fast, at):  # type: ignore[arg-type]
-        assert slow_table.update(slow, ORIGINAL, 0, at) == TcpVerdict.OK  # type: ignore[arg-type]
+    if fast_table.refresh_unreplied(fast, at):
+        assert slow_table.update(slow, ORIGINAL, 0, at) == TcpVerdict.OK
         assert state(fast) == state(slow)
     else:
         assert state(fast) == before
