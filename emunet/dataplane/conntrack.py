@@ -502,7 +502,13 @@ class ConntrackTable:
         """:meth:`update` for an ORIGINAL packet of a live, un-NATed UDP connection
         that has not seen its reply (the caller knows the direction); False, having
         changed nothing, for anything else."""
-        if not e.live or e.expires <= now or e.status & _FAST_STATUS or e.tuples[0][0] != 17:
+        if (
+            not e.live
+            or e.expires <= now
+            or e.status & _FAST_STATUS  # replied or NATed
+            or e.masq
+            or e.tuples[0][0] != 17
+        ):
             return False
         e.expires = now + self.timeouts.udp
         return True

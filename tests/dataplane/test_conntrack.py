@@ -235,7 +235,7 @@ def test_refresh_established_declines_natted_flows(nat: str) -> None:
 
 @pytest.mark.parametrize("proto", [6, 17])
 @pytest.mark.parametrize("replied", [True, False])
-@pytest.mark.parametrize("nat", ["", "src", "dst"])
+@pytest.mark.parametrize("nat", ["", "src", "dst", "masq"])
 @pytest.mark.parametrize("at", [0.5, 29.0, 31.0])
 def test_refresh_unreplied_is_update_for_what_it_takes(
     proto: int, replied: bool, nat: str, at: float
@@ -249,7 +249,9 @@ def test_refresh_unreplied_is_update_for_what_it_takes(
         e = open_tcp(table) if proto == 6 else udp_entry(table)
         if replied:
             table.update(e, REPLY, SYN | ACK, 0.1)
-        if nat:
+        if nat == "masq":
+            e.masq = True
+        elif nat:
             e.status |= Status.SRC_NAT if nat == "src" else Status.DST_NAT
         return table, e
 

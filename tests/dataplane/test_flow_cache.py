@@ -367,3 +367,33 @@ def test_a_connection_to_the_node_itself_is_delivered_not_forwarded() -> None:
     fab.run(1.0)
     assert bytes(got) == b"x" * 20000 and not node.drops()
     assert node.root.flows is not None and len(node.root.flows) == 0
+
+
+def test_a_bridged_stream_without_replies_meets_a_new_rule_at_its_next_packet() -> None:
+    """Pod to pod on one node, bridged: a UDP stream the peer never answers skips the
+    hooks while no rule judges it (br_netfilter asks ``fast_forward`` per packet).
+    When a Service without endpoints takes the peer's address and port, KUBE-SERVICES
+    rejects the very next datagram, as the full hooks do, and the peer gets nothing."""
+    fab = Fabric(nodes=1, seed=5)
+    a = fab.add_pod("node1", "a")
+    b = fab.add_pod("node1", "b")
+    sink = b.netns.udp_socket()
+    sink.bind(port=9)
+    out = a.netns.udp_socket()
+    node = fab.nodes["node1"]
+    assert node.netfilter is not None
+    for i in range(4):
+        out.sendto(b"x%d" % i, (str(b.ip), 9), fab.now)
+        fab.run(0.01)
+    got = []
+    while (m := sink.recvfrom()) is not None:
+        got.append(m[0])
+    assert got == [b"x0", b"x1", b"x2", b"x3"] and not out.errors
+    svc = Service("default", "gone", b.ip, (ServicePort("u", "UDP", 9, 9),))
+    node.set_services([svc], {}, fab.now)
+    out.sendto(b"late", (str(b.ip), 9), fab.now)
+    fab.run(0.01)
+    assert sink.recvfrom() is None
+    errors = [(e.errno_name, e.icmp_type, e.icmp_code, e.dst) for e in out.errors]
+    assert errors == [("ECONNREFUSED", 3, 3, b.ip)]  # KUBE-SERVICES' icmp-port-unreachable
+    assert node.netfilter.last_reject == (3, 3)
