@@ -38,7 +38,6 @@ FLAG_MF: Final = 0x2000
 FRAG_MASK: Final = 0x1FFF
 
 _U16: Final = struct.Struct("!H")
-TTL_CSUM: Final = struct.Struct("!HH")  # the TTL/protocol word and the header checksum
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,29 +197,20 @@ def decrement_ttl(buf: bytearray | memoryview, offset: int = 0) -> int:
     ``~(~HC + 0xFEFF)`` with one end-around carry. Adding a non-zero constant
     can never produce one's-complement +0, so the result always equals a full
     recomputation (the eqn. 2 pitfall of RFC 1624 section 3 does not arise).
+
+    Three byte reads and three byte writes: the compiled module indexes the
+    buffer directly, where a ``struct`` call would box a tuple and two ints.
     """
-    word: int
-    word, csum = TTL_CSUM.unpack_from(buf, offset + 8)  # (TTL << 8 | protocol, checksum)
-    if word < 0x100:
+    ttl = buf[offset + 8]
+    if ttl == 0:
         return 0
-    total = (csum ^ 0xFFFF) + 0xFEFF
-    TTL_CSUM.pack_into(buf, offset + 8, word - 0x100, ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF)
-    return (word >> 8) - 1
-
-
-# k TTL decrements at once: the TTL/protocol word drops by 0x100 * k, so RFC 1624's
-# ~m + m' is 0xFFFF - 0x100 * k; one's-complement addition is associative and no
-# step gives +0, so the bytes are those of k single steps (tested on every checksum)
-TTL_STEPS: Final = tuple((0x100 * k, 0xFFFF - 0x100 * k) for k in range(4))
-
-
-def decrement_ttl_by(buf: bytearray, k: int) -> None:
-    """``k`` (at most 3) times :func:`decrement_ttl` as one update; the TTL is at
-    least ``k`` (the caller checked)."""
-    step, const = TTL_STEPS[k]
-    word, csum = TTL_CSUM.unpack_from(buf, 8)
-    csum = (csum ^ 0xFFFF) + const
-    TTL_CSUM.pack_into(buf, 8, word - step, ((csum & 0xFFFF) + (csum >> 16)) ^ 0xFFFF)
+    at = offset + 10
+    total = ((buf[at] << 8 | buf[at + 1]) ^ 0xFFFF) + 0xFEFF
+    total = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
+    buf[offset + 8] = ttl - 1
+    buf[at] = total >> 8
+    buf[at + 1] = total & 0xFF
+    return ttl - 1
 
 
 def decrement_ttl_generic(buf: bytearray | memoryview, offset: int = 0) -> int:
