@@ -62,15 +62,19 @@ def internet_checksum(data: Buffer, initial: int = 0) -> int:
     return ~ones_sum(data, initial) & 0xFFFF
 
 
-_ADDR_WORDS: Final = struct.Struct("!HH")
 HEADER20_WIDE: Final = struct.Struct("!QQI")  # a 20-byte header as 64, 64 and 32 bits
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:
     """Partial sum of the IPv4 pseudo-header (RFC 768, RFC 793 section 3.1)."""
-    a, b = _ADDR_WORDS.unpack(src)
-    c, d = _ADDR_WORDS.unpack(dst)
-    total: int = a + b + c + d + protocol + length
+    total = (
+        (src[0] << 8 | src[1])
+        + (src[2] << 8 | src[3])
+        + (dst[0] << 8 | dst[1])
+        + (dst[2] << 8 | dst[3])
+        + protocol
+        + length
+    )
     total = (total & 0xFFFF) + (total >> 16)
     return (total & 0xFFFF) + (total >> 16)
 
