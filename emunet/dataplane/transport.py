@@ -238,9 +238,7 @@ class Transport:
         seq = -1
         if proto == ipv4.PROTO_UDP:
             sport, dport = _PORTS.unpack_from(inner, ihl)
-            target = self.udp_sockets.get((isrc, sport)) or self.udp_sockets.get(
-                (ANY.packed, sport)
-            )
+            target = self.udp_sockets.get((isrc, sport)) or self.udp_sockets.get((_ANY, sport))
         elif proto == ipv4.PROTO_ICMP:
             ident, seq = _PORTS.unpack_from(inner, ihl + 4)
             target = self.ping_sockets.get(ident)
@@ -402,7 +400,7 @@ class Transport:
         elif not 0 < port <= 0xFFFF:
             raise SocketError("EINVAL", f"port {port} out of range")
         owners = self._bound.setdefault((proto, port), [])
-        if owners and (addr.packed in owners or ANY.packed in owners or addr == ANY):
+        if owners and (addr.packed in owners or _ANY in owners or addr == ANY):
             raise SocketError("EADDRINUSE", f"port {port} is already in use in {self.ip.name}")
         owners.append(addr.packed)
         if proto == 17:
