@@ -62,11 +62,11 @@ from emunet.nodes.resolve import resolve_address
 from emunet.nodes.runtime import (
     GSO_SEGMENTS,
     NodeRuntime,
-    _Datagrams,
     _udp_socket,
     datagram_runs,
 )
 from emunet.nodes.subnets import EtcdError
+from emunet.nodes.udp_port import UDPPort
 
 from emunet.cluster import keys
 from emunet.cluster import registry as model
@@ -112,7 +112,7 @@ class InternetRuntime(NodeRuntime):
         # the runtime's node-facing calls are the ones a site provides (see InternetSite)
         super().__init__(cast(Node, site), overlay_port=0, address_map=address_map)
         self.site = site
-        self._wires: dict[IPv4Address, asyncio.DatagramTransport] = {}
+        self._wires: dict[IPv4Address, UDPPort] = {}
         self._wire_socks: dict[IPv4Address, socket.socket] = {}  # for GSO sends
         self._local_real: dict[str, IPv4Address] = {}
 
@@ -122,21 +122,21 @@ class InternetRuntime(NodeRuntime):
         for addr in self.site.wire_addresses():
             sock = _udp_socket(self.real(str(addr)), self.wire_port)
             try:
-                tr, _ = await self.loop.create_datagram_endpoint(
-                    self._protocol_for(addr), sock=sock
+                port = UDPPort(
+                    self.loop, sock, self._on_wire(addr), self._batch_read, self._socket_error
                 )
             except BaseException:
                 sock.close()
                 raise
-            self._wires[addr] = tr
+            self._wires[addr] = port
             self._wire_socks[addr] = sock
         self.poke()
 
-    def _protocol_for(self, local: IPv4Address) -> Callable[[], _Datagrams]:
-        def on_datagram(data: bytes, src: tuple[str, int]) -> None:
-            self._site_wire_in(local, data)
+    def _on_wire(self, local: IPv4Address) -> Callable[[bytes, tuple[str, int], float], None]:
+        def on_datagram(data: bytes, src: tuple[str, int], now: float) -> None:
+            self._site_wire_in(local, data, now)
 
-        return lambda: _Datagrams(on_datagram, self)
+        return on_datagram
 
     async def close(self) -> None:
         await super().close()
@@ -145,13 +145,12 @@ class InternetRuntime(NodeRuntime):
         self._wires.clear()
         self._wire_socks.clear()
 
-    def _site_wire_in(self, local: IPv4Address, data: bytes) -> None:
+    def _site_wire_in(self, local: IPv4Address, data: bytes, now: float) -> None:
         self.stats.wire_rx += 1
         if len(data) < 20:
             self.stats.socket_errors += 1
             return
-        self.site.wire_received(local, data, self.now())
-        self.poke()
+        self.site.wire_received(local, data, now)
 
     def flush(self, floor: float | None = None) -> None:
         self._flush_scheduled = False

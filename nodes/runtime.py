@@ -16,10 +16,11 @@ bytes and supplies time:
   there is handed to ``node.underlay_received``. The kernel does not route
   between emulated nodes, so this wire is the node network's "cable".
 
-A datagram only queues its packet in the node (``defer=True``) and schedules
-one coalesced flush with ``call_soon``; app calls only queue work too. The
-flush runs once the loop has handed over every datagram of its wakeup (the
-event loop reads several per readable socket): ``take_actions()`` runs the
+The sockets are :class:`~emunet.nodes.udp_port.UDPPort` objects: one readable event
+reads a batch of datagrams (``recvmmsg``), each only queues its packet in the
+node (``defer=True``) with the batch's one clock reading, and the batch ends
+with one flush; app calls only queue work and schedule one coalesced flush with
+``call_soon``. A flush: ``take_actions()`` runs the
 node's queue over the whole batch, as one NAPI poll would (TCP acknowledges
 a batch's segments once), and returns what leaves the node; each action
 becomes one ``sendto``, except that a run of datagrams to one peer of one size
@@ -41,8 +42,8 @@ uvloop's ``loop.time()`` is libuv's millisecond clock cached once per loop
 iteration, too coarse for ping RTTs and TCP's RTT estimator, so the runtime
 reads the monotonic clock itself and converts deadlines to ``call_later``.
 
-Nothing here blocks: ``sendto`` on a UDP transport never waits, and when the
-transport's buffer passes :data:`TX_BUFFER_LIMIT` the datagram is dropped and
+Nothing here blocks: a port's ``sendto`` never waits, and when the
+port's send queue passes :data:`TX_BUFFER_LIMIT` the datagram is dropped and
 counted (a congested link loses packets, it does not stall the node). Per
 socket receive queues are bounded in the data plane; taps (tcpdump, captures)
 feed bounded deques that drop and count.
@@ -72,6 +73,7 @@ from typing import Any, Generic, TypeVar, cast
 from emunet.nodes.address_map import AddressMap
 from emunet.nodes.process import Service
 from emunet.nodes.sockets import PingEndpoint, Stream, StreamServer, UDPEndpoint, os_error
+from emunet.nodes.udp_port import UDPPort
 
 from emunet.dataplane.actions import UnderlayPacket
 from emunet.dataplane.netns import Namespace
@@ -85,7 +87,7 @@ __all__ = ["WIRE_PORT", "BoundedQueue", "NodeRuntime"]
 log = logging.getLogger(__name__)
 
 WIRE_PORT = 8286  # emunet's underlay wire (node network stand-in)
-TX_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes queued in a UDP transport before we drop
+TX_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes queued in a UDP port before we drop
 SOCKET_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF / SO_SNDBUF asked of the kernel
 _TIMER_FLOOR = 0.0005  # a timer that stays due re-arms this much later, never spins
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h (Python 3.11 lacks it)
@@ -167,30 +169,9 @@ class RuntimeStats:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None], rt: NodeRuntime):
-        self._on = on_datagram
-        self._rt = rt
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        try:
-            self._on(data, (str(addr[0]), int(addr[1])))
-        except Exception:  # one bad datagram never stops the node
-            self._rt.stats.internal_errors += 1
-            log.exception("error handling a datagram from %s", addr)
-
-    def error_received(self, exc: Exception) -> None:
-        self._rt.stats.socket_errors += 1
-
-
-def _backlog(transport: asyncio.DatagramTransport) -> int:
-    """Bytes the transport holds because the kernel buffer was full."""
-    size: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
-    return size
+def _backlog(port: UDPPort) -> int:
+    """Bytes the port holds because the kernel buffer was full."""
+    return port.get_write_buffer_size()
 
 
 def _udp_socket(host: str, port: int) -> socket.socket:
@@ -290,12 +271,12 @@ class NodeRuntime(Service):
         self.overlay_port = overlay_port if overlay_port is not None else node.flannel.port
         self.wire_port = wire_port
         self.stats = RuntimeStats()
-        self._overlay: asyncio.DatagramTransport | None = None
+        self._overlay: UDPPort | None = None
         self._overlay_sock: socket.socket | None = None
         self._wire_sock: socket.socket | None = None
         self._gso_cap: dict[socket.socket, int] = {}  # largest segment a socket's path takes
         self.gso = os.environ.get("EMUNET_GSO", "1") != "0"
-        self._wire: asyncio.DatagramTransport | None = None
+        self._wire: UDPPort | None = None
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -330,14 +311,9 @@ class NodeRuntime(Service):
         except ConfigError:
             ov.close()
             raise
-        t1, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._overlay_in, self), sock=ov
-        )
-        t2, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._wire_in, self), sock=wire
-        )
-        self._overlay, self._wire = t1, t2
-        # the transports read them; GSO sends go through them
+        self._overlay = UDPPort(loop, ov, self._overlay_in, self._batch_read, self._socket_error)
+        self._wire = UDPPort(loop, wire, self._wire_in, self._batch_read, self._socket_error)
+        # the ports read them in batches; GSO sends go straight to the sockets
         self._overlay_sock, self._wire_sock = ov, wire
         self.poke()
 
@@ -388,7 +364,15 @@ class NodeRuntime(Service):
                 wanted[f"{packed}:{port:04X}"] = name
         return read_udp_drops(wanted)
 
-    def _overlay_in(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _socket_error(self, exc: BaseException) -> None:
+        self.stats.socket_errors += 1
+
+    def _batch_read(self) -> None:
+        """A port handed over the datagrams of one readable event: run them."""
+        if not self._closed:
+            self.flush()
+
+    def _overlay_in(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         self.stats.overlay_rx += 1
         amap = self.address_map
         if amap is not None:
@@ -396,16 +380,14 @@ class NodeRuntime(Service):
             if src is None:
                 src = self._to_emulated[addr[0]] = amap.to_emulated(addr[0])
             addr = (src, addr[1])
-        self.node.overlay_received(addr, data, self.now(), defer=True)
-        self.poke()
+        self.node.overlay_received(addr, data, now, defer=True)
 
-    def _wire_in(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _wire_in(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         self.stats.wire_rx += 1
         if len(data) < 20:
-            self.node.root.drop(self.now(), self.node.eth0, Drop.MALFORMED, "wire datagram")
+            self.node.root.drop(now, self.node.eth0, Drop.MALFORMED, "wire datagram")
             return
-        self.node.underlay_received(data, self.now(), defer=True)
-        self.poke()
+        self.node.underlay_received(data, now, defer=True)
 
     def poke(self) -> None:
         """Schedule one flush (coalesced): run the node's queue, send, re-arm the timer."""
@@ -441,7 +423,7 @@ class NodeRuntime(Service):
 
     def _send_wire(
         self,
-        tr: asyncio.DatagramTransport | None,
+        tr: UDPPort | None,
         sock: socket.socket | None,
         hop: IPv4Address,
         payloads: list[bytes | bytearray],
@@ -454,7 +436,7 @@ class NodeRuntime(Service):
 
     def _send(
         self,
-        tr: asyncio.DatagramTransport | None,
+        tr: UDPPort | None,
         sock: socket.socket | None,
         addr: tuple[str, int],
         payloads: list[bytes | bytearray],

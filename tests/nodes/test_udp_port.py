@@ -1,0 +1,138 @@
+"""UDPPort: batches of real datagrams on loopback (recvmmsg and the recvfrom
+fallback), the send FIFO when the kernel refuses, and errors counted."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Iterator
+
+import pytest
+from emunet.nodes import udp_port
+from emunet.nodes.udp_port import BATCH, UDPPort
+
+
+@pytest.fixture(params=["recvmmsg", "recvfrom"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if request.param == "recvfrom":
+        monkeypatch.setattr(udp_port, "_RECVMMSG", None)
+    elif not udp_port.recvmmsg_available():
+        pytest.skip("no recvmmsg in this C library")
+    yield request.param
+
+
+def bound() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, tuple[str, int], float]] = []
+        self.batches: list[int] = []
+        self.errors: list[BaseException] = []
+
+    def datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        self.got.append((data, addr, now))
+
+    def batch(self) -> None:
+        self.batches.append(len(self.got) - sum(self.batches))
+
+    def error(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+
+
+async def test_datagrams_arrive_whole_in_order_in_bounded_batches(mode: str) -> None:
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    port = UDPPort(loop, bound(), rec.datagram, rec.batch, rec.error)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    try:
+        dst = port.sock.getsockname()
+        # sizes from empty to the largest IPv4 datagram, then a burst of more than a batch
+        sizes = [0, 1, 1472, 9000, 65507] + [100 + i for i in range(3 * BATCH)]
+        payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+        for p in payloads:
+            sender.sendto(p, dst)
+        for _ in range(200):
+            if len(rec.got) == len(payloads):
+                break
+            await asyncio.sleep(0.005)
+        assert [d for d, _, _ in rec.got] == payloads
+        assert {a for _, a, _ in rec.got} == {sender.getsockname()}
+        assert sum(rec.batches) == len(payloads) and max(rec.batches) <= BATCH
+        assert len(rec.batches) >= 3  # a burst of 3 batches' worth cannot come in one
+        # one clock reading per batch: the datagrams of a batch share their time
+        first = rec.got[: rec.batches[0]]
+        assert len({t for _, _, t in first}) == 1
+        assert rec.errors == []
+    finally:
+        sender.close()
+        port.close()
+    assert port.sock.fileno() == -1
+    port.close()  # twice is harmless
+
+
+class RefusingSocket:
+    """A socket whose kernel buffer is full until ``room`` is set."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.room = False
+        self.fail = fail
+        self.sent: list[bytes] = []
+        self._real = bound()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        if self.fail is not None:
+            raise self.fail
+        if not self.room:
+            raise BlockingIOError(errno.EAGAIN, "busy")
+        self.sent.append(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        self._real.close()
+
+
+async def test_what_the_kernel_refuses_waits_in_order_and_leaves_when_writable() -> None:
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    sock = RefusingSocket()
+    port = UDPPort(loop, sock, rec.datagram, rec.batch, rec.error)  # type: ignore[arg-type]
+    try:
+        for i in range(5):
+            port.sendto(bytes([i]) * 10, ("127.0.0.1", 9))
+        assert port.get_write_buffer_size() == 50 and sock.sent == []
+        sock.room = True
+        port.sendto(b"late", ("127.0.0.1", 9))  # behind the queued ones, not before
+        for _ in range(100):
+            if not port.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.005)
+        assert sock.sent == [bytes([i]) * 10 for i in range(5)] + [b"late"]
+        port.sendto(b"now", ("127.0.0.1", 9))  # an empty queue: straight to the kernel
+        assert sock.sent[-1] == b"now" and port.get_write_buffer_size() == 0
+    finally:
+        port.close()
+
+
+async def test_a_send_error_is_reported_and_the_datagram_dropped() -> None:
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    sock = RefusingSocket(fail=OSError(errno.ECONNREFUSED, "refused"))
+    port = UDPPort(loop, sock, rec.datagram, rec.batch, rec.error)  # type: ignore[arg-type]
+    try:
+        port.sendto(b"x", ("127.0.0.1", 9))
+        assert [e.errno for e in rec.errors if isinstance(e, OSError)] == [errno.ECONNREFUSED]
+        assert port.get_write_buffer_size() == 0
+    finally:
+        port.close()
+    port.sendto(b"after close", ("127.0.0.1", 9))  # ignored, as a closed transport's
+    assert port.get_write_buffer_size() == 0
