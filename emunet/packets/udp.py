@@ -73,12 +73,15 @@ def build_fast(
     dst: bytes,
     with_checksum: bool = True,
 ) -> bytes:
+    """The datagram as bytes: the checksum sums the payload where it lies, plus the
+    pseudo-header and the header's words (the header is 16-bit aligned), and the
+    payload is copied once, into the result."""
     length = HEADER_LEN + len(payload)
     if length > 0xFFFF:
         raise ConfigError(f"udp datagram of {length} bytes exceeds 65535")
-    out = bytearray(HEADER.pack(sport, dport, length, 0))
-    out += payload
+    body = payload if isinstance(payload, bytes) else bytes(payload)
+    csum = 0
     if with_checksum:
-        csum = internet_checksum(out, pseudo_header_sum(src, dst, PROTO, length)) or 0xFFFF
-        _U16.pack_into(out, 6, csum)
-    return bytes(out)
+        init = pseudo_header_sum(src, dst, PROTO, length) + sport + dport + length
+        csum = internet_checksum(body, init) or 0xFFFF
+    return HEADER.pack(sport, dport, length, csum) + body
