@@ -12,13 +12,25 @@ import pytest
 from emunet.nodes import udp_port
 from emunet.nodes.udp_port import BATCH, UDPPort
 
+MMSG_CALLS: list[int] = []
+
 
 @pytest.fixture(params=["recvmmsg", "recvfrom"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    MMSG_CALLS.clear()
     if request.param == "recvfrom":
         monkeypatch.setattr(udp_port, "_RECVMMSG", None)
     elif not udp_port.recvmmsg_available():
         pytest.skip("no recvmmsg in this C library")
+    else:
+        real = udp_port._RECVMMSG
+
+        def counted(*args: object) -> int:
+            n: int = real(*args)
+            MMSG_CALLS.append(n)
+            return n
+
+        monkeypatch.setattr(udp_port, "_RECVMMSG", counted)
     yield request.param
 
 
@@ -70,6 +82,11 @@ async def test_datagrams_arrive_whole_in_order_in_bounded_batches(mode: str) -> 
         first = rec.got[: rec.batches[0]]
         assert len({t for _, _, t in first}) == 1
         assert rec.errors == []
+        # an idle socket's first event reads with recvfrom; a busy one with recvmmsg
+        if mode == "recvmmsg":
+            assert MMSG_CALLS and sum(n for n in MMSG_CALLS if n > 0) < len(payloads)
+        else:
+            assert MMSG_CALLS == []
     finally:
         sender.close()
         port.close()
