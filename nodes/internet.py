@@ -134,7 +134,10 @@ class InternetRuntime(NodeRuntime):
 
     def _on_wire(self, local: IPv4Address) -> Callable[[bytes, tuple[str, int], float], None]:
         def on_datagram(data: bytes, src: tuple[str, int], now: float) -> None:
-            self._site_wire_in(local, data, now)
+            try:
+                self._site_wire_in(local, data, now)
+            except Exception:  # one bad datagram never stops the site
+                self._bad_datagram(src)
 
         return on_datagram
 

@@ -374,20 +374,30 @@ class NodeRuntime(Service):
 
     def _overlay_in(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         self.stats.overlay_rx += 1
-        amap = self.address_map
-        if amap is not None:
-            src = self._to_emulated.get(addr[0])
-            if src is None:
-                src = self._to_emulated[addr[0]] = amap.to_emulated(addr[0])
-            addr = (src, addr[1])
-        self.node.overlay_received(addr, data, now, defer=True)
+        try:
+            amap = self.address_map
+            if amap is not None:
+                src = self._to_emulated.get(addr[0])
+                if src is None:
+                    src = self._to_emulated[addr[0]] = amap.to_emulated(addr[0])
+                addr = (src, addr[1])
+            self.node.overlay_received(addr, data, now, defer=True)
+        except Exception:  # one bad datagram never stops the node
+            self._bad_datagram(addr)
 
     def _wire_in(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         self.stats.wire_rx += 1
-        if len(data) < 20:
-            self.node.root.drop(now, self.node.eth0, Drop.MALFORMED, "wire datagram")
-            return
-        self.node.underlay_received(data, now, defer=True)
+        try:
+            if len(data) < 20:
+                self.node.root.drop(now, self.node.eth0, Drop.MALFORMED, "wire datagram")
+                return
+            self.node.underlay_received(data, now, defer=True)
+        except Exception:
+            self._bad_datagram(addr)
+
+    def _bad_datagram(self, addr: tuple[str, int]) -> None:
+        self.stats.internal_errors += 1
+        log.exception("error handling a datagram from %s", addr)
 
     def poke(self) -> None:
         """Schedule one flush (coalesced): run the node's queue, send, re-arm the timer."""

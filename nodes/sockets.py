@@ -155,6 +155,23 @@ class UDPEndpoint:
                 raise TimeoutError("recvfrom timed out")
             await self._waker.wait(left)
 
+    async def recv_many(
+        self, limit: int = 64, timeout: float | None = None
+    ) -> list[tuple[bytes, tuple[str, int]]]:
+        """What ``recvmmsg`` would return: the queued datagrams, at most ``limit``
+        (1 to 1024), after waiting for the first; ``TimeoutError`` as ``recvfrom``."""
+        if not 1 <= limit <= 1024:
+            raise ValueError(f"recv_many: limit {limit} not in 1..1024")
+        first = await self.recvfrom(timeout)
+        out = [first]
+        sock, peer = self.sock, self._peer
+        while len(out) < limit and (got := sock.recvfrom()) is not None:
+            data, (ip, port) = got
+            if peer[0] is not ip:
+                peer = self._peer = (ip, str(ip))
+            out.append((data, (peer[1], port)))
+        return out
+
     async def wait_event(self, timeout: float | None = None) -> bool:
         """Wait for a datagram or an ICMP error; False on timeout."""
         if self.sock.rx or self.sock.errors:

@@ -113,11 +113,32 @@ async def test_udp_echo_across_nodes(pair: Pair) -> None:
     ep.close()
 
 
+async def test_recv_many_takes_what_is_queued_up_to_its_limit(pair: Pair) -> None:
+    srv = await pair.r2.udp_bind("c", 5001)
+    cli = await pair.r1.udp_bind("a")
+    c = pair.n2.pods["c"].ip
+    for i in range(10):
+        cli.sendto(bytes([i]) * 100, (c, 5001))
+    first = await srv.recv_many(limit=4, timeout=2.0)  # waits for the first, then takes
+    await asyncio.sleep(0.05)  # what the rest of the burst queues meanwhile
+    rest = await srv.recv_many(timeout=2.0)
+    got = first + rest
+    assert 1 <= len(first) <= 4
+    assert [d for d, _ in got] == [bytes([i]) * 100 for i in range(10)]
+    assert {a for _, a in got} == {(str(pair.n1.pods["a"].ip), cli.local[1])}
+    with pytest.raises(TimeoutError):
+        await srv.recv_many(timeout=0.05)
+    with pytest.raises(ValueError):
+        await srv.recv_many(limit=0)
+    srv.close()
+    cli.close()
+
+
 @pytest.mark.parametrize("gso", [True, False])
 def test_a_burst_of_datagrams_arrives_complete_and_in_order(gso: bool) -> None:
-    """Under uvloop (the agent's loop, which reads several datagrams per wakeup)
-    the runtime feeds a wakeup's datagrams to the node as one batch and flushes
-    once: a burst comes out whole, in order, in fewer flushes than datagrams.
+    """Under uvloop (the agent's loop; the runtime's ports read several datagrams
+    per wakeup) the runtime feeds a wakeup's datagrams to the node as one batch and
+    flushes once: a burst comes out whole, in order, in fewer flushes than datagrams.
     The sender hands runs of equal datagrams to the kernel as UDP GSO sends; the
     receiving socket still reads one datagram per packet."""
 

@@ -153,3 +153,25 @@ async def test_a_send_error_is_reported_and_the_datagram_dropped() -> None:
         port.close()
     port.sendto(b"after close", ("127.0.0.1", 9))  # ignored, as a closed transport's
     assert port.get_write_buffer_size() == 0
+
+
+def test_a_datagram_the_runtime_chokes_on_is_counted_and_the_batch_goes_on() -> None:
+    from emunet.nodes.runtime import NodeRuntime
+
+    from emunet.dataplane.node import Node
+
+    class Map:  # an address map that cannot place one sender
+        def to_emulated(self, ip: str) -> str:
+            if ip == "127.0.0.66":
+                raise ValueError("boom")
+            return ip
+
+        def to_real(self, ip: str) -> str:
+            return ip
+
+    node = Node("node1", "127.0.4.1", "10.244.1.0/24", node_network="127.0.0.0/8")
+    rt = NodeRuntime(node, address_map=Map())  # type: ignore[arg-type]
+    for peer in ("127.0.4.2", "127.0.0.66", "127.0.4.3"):
+        rt._overlay_in(b"x" * 28, (peer, 8285), 1.0)
+    assert rt.stats.internal_errors == 1 and rt.stats.overlay_rx == 3
+    assert set(rt._to_emulated) == {"127.0.4.2", "127.0.4.3"}  # both others went on
