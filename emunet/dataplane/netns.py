@@ -569,19 +569,30 @@ class Namespace:
         ttl: int = 64,
         df: bool = True,
         owner: Any = None,
+        packed: tuple[bytes, bytes] | None = None,
     ) -> None:
         """Route and send a locally generated packet (``ip_queue_xmit``).
 
         Errors a real ``sendto`` would return raise :class:`SocketError`
         when ``owner`` is a socket; otherwise they are dropped with a reason.
+        ``packed``: ``src`` and ``dst`` as bytes, when the caller has them (a UDP
+        socket keeps them for its last peer).
         """
-        dpk = dst.packed
+        if packed is not None:
+            spk, dpk = packed
+        else:
+            spk, dpk = (src.packed if src is not None else b""), dst.packed
         nf = self.netfilter
         if dpk in self.local or dpk[0] == 127:  # 127.0.0.0/8, dst.is_loopback
             dev = self.local.get(dpk) or self.interfaces["lo"]
-            s = src or dst
             pkt = ipv4.build_fast(
-                s.packed, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
+                spk if src is not None else dpk,
+                dpk,
+                proto,
+                payload,
+                ttl=ttl,
+                ident=self.node.next_ident(),
+                df=df,
             )
             if nf is not None and self.nf_refused(dev, pkt, nf.output(pkt, now), now):
                 return
@@ -605,8 +616,9 @@ class Namespace:
                 if len(self._src_cache) >= 4096:
                     self._src_cache.clear()
                 self._src_cache[dpk] = (version, src)
+            spk = src.packed
         pkt = ipv4.build_fast(
-            src.packed, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
+            spk, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
         )
         if df and len(pkt) > route.dev.mtu and isinstance(owner, UDPSocket):
             raise SocketError("EMSGSIZE", f"message of {len(pkt)} bytes > mtu {route.dev.mtu}")

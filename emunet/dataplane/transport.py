@@ -66,6 +66,7 @@ class IPLayer(Protocol):
         ttl: int = 64,
         df: bool = True,
         owner: Any = None,
+        packed: tuple[bytes, bytes] | None = None,
     ) -> None: ...
 
     def icmp_send(
@@ -363,7 +364,9 @@ class Transport:
         seg = udp.build_fast(lport, dport, data, spk, dpk)
         if self._tracer.enabled:
             ip.trace(now, "", "sendto", f"udp {src}:{lport} > {dst}:{dport} ({len(data)} bytes)")
-        ip.ip_send_local(17, src, dst, seg, now, ttl=sock.ttl, df=sock.df, owner=sock)
+        ip.ip_send_local(
+            17, src, dst, seg, now, ttl=sock.ttl, df=sock.df, owner=sock, packed=(spk, dpk)
+        )
 
     def _udp_source(self, sock: UDPSocket, dst: IPv4Address) -> IPv4Address:
         """The source address of a datagram to ``dst``: the bound one, else the

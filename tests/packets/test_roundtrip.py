@@ -790,3 +790,33 @@ def test_tcp_header_stays_a_frozen_dataclass_with_its_own_init() -> None:
     assert repr(h).startswith("TCPHeader(sport=1, dport=2, seq=0, ack=0, flags=2,")
     with pytest.raises(dataclasses.FrozenInstanceError):
         h.seq = 1  # type: ignore[misc]
+
+
+@FAST
+@given(addrs, addrs, u8, u8, u16, st.booleans(), st.integers(0, 63), st.integers(0, 3), payloads)
+def test_hot_path_builders_match_the_general_ones(
+    src: IPv4Address,
+    dst: IPv4Address,
+    proto: int,
+    ttl: int,
+    ident: int,
+    df: bool,
+    dscp: int,
+    ecn: int,
+    payload: bytes,
+) -> None:
+    """``ipv4.build_fast`` (checksum summed from the fields) gives the general
+    builder's bytes; ``udp.build_fast`` (checksum over the payload where it lies)
+    gives a datagram whose checksum sums to zero over header, payload and pseudo-header."""
+    hdr = ipv4.IPv4Header(src, dst, proto, ttl=ttl, identification=ident, df=df, dscp=dscp, ecn=ecn)
+    fast = ipv4.build_fast(
+        src.packed, dst.packed, proto, payload, ttl=ttl, ident=ident, df=df, tos=dscp << 2 | ecn
+    )
+    assert bytes(fast) == ipv4.build(hdr, payload)
+    for body in (payload, bytearray(payload), memoryview(payload)):
+        seg = udp.build_fast(ident, ttl, body, src.packed, dst.packed)
+        hdr_u, data = udp.parse(seg, verify_with=(src, dst))
+        assert (hdr_u.sport, hdr_u.dport, bytes(data)) == (ident, ttl, payload)
+        assert hdr_u.checksum != 0 and hdr_u.length == 8 + len(payload)
+        pseudo = src.packed + dst.packed + bytes([0, 17]) + (8 + len(payload)).to_bytes(2, "big")
+        assert checksum.internet_checksum(pseudo + seg) == 0
