@@ -49,7 +49,7 @@ from emunet.dataplane.trace import Drop, describe
 from emunet.dataplane.transport import BROADCAST_IP, Transport
 from emunet.errors import ConfigError, MalformedFrame, SocketError
 from emunet.packets import arp, icmp, ipv4
-from emunet.packets.checksum import HEADER20_WIDE, header_ok
+from emunet.packets.checksum import HEADER20_WORDS, header_ok
 from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
 from emunet.packets.mac import MAC
 from emunet.render import ip_neigh_line
@@ -252,16 +252,21 @@ class Namespace:
         if n < 20:
             self.drop(now, iface, Drop.MALFORMED, f"ipv4: {n} bytes")
             return
-        # the first 20 bytes as 64, 64 and 32 bits: version/IHL, total length and
-        # fragment field from the first part, and checksum.header_ok's sum
-        a, b, c = HEADER20_WIDE.unpack_from(pkt)
+        # the first 20 bytes as five 32-bit words (machine integers once compiled):
+        # version/IHL/TOS/total length, ident/fragment field, and header_ok's sum
+        w0: int
+        w1: int
+        w2: int
+        w3: int
+        w4: int
+        w0, w1, w2, w3, w4 = HEADER20_WORDS.unpack_from(pkt)
         nf = self.netfilter
-        if (a >> 32) & 0xFF00FFFF == 0x45000000 + n:  # version 4, IHL 5, no padding
-            if (a + b + c) % 0xFFFF:
+        if w0 & 0xFF00FFFF == 0x45000000 + n:  # version 4, IHL 5, no padding
+            if (w0 + w1 + w2 + w3 + w4) % 0xFFFF:
                 self.drop(now, iface, Drop.MALFORMED, "ipv4: bad header checksum")
                 return
             flows = self.flows
-            if flows is not None and not a & 0x3FFF and not self._tracer.enabled:
+            if flows is not None and not w1 & 0x3FFF and not self._tracer.enabled:
                 flow = flows.lookup(pkt, n, now)
                 if flow is not None:  # conntrack did the hooks' work
                     route = flow.route
@@ -273,8 +278,8 @@ class Namespace:
                         self.forward(iface, pkt, now, established=True, route=route)
                     return
         else:
-            vihl = a >> 56
-            total = (a >> 32) & 0xFFFF
+            vihl = w0 >> 24
+            total = w0 & 0xFFFF
             hlen = (vihl & 0x0F) << 2
             if vihl >> 4 != 4 or hlen < 20 or total < hlen or total > n:
                 self.drop(now, iface, Drop.MALFORMED, "ipv4: bad version, IHL or total length")
@@ -285,7 +290,7 @@ class Namespace:
             if total < n:
                 del pkt[total:]  # the link layer's padding
         if nf is not None:
-            if a & 0x3FFF:  # MF or offset: nf_defrag reassembles first
+            if w1 & 0x3FFF:  # MF or offset: nf_defrag reassembles first
                 whole = self.reassemble(iface, pkt, now)
                 if whole is None:
                     return

@@ -62,7 +62,7 @@ def internet_checksum(data: Buffer, initial: int = 0) -> int:
     return ~ones_sum(data, initial) & 0xFFFF
 
 
-HEADER20_WIDE: Final = struct.Struct("!QQI")  # a 20-byte header as 64, 64 and 32 bits
+HEADER20_WORDS: Final = struct.Struct("!IIIII")  # a 20-byte header as five 32-bit words
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:
@@ -85,18 +85,21 @@ def header_ok(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
     The caller has checked that the IHL's bytes are present (``ip_rcv`` does).
     For IHL 5 the one's-complement sum of the ten words is 0xFFFF exactly when
     the 160-bit header, as an integer, is a non-zero multiple of 0xFFFF (2**16
-    is 1 modulo 0xFFFF), and so is the sum of its 64-, 64- and 32-bit parts:
-    three words to add instead of ten, and one remainder instead of two folds.
+    is 1 modulo 0xFFFF), and so is the sum of its five 32-bit parts: five
+    words to add instead of ten, one remainder instead of two folds, and in the
+    compiled module every one a machine integer (64-bit parts would not be).
     A header with IHL 5 is never all zeroes.
     """
     hlen = (buf[offset] & 0x0F) << 2
     if hlen != 20:
         return internet_checksum(memoryview(buf)[offset : offset + hlen]) == 0
-    a: int
-    b: int
-    c: int
-    a, b, c = HEADER20_WIDE.unpack_from(buf, offset)
-    return (a + b + c) % 0xFFFF == 0
+    w0: int
+    w1: int
+    w2: int
+    w3: int
+    w4: int
+    w0, w1, w2, w3, w4 = HEADER20_WORDS.unpack_from(buf, offset)
+    return (w0 + w1 + w2 + w3 + w4) % 0xFFFF == 0
 
 
 def incremental_update(checksum: int, old_word: int, new_word: int) -> int:
