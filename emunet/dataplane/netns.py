@@ -49,7 +49,7 @@ from emunet.dataplane.trace import Drop, describe
 from emunet.dataplane.transport import BROADCAST_IP, Transport
 from emunet.errors import ConfigError, MalformedFrame, SocketError
 from emunet.packets import arp, icmp, ipv4
-from emunet.packets.checksum import HEADER20_WORDS, header_ok
+from emunet.packets.checksum import header_ok, header_words
 from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
 from emunet.packets.mac import MAC
 from emunet.render import ip_neigh_line
@@ -252,17 +252,11 @@ class Namespace:
         if n < 20:
             self.drop(now, iface, Drop.MALFORMED, f"ipv4: {n} bytes")
             return
-        # the first 20 bytes as five 32-bit words (machine integers once compiled):
-        # version/IHL/TOS/total length, ident/fragment field, and header_ok's sum
-        w0: int
-        w1: int
-        w2: int
-        w3: int
-        w4: int
-        w0, w1, w2, w3, w4 = HEADER20_WORDS.unpack_from(pkt)
+        # version/IHL/TOS/total length, ident/fragment field, the checksum's residue
+        w0, w1, residue = header_words(pkt)
         nf = self.netfilter
         if w0 & 0xFF00FFFF == 0x45000000 + n:  # version 4, IHL 5, no padding
-            if (w0 + w1 + w2 + w3 + w4) % 0xFFFF:
+            if residue:
                 self.drop(now, iface, Drop.MALFORMED, "ipv4: bad header checksum")
                 return
             flows = self.flows
@@ -580,24 +574,15 @@ class Namespace:
 
         Errors a real ``sendto`` would return raise :class:`SocketError`
         when ``owner`` is a socket; otherwise they are dropped with a reason.
-        ``packed``: ``src`` and ``dst`` as bytes, when the caller has them (a UDP
-        socket keeps them for its last peer).
+        ``packed``: ``src`` and ``dst`` as bytes, where the caller keeps them (UDP).
         """
-        if packed is not None:
-            spk, dpk = packed
-        else:
-            spk, dpk = (src.packed if src is not None else b""), dst.packed
+        spk, dpk = packed or ((src.packed if src is not None else b""), dst.packed)
         nf = self.netfilter
         if dpk in self.local or dpk[0] == 127:  # 127.0.0.0/8, dst.is_loopback
             dev = self.local.get(dpk) or self.interfaces["lo"]
+            s = spk if src is not None else dpk
             pkt = ipv4.build_fast(
-                spk if src is not None else dpk,
-                dpk,
-                proto,
-                payload,
-                ttl=ttl,
-                ident=self.node.next_ident(),
-                df=df,
+                s, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
             )
             if nf is not None and self.nf_refused(dev, pkt, nf.output(pkt, now), now):
                 return

@@ -79,27 +79,35 @@ def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int
     return (total & 0xFFFF) + (total >> 16)
 
 
-def header_ok(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
-    """True when an IPv4 header at ``offset`` has a valid checksum (fast for IHL 5).
+def header_words(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int, int]:
+    """A 20-byte IPv4 header at ``offset`` as its first two 32-bit words (version,
+    IHL, TOS, total length; ident, flags, fragment offset) and its checksum residue,
+    zero when the checksum holds.
 
-    The caller has checked that the IHL's bytes are present (``ip_rcv`` does).
-    For IHL 5 the one's-complement sum of the ten words is 0xFFFF exactly when
-    the 160-bit header, as an integer, is a non-zero multiple of 0xFFFF (2**16
-    is 1 modulo 0xFFFF), and so is the sum of its five 32-bit parts: five
-    words to add instead of ten, one remainder instead of two folds, and in the
-    compiled module every one a machine integer (64-bit parts would not be).
-    A header with IHL 5 is never all zeroes.
+    The one's-complement sum of the ten 16-bit words is 0xFFFF exactly when the
+    160-bit header, as an integer, is a non-zero multiple of 0xFFFF (2**16 is 1
+    modulo 0xFFFF), and so is the sum of its five 32-bit parts: five words to add
+    instead of ten, one remainder instead of two folds, and in the compiled module
+    every one a machine integer (64-bit parts would not be; the fixed-length tuple
+    returned is a C struct). A header with IHL 5 is never all zeroes.
     """
-    hlen = (buf[offset] & 0x0F) << 2
-    if hlen != 20:
-        return internet_checksum(memoryview(buf)[offset : offset + hlen]) == 0
     w0: int
     w1: int
     w2: int
     w3: int
     w4: int
     w0, w1, w2, w3, w4 = HEADER20_WORDS.unpack_from(buf, offset)
-    return (w0 + w1 + w2 + w3 + w4) % 0xFFFF == 0
+    return w0, w1, (w0 + w1 + w2 + w3 + w4) % 0xFFFF
+
+
+def header_ok(buf: bytes | bytearray | memoryview, offset: int = 0) -> bool:
+    """True when an IPv4 header at ``offset`` has a valid checksum (fast for IHL 5,
+    :func:`header_words`). The caller has checked that the IHL's bytes are present
+    (``ip_rcv`` does)."""
+    hlen = (buf[offset] & 0x0F) << 2
+    if hlen != 20:
+        return internet_checksum(memoryview(buf)[offset : offset + hlen]) == 0
+    return header_words(buf, offset)[2] == 0
 
 
 def incremental_update(checksum: int, old_word: int, new_word: int) -> int:
