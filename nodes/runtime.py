@@ -17,7 +17,7 @@ bytes and supplies time:
   between emulated nodes, so this wire is the node network's "cable".
 
 The sockets are :class:`~emunet.nodes.udp_port.UDPPort` objects: one readable event
-reads a batch of datagrams (``recvmmsg``), each only queues its packet in the
+reads a batch of datagrams (``recvmmsg`` while busy), each only queues its packet in the
 node (``defer=True``) with the batch's one clock reading, and the batch ends
 with one flush; app calls only queue work and schedule one coalesced flush with
 ``call_soon``. A flush: ``take_actions()`` runs the
@@ -311,8 +311,16 @@ class NodeRuntime(Service):
         except ConfigError:
             ov.close()
             raise
-        self._overlay = UDPPort(loop, ov, self._overlay_in, self._batch_read, self._socket_error)
-        self._wire = UDPPort(loop, wire, self._wire_in, self._batch_read, self._socket_error)
+        try:
+            self._overlay = UDPPort(
+                loop, ov, self._overlay_in, self._batch_read, self._socket_error
+            )
+            self._wire = UDPPort(loop, wire, self._wire_in, self._batch_read, self._socket_error)
+        except BaseException:
+            for port, sock in ((self._overlay, ov), (self._wire, wire)):
+                (port or sock).close()
+            self._overlay = self._wire = None
+            raise
         # the ports read them in batches; GSO sends go straight to the sockets
         self._overlay_sock, self._wire_sock = ov, wire
         self.poke()
@@ -452,8 +460,8 @@ class NodeRuntime(Service):
         payloads: list[bytes | bytearray],
     ) -> bool:
         """Send ``payloads`` to ``addr``: a run in one GSO send, else one ``sendto``
-        each (the transport queues what the kernel cannot take yet, in order).
-        False: dropped, the transport's backlog is full (or it is closed)."""
+        each (the port queues what the kernel cannot take yet, in order).
+        False: dropped, the port's backlog is full (or it is closed)."""
         if tr is None or _backlog(tr) > TX_BUFFER_LIMIT:
             return False
         size = len(payloads[0])
@@ -471,7 +479,7 @@ class NodeRuntime(Service):
                     addr,
                 )
             except (BlockingIOError, InterruptedError):
-                pass  # the kernel buffer is full: the transport queues them
+                pass  # the kernel buffer is full: the port queues them
             except OSError as exc:
                 self._gso_failed(sock, size, exc)
             else:

@@ -26,9 +26,15 @@ of the node's queue and one send per batch). A batch is at most
 socket stays readable (level-triggered) until it is drained.
 
 Sending keeps a transport's contract: ``sendto`` never blocks; what the
-kernel cannot take yet waits in a FIFO (``get_write_buffer_size`` bytes)
-drained when the socket is writable, in order. Any other send error is
-counted and dropped, as a transport's ``error_received`` would.
+kernel cannot take yet waits in a FIFO (a copy; ``get_write_buffer_size``
+bytes, which the runtime bounds) drained when the socket is writable, in
+order. Any other send error goes to ``on_error`` and the datagram is dropped,
+as a transport's ``error_received`` would. Unlike asyncio's transport, an
+empty datagram is sent, and ``close()`` drops what is still queued (a node
+that stops does not finish its sends).
+
+A callback that raises is reported to ``on_error`` and the batch goes on;
+a port closed by a callback reads no further.
 """
 
 from __future__ import annotations
@@ -171,7 +177,7 @@ class UDPPort:
     def _readable(self) -> None:
         n = self._read_mmsg() if self._busy and self._ring is not None else self._read()
         self._busy = n > 1
-        if n:
+        if n and not self.closed:
             self._on_batch()
 
     def _read_mmsg(self) -> int:
@@ -200,7 +206,12 @@ class UDPPort:
                     addrs.clear()
                 port = int.from_bytes(key[2:4], "big")
                 addr = addrs[key] = (socket.inet_ntoa(key[4:8]), port)
-            on_datagram(bytes(view[i * SLOT : i * SLOT + length]), addr, now)
+            try:
+                on_datagram(bytes(view[i * SLOT : i * SLOT + length]), addr, now)
+            except Exception as exc:
+                self._on_error(exc)
+            if self.closed:
+                break
         return n
 
     def _read(self) -> int:
@@ -216,8 +227,13 @@ class UDPPort:
             except OSError as exc:
                 self._on_error(exc)
                 break
-            on_datagram(data, addr, now)
             got += 1
+            try:
+                on_datagram(data, addr, now)
+            except Exception as exc:
+                self._on_error(exc)
+            if self.closed:
+                break
         return got
 
     # ------------------------------------------------------------------- send
@@ -238,7 +254,7 @@ class UDPPort:
             except OSError as exc:
                 self._on_error(exc)
                 return
-        self._queue.append((data, addr))
+        self._queue.append((bytes(data), addr))  # the caller may reuse its buffer
         self._queued += len(data)
 
     def _drain(self) -> None:
