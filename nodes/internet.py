@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -113,7 +112,6 @@ class InternetRuntime(NodeRuntime):
         super().__init__(cast(Node, site), overlay_port=0, address_map=address_map)
         self.site = site
         self._wires: dict[IPv4Address, UDPPort] = {}
-        self._wire_socks: dict[IPv4Address, socket.socket] = {}  # for GSO sends
         self._local_real: dict[str, IPv4Address] = {}
 
     async def start(self) -> None:
@@ -129,7 +127,6 @@ class InternetRuntime(NodeRuntime):
                 sock.close()
                 raise
             self._wires[addr] = port
-            self._wire_socks[addr] = sock
         self.poke()
 
     def _on_wire(self, local: IPv4Address) -> Callable[[bytes, tuple[str, int], float], None]:
@@ -146,7 +143,6 @@ class InternetRuntime(NodeRuntime):
         for tr in self._wires.values():
             tr.close()
         self._wires.clear()
-        self._wire_socks.clear()
 
     def _site_wire_in(self, local: IPv4Address, data: bytes, now: float) -> None:
         self.stats.wire_rx += 1
@@ -166,8 +162,8 @@ class InternetRuntime(NodeRuntime):
             self.stats.internal_errors += 1
             log.exception("%s: error running its hosts", self.site.name)
             actions = []
-        wire = next(iter(self._wires.values()), None)
-        sock = next(iter(self._wire_socks.values()), None)
+        wire = next(iter(self._wires.values()), None)  # GSO sends go straight to its socket
+        sock = wire.sock if wire else None
         for _, hop, payloads in datagram_runs(actions, GSO_SEGMENTS if self.gso else 1):
             self._send_wire(wire, sock, cast(IPv4Address, hop), payloads)
         self._arm_timer(floor)

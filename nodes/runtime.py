@@ -169,11 +169,6 @@ class RuntimeStats:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
 
 
-def _backlog(port: UDPPort) -> int:
-    """Bytes the port holds because the kernel buffer was full."""
-    return port.get_write_buffer_size()
-
-
 def _udp_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -272,8 +267,6 @@ class NodeRuntime(Service):
         self.wire_port = wire_port
         self.stats = RuntimeStats()
         self._overlay: UDPPort | None = None
-        self._overlay_sock: socket.socket | None = None
-        self._wire_sock: socket.socket | None = None
         self._gso_cap: dict[socket.socket, int] = {}  # largest segment a socket's path takes
         self.gso = os.environ.get("EMUNET_GSO", "1") != "0"
         self._wire: UDPPort | None = None
@@ -321,8 +314,6 @@ class NodeRuntime(Service):
                 (port or sock).close()
             self._overlay = self._wire = None
             raise
-        # the ports read them in batches; GSO sends go straight to the sockets
-        self._overlay_sock, self._wire_sock = ov, wire
         self.poke()
 
     async def close(self) -> None:
@@ -343,7 +334,6 @@ class NodeRuntime(Service):
             if tr is not None:
                 tr.close()
         self._overlay = self._wire = None
-        self._overlay_sock = self._wire_sock = None
 
     # ------------------------------------------------------------ data path
 
@@ -365,11 +355,9 @@ class NodeRuntime(Service):
         for name, tr in (("overlay", self._overlay), ("wire", self._wire)):
             if tr is None:
                 continue
-            sock = tr.get_extra_info("socket")
-            if sock is not None:
-                ip, port = sock.getsockname()[:2]
-                packed = socket.inet_aton(ip)[::-1].hex().upper()
-                wanted[f"{packed}:{port:04X}"] = name
+            ip, port = tr.sock.getsockname()[:2]
+            packed = socket.inet_aton(ip)[::-1].hex().upper()
+            wanted[f"{packed}:{port:04X}"] = name
         return read_udp_drops(wanted)
 
     def _socket_error(self, exc: BaseException) -> None:
@@ -427,13 +415,14 @@ class NodeRuntime(Service):
             log.exception("node %s: error running its queue", self.node.name)
             actions = self.node.actions.copy()  # the list stays: emitters hold its append
             self.node.actions.clear()
+        ov, wp = self._overlay, self._wire  # GSO sends go straight to their sockets
         for wire, key, payloads in datagram_runs(actions, GSO_SEGMENTS if self.gso else 1):
             if wire:  # UnderlayPacket: raw IPv4 to a next hop on the node network
-                self._send_wire(self._wire, self._wire_sock, cast(IPv4Address, key), payloads)
+                self._send_wire(wp, wp.sock if wp else None, cast(IPv4Address, key), payloads)
             else:  # an overlay datagram, sent now: the agent's time is real
                 dst = cast(tuple[str, int], key)
                 addr = (self.real(dst[0]), dst[1]) if self.address_map else dst
-                if self._send(self._overlay, self._overlay_sock, addr, payloads):
+                if self._send(ov, ov.sock if ov else None, addr, payloads):
                     self.stats.overlay_tx += len(payloads)
                 else:
                     self.stats.overlay_tx_dropped += len(payloads)
@@ -462,14 +451,14 @@ class NodeRuntime(Service):
         """Send ``payloads`` to ``addr``: a run in one GSO send, else one ``sendto``
         each (the port queues what the kernel cannot take yet, in order).
         False: dropped, the port's backlog is full (or it is closed)."""
-        if tr is None or _backlog(tr) > TX_BUFFER_LIMIT:
+        if tr is None or tr.get_write_buffer_size() > TX_BUFFER_LIMIT:
             return False
         size = len(payloads[0])
         if (
             len(payloads) > 1
             and sock is not None
             and size <= self._gso_cap.get(sock, GSO_BYTES)
-            and _backlog(tr) == 0
+            and tr.get_write_buffer_size() == 0
         ):
             try:
                 sock.sendmsg(

@@ -145,7 +145,7 @@ class _MMsgRing:
 class UDPPort:
     """One bound, non-blocking UDP socket read in batches on ``loop`` (see the
     module docstring); ``sendto`` / ``get_write_buffer_size`` / ``close`` as a
-    datagram transport's."""
+    datagram transport's; ``sock`` for what goes to the kernel directly (GSO)."""
 
     def __init__(
         self,
@@ -161,16 +161,13 @@ class UDPPort:
         self._on_datagram = on_datagram
         self._on_batch = on_batch
         self._on_error = on_error
-        self._queue: deque[tuple[bytes | bytearray, tuple[str, int]]] = deque()
+        self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._queued = 0
         self._addrs: dict[bytes, tuple[str, int]] = {}
         self._ring = _MMsgRing() if _RECVMMSG is not None else None
         self._busy = False  # the last readable event found more than one datagram
         self.closed = False
         loop.add_reader(self._fd, self._readable)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.sock if name == "socket" else default
 
     # ---------------------------------------------------------------- receive
 
