@@ -508,8 +508,8 @@ class NodeRuntime(Service):
             return
         if floor is not None and t < floor:
             t = floor
-        if self._timer is not None and self._timer_at == t:
-            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= t:
+            return  # it fires early, runs nothing due and re-arms: no churn per flush
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = t

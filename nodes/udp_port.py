@@ -5,18 +5,22 @@ overlay and wire sockets. A transport hands the protocol one datagram per
 Python call, each with a freshly formatted address; a node under load then
 spends a third of its time receiving. Here one readable event reads a batch:
 
-* while the socket is busy (the last event found more than one datagram),
+* while the socket is busy (readable events less than :data:`BUSY_GAP`
+  apart, as a NIC's adaptive interrupt moderation judges the packet rate),
   ``recvmmsg(2)`` (through :mod:`ctypes`, where the C library has it) fills up
   to :data:`BATCH` slots of one anonymous mapping in one system call, the way
   a NAPI poll takes a budget of packets; each datagram is copied out once, and
   a sender's address is formatted once per distinct ``sockaddr`` (a bounded
-  cache);
-* when it is idle (a lone ping), elsewhere, or with ``EMUNET_RECVMMSG=0``,
-  ``recvfrom`` until the socket is empty, at most :data:`BATCH` times: on a
-  cold cache the ``ctypes`` call is the dearer one (cross-node ping at 10 ms
-  intervals on this machine kind, p50 over three runs of 200: 0.63-0.70 ms
-  reading with ``recvfrom``, 0.70-0.77 ms with ``recvmmsg``); a socket that
-  handed over more than one datagram switches over.
+  cache); a batch of one goes back to idle;
+* when it is idle (a lone ping), one ``recvfrom`` per readable event: the
+  poll is level-triggered, so a socket with more to read is reported again at
+  once, and no call is spent finding it empty; on a cold cache the
+  ``ctypes`` call is the dearer one (cross-node ping at 10 ms intervals on
+  this machine kind, p50 over three runs of 200: 0.63-0.70 ms reading with
+  ``recvfrom``, 0.70-0.77 ms with ``recvmmsg``), and so is the empty read
+  (p50 0.75-0.81 ms without it, 0.80-0.85 ms with it: interleaved runs of 400). Elsewhere
+  or with ``EMUNET_RECVMMSG=0`` a busy socket is read with ``recvfrom`` until
+  it is empty, at most :data:`BATCH` times.
 
 Every datagram of the batch goes to ``on_datagram(data, addr, now)`` with the
 one ``now`` read when the batch was taken (the kernel stamps a NAPI poll's
@@ -58,6 +62,7 @@ __all__ = ["BATCH", "SLOT", "UDPPort", "recvmmsg_available"]
 BATCH = 32  # datagrams read per readable event (recvmmsg's vlen)
 SLOT = 65536  # bytes per receive slot: any IPv4 datagram fits
 ADDR_CACHE = 1024  # distinct senders whose formatted address is kept
+BUSY_GAP = 0.001  # s: readable events closer than this switch to batches
 _MSG_DONTWAIT = 0x40
 _MSG_TRUNC = 0x20
 
@@ -165,15 +170,20 @@ class UDPPort:
         self._queued = 0
         self._addrs: dict[bytes, tuple[str, int]] = {}
         self._ring = _MMsgRing() if _RECVMMSG is not None else None
-        self._busy = False  # the last readable event found more than one datagram
+        self._busy = False  # reading in batches (see _readable)
+        self._prev = self._last = -BUSY_GAP  # when the last two reads began
         self.closed = False
         loop.add_reader(self._fd, self._readable)
 
     # ---------------------------------------------------------------- receive
 
     def _readable(self) -> None:
-        n = self._read_mmsg() if self._busy and self._ring is not None else self._read()
-        self._busy = n > 1
+        if self._busy:
+            n = self._read_mmsg() if self._ring is not None else self._read(BATCH)
+            self._busy = n > 1
+        else:
+            n = self._read(1)
+            self._busy = n == 1 and self._last - self._prev < BUSY_GAP
         if n and not self.closed:
             self._on_batch()
 
@@ -187,7 +197,7 @@ class UDPPort:
             if err not in (errno_mod.EAGAIN, errno_mod.EINTR):
                 self._on_error(OSError(err, os.strerror(err)))
             return 0
-        now = time.monotonic()
+        now = self._last = time.monotonic()
         words, view, names, addrs = ring.words, ring.view, ring.names, self._addrs
         on_datagram = self._on_datagram
         for i in range(n):
@@ -211,12 +221,13 @@ class UDPPort:
                 break
         return n
 
-    def _read(self) -> int:
+    def _read(self, limit: int) -> int:
         recvfrom = self.sock.recvfrom
         on_datagram = self._on_datagram
         now = time.monotonic()
+        self._prev, self._last = self._last, now
         got = 0
-        for _ in range(BATCH):
+        for _ in range(limit):
             try:
                 data, addr = recvfrom(SLOT)
             except (BlockingIOError, InterruptedError):

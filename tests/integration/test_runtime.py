@@ -710,3 +710,39 @@ async def test_a_request_without_the_control_token_is_refused(pair: Pair, tmp_pa
         async with ControlClient(IP1, port) as client:
             with pytest.raises(ControlError, match="requires its control token"):
                 await client.call("status")
+
+
+class Deadlines:
+    """A node whose next deadline the test sets."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.at: float | None = None
+
+    def get_timer(self) -> float | None:
+        return self.at
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.node, name)
+
+
+async def test_the_loop_timer_is_replaced_only_by_an_earlier_deadline(pair: Pair) -> None:
+    rt = pair.r1
+    node = Deadlines(pair.n1)
+    rt.node = node  # type: ignore[assignment]
+    rt.flush()  # nothing pending: no timer
+    assert rt._timer is None
+    now = rt.now()
+    node.at = now + 10
+    rt.flush()
+    timer = rt._timer
+    assert timer is not None and rt._timer_at == now + 10
+    node.at = now + 20  # later (an RTO pushed on by an ACK): the armed timer stays
+    rt.flush()
+    assert rt._timer is timer and rt._timer_at == now + 10
+    # firing before anything is due runs nothing and arms the node's deadline
+    rt._fire()
+    assert rt._timer is not timer and rt._timer_at == now + 20
+    node.at = now + 5  # earlier: replaces it
+    rt.flush()
+    assert rt._timer_at == now + 5

@@ -192,7 +192,13 @@ async def test_a_raising_callback_is_reported_and_a_closing_one_stops_the_batch(
         if data == b"stop":
             holder[0].close()
 
-    port = UDPPort(loop, bound(), datagram, rec.batch, rec.error)
+    flushed_closed: list[bool] = []
+
+    def batch() -> None:
+        flushed_closed.append(holder[0].closed)
+        rec.batch()
+
+    port = UDPPort(loop, bound(), datagram, batch, rec.error)
     holder.append(port)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -206,7 +212,8 @@ async def test_a_raising_callback_is_reported_and_a_closing_one_stops_the_batch(
         await asyncio.sleep(0.02)
         assert [d for d, _, _ in rec.got] == [b"one", b"two", b"stop"]
         assert [type(e) for e in rec.errors] == [ValueError]
-        assert rec.batches == []  # the closed port's batch was not flushed
+        assert True not in flushed_closed  # the closed port's batch was not flushed
+        assert sum(rec.batches) < len(rec.got)  # ... and "stop" was in it
     finally:
         sender.close()
         port.close()
@@ -228,4 +235,64 @@ async def test_a_queued_datagram_is_a_copy() -> None:
             await asyncio.sleep(0.005)
         assert sock.sent == [b"first"]
     finally:
+        port.close()
+
+
+class CountingSocket:
+    """A real bound socket that counts its reads and the ones that found nothing."""
+
+    def __init__(self) -> None:
+        self._real = bound()
+        self.reads = 0
+        self.empty = 0
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def getsockname(self) -> tuple[str, int]:
+        name: tuple[str, int] = self._real.getsockname()
+        return name
+
+    def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
+        self.reads += 1
+        try:
+            return self._real.recvfrom(size)
+        except BlockingIOError:
+            self.empty += 1
+            raise
+
+    def close(self) -> None:
+        self._real.close()
+
+
+async def test_an_idle_port_reads_each_datagram_with_one_call_a_busy_one_in_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(udp_port, "_RECVMMSG", None)  # count every read
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    sock = CountingSocket()
+    port = UDPPort(loop, sock, rec.datagram, rec.batch, rec.error)  # type: ignore[arg-type]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        dst = sock.getsockname()
+        for i in range(5):  # a ping's pace: no read that finds the socket empty
+            sender.sendto(b"ping %d" % i, dst)
+            for _ in range(100):
+                if len(rec.got) > i:
+                    break
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(3 * udp_port.BUSY_GAP)
+        assert len(rec.got) == 5 and rec.batches == [1] * 5
+        assert (sock.reads, sock.empty) == (5, 0)
+        for _ in range(4 * BATCH):  # a burst: events back to back switch to batches
+            sender.sendto(b"x", dst)
+        for _ in range(200):
+            if len(rec.got) == 5 + 4 * BATCH:
+                break
+            await asyncio.sleep(0.005)
+        burst = rec.batches[5:]
+        assert sum(burst) == 4 * BATCH and max(burst) == BATCH and len(burst) < 2 * BATCH
+    finally:
+        sender.close()
         port.close()
