@@ -34,8 +34,10 @@ as one large packet). ``EMUNET_GSO=0`` turns it off; a kernel without it
 refusals; a segment size the path's MTU refuses (``EINVAL``, ``EMSGSIZE``) caps
 that socket's GSO sends below it (larger datagrams go one by one, fragmented as
 before); any other error sends the run one by one. Then the single timer
-handle is re-armed from ``get_timer()`` (``loop.call_later``). Timers flush at
-once.
+handle is re-armed from ``get_timer()`` (``loop.call_later``) when the node's
+next deadline is earlier than the armed one; a later deadline (an RTO pushed on
+by each ACK) keeps it: it fires early, finds nothing due and re-arms. Timers
+flush at once.
 
 Time is ``time.monotonic()``, which is what asyncio's ``loop.time()`` returns;
 uvloop's ``loop.time()`` is libuv's millisecond clock cached once per loop
@@ -507,6 +509,8 @@ class NodeRuntime(Service):
                 self._timer_at = None
             return
         if floor is not None and t < floor:
+            # after a firing: libuv counts whole milliseconds, so a deadline closer
+            # than the floor could fire early again and again; at most the floor late
             t = floor
         if self._timer is not None and self._timer_at is not None and self._timer_at <= t:
             return  # it fires early, runs nothing due and re-arms: no churn per flush

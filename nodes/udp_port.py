@@ -5,22 +5,22 @@ overlay and wire sockets. A transport hands the protocol one datagram per
 Python call, each with a freshly formatted address; a node under load then
 spends a third of its time receiving. Here one readable event reads a batch:
 
-* while the socket is busy (readable events less than :data:`BUSY_GAP`
-  apart, as a NIC's adaptive interrupt moderation judges the packet rate),
+* when a readable event comes less than :data:`BUSY_GAP` after the last one
+  (a stream: a socket with a backlog is reported again at the loop's next
+  turn, as a NIC's adaptive interrupt moderation judges the packet rate),
   ``recvmmsg(2)`` (through :mod:`ctypes`, where the C library has it) fills up
   to :data:`BATCH` slots of one anonymous mapping in one system call, the way
   a NAPI poll takes a budget of packets; each datagram is copied out once, and
   a sender's address is formatted once per distinct ``sockaddr`` (a bounded
-  cache); a batch of one goes back to idle;
-* when it is idle (a lone ping), one ``recvfrom`` per readable event: the
-  poll is level-triggered, so a socket with more to read is reported again at
-  once, and no call is spent finding it empty; on a cold cache the
-  ``ctypes`` call is the dearer one (cross-node ping at 10 ms intervals on
-  this machine kind, p50 over three runs of 200: 0.63-0.70 ms reading with
-  ``recvfrom``, 0.70-0.77 ms with ``recvmmsg``), and so is the empty read
-  (p50 0.75-0.81 ms without it, 0.80-0.85 ms with it: interleaved runs of 400). Elsewhere
-  or with ``EMUNET_RECVMMSG=0`` a busy socket is read with ``recvfrom`` until
-  it is empty, at most :data:`BATCH` times.
+  cache); elsewhere, or with ``EMUNET_RECVMMSG=0``, ``recvfrom`` until the
+  socket is empty, at most :data:`BATCH` times;
+* after a pause (a lone ping), one ``recvfrom``: the poll is level-triggered,
+  so a socket with more to read is reported again at once, and no call is
+  spent finding it empty; on a cold cache the ``ctypes`` call is the dearer
+  one (cross-node ping at 10 ms intervals on this machine kind, p50 over three
+  runs of 200: 0.63-0.70 ms reading with ``recvfrom``, 0.70-0.77 ms with
+  ``recvmmsg``), and so is the empty read (p50 0.73-0.76 ms without it,
+  0.78-0.85 ms with it, three interleaved runs of 400 each).
 
 Every datagram of the batch goes to ``on_datagram(data, addr, now)`` with the
 one ``now`` read when the batch was taken (the kernel stamps a NAPI poll's
@@ -62,7 +62,7 @@ __all__ = ["BATCH", "SLOT", "UDPPort", "recvmmsg_available"]
 BATCH = 32  # datagrams read per readable event (recvmmsg's vlen)
 SLOT = 65536  # bytes per receive slot: any IPv4 datagram fits
 ADDR_CACHE = 1024  # distinct senders whose formatted address is kept
-BUSY_GAP = 0.001  # s: readable events closer than this switch to batches
+BUSY_GAP = 0.005  # s: a readable event this soon after the last one reads a batch
 _MSG_DONTWAIT = 0x40
 _MSG_TRUNC = 0x20
 
@@ -170,24 +170,26 @@ class UDPPort:
         self._queued = 0
         self._addrs: dict[bytes, tuple[str, int]] = {}
         self._ring = _MMsgRing() if _RECVMMSG is not None else None
-        self._busy = False  # reading in batches (see _readable)
-        self._prev = self._last = -BUSY_GAP  # when the last two reads began
+        self._stamp = -BUSY_GAP  # when the last readable event came
         self.closed = False
         loop.add_reader(self._fd, self._readable)
 
     # ---------------------------------------------------------------- receive
 
     def _readable(self) -> None:
-        if self._busy:
-            n = self._read_mmsg() if self._ring is not None else self._read(BATCH)
-            self._busy = n > 1
+        now = time.monotonic()
+        busy = now - self._stamp < BUSY_GAP  # the last read was just now: a stream
+        self._stamp = now
+        if not busy:
+            n = self._read(1, now)
+        elif self._ring is not None:
+            n = self._read_mmsg(now)
         else:
-            n = self._read(1)
-            self._busy = n == 1 and self._last - self._prev < BUSY_GAP
+            n = self._read(BATCH, now)
         if n and not self.closed:
             self._on_batch()
 
-    def _read_mmsg(self) -> int:
+    def _read_mmsg(self, now: float) -> int:
         ring = self._ring
         assert ring is not None and _RECVMMSG is not None
         ring.reset()
@@ -197,7 +199,6 @@ class UDPPort:
             if err not in (errno_mod.EAGAIN, errno_mod.EINTR):
                 self._on_error(OSError(err, os.strerror(err)))
             return 0
-        now = self._last = time.monotonic()
         words, view, names, addrs = ring.words, ring.view, ring.names, self._addrs
         on_datagram = self._on_datagram
         for i in range(n):
@@ -221,11 +222,9 @@ class UDPPort:
                 break
         return n
 
-    def _read(self, limit: int) -> int:
+    def _read(self, limit: int, now: float) -> int:
         recvfrom = self.sock.recvfrom
         on_datagram = self._on_datagram
-        now = time.monotonic()
-        self._prev, self._last = self._last, now
         got = 0
         for _ in range(limit):
             try:

@@ -741,6 +741,7 @@ async def test_the_loop_timer_is_replaced_only_by_an_earlier_deadline(pair: Pair
     rt.flush()
     assert rt._timer is timer and rt._timer_at == now + 10
     # firing before anything is due runs nothing and arms the node's deadline
+    timer.cancel()  # as the loop does with a handle it runs
     rt._fire()
     assert rt._timer is not timer and rt._timer_at == now + 20
     node.at = now + 5  # earlier: replaces it
