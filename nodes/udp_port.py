@@ -3,7 +3,7 @@
 :class:`UDPPort` replaces asyncio's datagram transport for the runtime's
 overlay and wire sockets. A transport hands the protocol one datagram per
 Python call, each with a freshly formatted address; a node under load then
-spends a third of its time receiving. Here one readable event reads a batch:
+spends a third of its time receiving. Here a readable event of a stream reads a batch:
 
 * when a readable event comes less than :data:`BUSY_GAP` after the last one
   (a stream: a socket with a backlog is reported again at the loop's next
@@ -19,8 +19,9 @@ spends a third of its time receiving. Here one readable event reads a batch:
   spent finding it empty; on a cold cache the ``ctypes`` call is the dearer
   one (cross-node ping at 10 ms intervals on this machine kind, p50 over three
   runs of 200: 0.63-0.70 ms reading with ``recvfrom``, 0.70-0.77 ms with
-  ``recvmmsg``), and so is the empty read (p50 0.73-0.76 ms without it,
-  0.78-0.85 ms with it, three interleaved runs of 400 each).
+  ``recvmmsg``), and so is the empty read (interleaved runs of 400, p50:
+  0.75-0.81 ms without it, 0.80-0.85 ms with it; 0.73-0.76 ms with the
+  runtime's timer kept for later deadlines too, 0.78-0.85 ms with neither).
 
 Every datagram of the batch goes to ``on_datagram(data, addr, now)`` with the
 one ``now`` read when the batch was taken (the kernel stamps a NAPI poll's
