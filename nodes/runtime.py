@@ -17,8 +17,9 @@ bytes and supplies time:
   between emulated nodes, so this wire is the node network's "cable".
 
 The sockets are :class:`~emunet.nodes.udp_port.UDPPort` objects: one readable event
-reads a batch of datagrams (``recvmmsg`` while busy), each only queues its packet in the
-node (``defer=True``) with the batch's one clock reading, and the batch ends
+reads a batch of datagrams (``recvmmsg`` in a stream, one ``recvfrom`` after a
+pause), each only queues its packet in the node (``defer=True``) with the
+batch's one clock reading, and the batch ends
 with one flush; app calls only queue work and schedule one coalesced flush with
 ``call_soon``. A flush: ``take_actions()`` runs the
 node's queue over the whole batch, as one NAPI poll would (TCP acknowledges

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from emunet.nodes import udp_port
@@ -42,6 +42,13 @@ def bound() -> socket.socket:
     return sock
 
 
+async def until(done: Callable[[], bool], seconds: float = 1.0) -> None:
+    """Let the loop run until ``done()`` or ``seconds`` have passed."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not done() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.001)
+
+
 class Recorder:
     def __init__(self) -> None:
         self.got: list[tuple[bytes, tuple[str, int], float]] = []
@@ -71,10 +78,7 @@ async def test_datagrams_arrive_whole_in_order_in_bounded_batches(mode: str) -> 
         payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
         for p in payloads:
             sender.sendto(p, dst)
-        for _ in range(200):
-            if len(rec.got) == len(payloads):
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: len(rec.got) == len(payloads))
         assert [d for d, _, _ in rec.got] == payloads
         assert {a for _, a, _ in rec.got} == {sender.getsockname()}
         assert sum(rec.batches) == len(payloads) and max(rec.batches) <= BATCH
@@ -95,17 +99,31 @@ async def test_datagrams_arrive_whole_in_order_in_bounded_batches(mode: str) -> 
     port.close()  # twice is harmless
 
 
-class RefusingSocket:
-    """A socket whose kernel buffer is full until ``room`` is set."""
+class WrappedSocket:
+    """A real bound socket behind a test's own methods."""
 
-    def __init__(self, fail: BaseException | None = None) -> None:
-        self.room = False
-        self.fail = fail
-        self.sent: list[bytes] = []
+    def __init__(self) -> None:
         self._real = bound()
 
     def fileno(self) -> int:
         return self._real.fileno()
+
+    def getsockname(self) -> tuple[str, int]:
+        name: tuple[str, int] = self._real.getsockname()
+        return name
+
+    def close(self) -> None:
+        self._real.close()
+
+
+class RefusingSocket(WrappedSocket):
+    """A socket whose kernel buffer is full until ``room`` is set."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        super().__init__()
+        self.room = False
+        self.fail = fail
+        self.sent: list[bytes] = []
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
         if self.fail is not None:
@@ -114,9 +132,6 @@ class RefusingSocket:
             raise BlockingIOError(errno.EAGAIN, "busy")
         self.sent.append(bytes(data))
         return len(data)
-
-    def close(self) -> None:
-        self._real.close()
 
 
 async def test_what_the_kernel_refuses_waits_in_order_and_leaves_when_writable() -> None:
@@ -130,10 +145,7 @@ async def test_what_the_kernel_refuses_waits_in_order_and_leaves_when_writable()
         assert port.get_write_buffer_size() == 50 and sock.sent == []
         sock.room = True
         port.sendto(b"late", ("127.0.0.1", 9))  # behind the queued ones, not before
-        for _ in range(100):
-            if not port.get_write_buffer_size():
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: not port.get_write_buffer_size(), 0.5)
         assert sock.sent == [bytes([i]) * 10 for i in range(5)] + [b"late"]
         port.sendto(b"now", ("127.0.0.1", 9))  # an empty queue: straight to the kernel
         assert sock.sent[-1] == b"now" and port.get_write_buffer_size() == 0
@@ -205,10 +217,7 @@ async def test_a_raising_callback_is_reported_and_a_closing_one_stops_the_batch(
         dst = port.sock.getsockname()
         for p in [b"one", b"bad", b"two", b"stop", b"never"] + [b"x"] * BATCH:
             sender.sendto(p, dst)
-        for _ in range(100):
-            if port.closed:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: port.closed, 0.5)
         await asyncio.sleep(0.02)
         assert [d for d, _, _ in rec.got] == [b"one", b"two", b"stop"]
         assert [type(e) for e in rec.errors] == [ValueError]
@@ -229,29 +238,19 @@ async def test_a_queued_datagram_is_a_copy() -> None:
         port.sendto(buf, ("127.0.0.1", 9))
         buf[:] = b"later"  # the data plane reuses its buffers
         sock.room = True
-        for _ in range(100):
-            if not port.get_write_buffer_size():
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: not port.get_write_buffer_size(), 0.5)
         assert sock.sent == [b"first"]
     finally:
         port.close()
 
 
-class CountingSocket:
+class CountingSocket(WrappedSocket):
     """A real bound socket that counts its reads and the ones that found nothing."""
 
     def __init__(self) -> None:
-        self._real = bound()
+        super().__init__()
         self.reads = 0
         self.empty = 0
-
-    def fileno(self) -> int:
-        return self._real.fileno()
-
-    def getsockname(self) -> tuple[str, int]:
-        name: tuple[str, int] = self._real.getsockname()
-        return name
 
     def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
         self.reads += 1
@@ -260,9 +259,6 @@ class CountingSocket:
         except BlockingIOError:
             self.empty += 1
             raise
-
-    def close(self) -> None:
-        self._real.close()
 
 
 async def test_an_idle_port_reads_each_datagram_with_one_call_a_busy_one_in_batches(
@@ -277,19 +273,13 @@ async def test_an_idle_port_reads_each_datagram_with_one_call_a_busy_one_in_batc
         dst = sock.getsockname()
         for i in range(5):  # a ping's pace: no read that finds the socket empty
             sender.sendto(b"ping %d" % i, dst)
-            for _ in range(100):
-                if len(rec.got) > i:
-                    break
-                await asyncio.sleep(0.001)
+            await until(lambda: len(rec.got) > i, 0.1)  # noqa: B023 (awaited here)
             await asyncio.sleep(3 * udp_port.BUSY_GAP)
         assert len(rec.got) == 5 and rec.batches == [1] * 5
         assert (sock.reads, sock.empty) == (5, 0)
         for _ in range(4 * BATCH):  # a burst: events back to back switch to batches
             sender.sendto(b"x", dst)
-        for _ in range(200):
-            if len(rec.got) == 5 + 4 * BATCH:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: len(rec.got) == 5 + 4 * BATCH)
         burst = rec.batches[5:]
         assert sum(burst) == 4 * BATCH and 1 < max(burst) <= BATCH
         if mode == "recvmmsg":
@@ -299,10 +289,7 @@ async def test_an_idle_port_reads_each_datagram_with_one_call_a_busy_one_in_batc
             reads = sock.reads
             await asyncio.sleep(3 * udp_port.BUSY_GAP)
             sender.sendto(late, dst)
-            for _ in range(100):
-                if rec.got[-1][0] == late:
-                    break
-                await asyncio.sleep(0.001)
+            await until(lambda: rec.got[-1][0] == late, 0.1)  # noqa: B023 (awaited here)
             assert rec.got[-1][0] == late and rec.batches[-1] == 1
             assert sock.reads == reads + 1
     finally:
