@@ -466,10 +466,10 @@ class ConntrackTable:
         return TcpVerdict.OK
 
     def refresh_established(self, e: ConntrackEntry, flags: int, now: float) -> bool:
-        """:meth:`update` for a packet of a live, un-NATed UDP flow that has seen its
-        reply, or a plain ACK (PSH/URG/ECE/CWR allowed) of such an ESTABLISHED TCP
-        one; False, having changed nothing, for anything else (the state table
-        judges it, the NAT rewrites it).
+        """:meth:`update` for a packet of a live, un-NATed UDP flow or ICMP query that
+        has seen its reply, or a plain ACK (PSH/URG/ECE/CWR allowed) of such an
+        ESTABLISHED TCP one; False, having changed nothing, for anything else (the
+        state table judges it, the NAT rewrites it).
 
         The same outcome as :meth:`update` (an ACK keeps ESTABLISHED in both
         directions), without its general case analysis: this runs for every
@@ -490,6 +490,9 @@ class ConntrackTable:
                     self.set_assured(e)
             else:
                 e.expires = now + self.timeouts.udp
+            return True
+        if proto == 1:  # an echo query: no state, its timeout
+            e.expires = now + self.timeouts.icmp
             return True
         if proto != 6 or (flags & _ACK_CLASS_MASK) != _FLAG_ACK or e.state != _ESTABLISHED:
             return False

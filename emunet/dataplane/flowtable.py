@@ -2,10 +2,14 @@
 
 An ESTABLISHED, un-NATed TCP or UDP connection crosses the netfilter hooks the
 same way for every packet: one conntrack lookup and a state refresh, nothing
-rewritten (``Netfilter.fast_forward`` says when that holds). So does, beyond
-nf_flowtable (which waits for the reply), a stream of un-NATed UDP that has not
-seen its reply and that no filter rule judges: only its first packet traverses
-nat, FORWARD accepts every packet and conntrack refreshes the entry's timer.
+rewritten (``Netfilter.fast_forward`` says when that holds). So do, beyond
+nf_flowtable, a stream of un-NATed UDP that has not seen its reply and that no
+filter rule judges (only its first packet traverses nat, FORWARD accepts every
+packet and conntrack refreshes the entry's timer), and the echo requests and
+replies of an un-NATed ping that has seen its reply (conntrack keys them by the
+identifier and only refreshes the entry; the flow's key leaves out the checksum
+that follows the type). Linux offloads TCP and UDP only; here a flow changes
+nothing a packet would see, only how fast the hooks' outcome is known.
 The first such packet of a connection seen here gets a flow: its conntrack
 entry, the route it was forwarded by and the versions of the route table and
 the ruleset it was decided with. Later packets of the connection find the flow
@@ -29,6 +33,7 @@ from emunet.dataplane.routing import Route, RouteTable
 
 FLOW_TABLE_MAX: Final = 65536
 _FLOW_KEY: Final = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports) of a 20-byte header
+_ECHO_KEY: Final = struct.Struct("!12x9s3x2s")  # (addresses and type, identifier) of an ICMP echo
 _DST: Final = struct.Struct("!16x4s")
 
 
@@ -56,7 +61,7 @@ class FlowTable:
         self._prefixes = routes.prefixes  # its version changes with every route or address
         self._local = local
         self._hooks = hooks
-        self.flows: dict[tuple[int, bytes], Flow] = {}
+        self.flows: dict[tuple[Any, ...], Flow] = {}
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -67,17 +72,24 @@ class FlowTable:
         takes the full path. A flow whose route is None found none: the full
         path's forwarding says what happens to the packet, without the hooks."""
         proto = pkt[9]
+        flags = 0
+        key: tuple[Any, ...]
         if proto == 17:
             if size < 28:
                 return None
-            flags = 0
+            key = _FLOW_KEY.unpack_from(pkt)
         elif proto == 6:
             if size < 40:
                 return None
             flags = pkt[33]
+            key = _FLOW_KEY.unpack_from(pkt)
+        elif proto == 1:
+            if size < 28 or (pkt[20] != 8 and pkt[20] != 0):  # an echo request or reply
+                return None
+            addrs, ident = _ECHO_KEY.unpack_from(pkt)
+            key = (1, addrs + ident)  # not the checksum, which follows the type
         else:
             return None
-        key = _FLOW_KEY.unpack_from(pkt)
         flows = self.flows
         flow = flows.get(key)
         if flow is not None:

@@ -260,8 +260,9 @@ class Netfilter:
 
     def fast_forward(self, pkt: bytearray, now: float) -> tuple[ConntrackEntry, int] | None:
         """PREROUTING + FORWARD + POSTROUTING of a tracked, un-NATed TCP/UDP packet
-        that is ESTABLISHED, or UDP in the ORIGINAL direction of a connection that
-        has not seen its reply (NEW) and that no filter rule judges.
+        or ICMP echo (request or reply) that is ESTABLISHED, or UDP in the ORIGINAL
+        direction of a connection that has not seen its reply (NEW) and that no
+        filter rule judges.
 
         For such a packet the hooks do exactly this: one conntrack lookup and
         one state update (only the first packet traverses nat, a connection
@@ -272,13 +273,18 @@ class Netfilter:
         nothing, when the packet needs the full hooks. FORWARD's verdict holds
         while :attr:`rules_version` does."""
         proto = pkt[9]
-        if proto != 6 and proto != 17:
-            return None
         ihl = (pkt[0] & 0x0F) << 2
         if len(pkt) < ihl + (20 if proto == 6 else 8) or pkt[6] & 0x3F or pkt[7]:
             return None
         src, dst = _II.unpack_from(pkt, 12)
-        sport, dport = _HH.unpack_from(pkt, ihl)
+        if proto == 1:
+            if pkt[ihl] != 8 and pkt[ihl] != 0:  # an echo request or reply
+                return None
+            sport = dport = _U16.unpack_from(pkt, ihl + 4)[0]  # the identifier
+        elif proto == 6 or proto == 17:
+            sport, dport = _HH.unpack_from(pkt, ihl)
+        else:
+            return None
         hit = self.conntrack.lookup((proto, src, dst, sport, dport), now)
         if hit is None:
             return None

@@ -63,15 +63,26 @@ def workload(flow_cache: bool) -> dict[str, Any]:
         fab.run(0.01)
         while (m := udp.recvfrom()) is not None:
             answers.append((m[0], str(m[1][0])))
+    pings = []
+    for dst in (c, b):  # across nodes (routed) and on the node (bridged)
+        ping = a.netns.ping_socket()
+        for seq in range(1, 6):
+            ping.send(dst.ip, seq, fab.now, b"p" * 56)
+            fab.run(0.01)
+        pings += [(r.seq, str(r.src), r.ttl, r.size, round(r.rtt, 9)) for r in ping.replies]
+        ping.close()
     fab.run(5.0)
-    used = sum(len(n.root.flows or {}) for n in fab.nodes.values())
+    tables = [n.root.flows.flows for n in fab.nodes.values() if n.root.flows is not None]
+    flows = [key for table in tables for key in table]
     return {
         "tcp": {k: hashlib.sha256(v).hexdigest() for k, v in got.items()},
         "udp": answers,
+        "ping": pings,
+        "echo_flows": sum(key[0] == 1 for key in flows),
         "counters": {n.name: n.counters() for n in fab.nodes.values()},
         "conntrack": {n.name: n.conntrack_listing(fab.now) for n in fab.nodes.values()},
         "drops": {n.name: n.drops() for n in fab.nodes.values()},
-        "flows": used,
+        "flows": len(flows),
         "now": fab.now,
     }
 
@@ -80,10 +91,12 @@ def test_flow_cache_changes_nothing_observable() -> None:
     slow = workload(flow_cache=False)
     fast = workload(flow_cache=True)
     assert slow["flows"] == 0 and fast["flows"] > 0  # the cache was really exercised
+    assert fast["echo_flows"] == 4  # the ping's requests and replies, leaving and entering
     expected = hashlib.sha256(bytes(range(256)) * 512).hexdigest()
     assert fast["tcp"] == {"b": expected, "c": expected}
     assert len(fast["udp"]) == 20
-    for key in ("tcp", "udp", "counters", "conntrack", "drops", "now"):
+    assert len(fast["ping"]) == 10
+    for key in ("tcp", "udp", "ping", "counters", "conntrack", "drops", "now"):
         assert fast[key] == slow[key], key
 
 
