@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from emunet.control.bench_plan import RateSearch, Trial, percentile
 
@@ -135,7 +136,9 @@ async def _pingpong(dst: int, seconds: float, size: int, interval: float) -> Non
         if interval:
             await asyncio.sleep(max(0.0, start + interval - time.monotonic()))
     warm = rtts[len(rtts) // 10 :]
-    print(json.dumps({f"p{p}_us": percentile(warm, p) for p in (50, 90, 99)}), flush=True)
+    result: dict[str, Any] = {f"p{p}_us": percentile(warm, p) for p in (50, 90, 99)}
+    result["rtts_us"] = [round(r, 1) for r in warm]
+    print(json.dumps(result), flush=True)
 
 
 # ------------------------------------------------------------ orchestration
@@ -222,10 +225,11 @@ async def relay_search(
         yield search
 
 
-async def ping_pong(seconds: float, size: int = 64, interval: float = 0.0) -> dict[str, float]:
+async def ping_pong(seconds: float, size: int = 64, interval: float = 0.0) -> dict[str, Any]:
     """Percentiles (µs) of a bare ping-pong between two uvloop processes: back to
     back, or one exchange every ``interval`` seconds (as ``ping -i``: a process idle
-    between exchanges wakes up colder, and answers later)."""
+    between exchanges wakes up colder, and answers later); ``rtts_us``, the round
+    trips they were taken from (the first tenth, the warm-up, left out)."""
     port = _free_port()
     echo = _spawn("echo", str(port))
     try:
@@ -240,7 +244,7 @@ async def ping_pong(seconds: float, size: int = 64, interval: float = 0.0) -> di
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await proc.communicate()
-        result: dict[str, float] = json.loads(out)
+        result: dict[str, Any] = json.loads(out)
         return result
     finally:
         echo.kill()

@@ -48,7 +48,7 @@ __all__ = ["bench"]
 
 def _steps(s: Settings, fabrics: int) -> int:
     """Progress units: one per trial or measurement."""
-    per_path = 1 + len(SIZES) * s.trials + 2 + 1
+    per_path = 1 + len(SIZES) * s.trials + 2 + s.ping_blocks
     baseline = 2 * len(SIZES) * s.trials + 1
     return baseline + 1 + fabrics * (1 + len(PATHS) * per_path)
 
@@ -74,6 +74,7 @@ async def _baseline(s: Settings, step: Callable[[str], None]) -> dict[str, Any]:
     step("bare ping-pong")
     pingpong = await bench_baseline.ping_pong(max(1.0, s.latency_seconds))
     paced = await bench_baseline.ping_pong(s.pings * PING_INTERVAL, interval=PING_INTERVAL)
+    del pingpong["rtts_us"]
     pingpong["paced_p50_us"] = paced["p50_us"]
     pingpong["paced_interval"] = PING_INTERVAL
     return {"relay": relay, "pingpong": pingpong}

@@ -4,11 +4,12 @@ The document (what ``-o json`` prints and ``--save`` writes as ``bench.json``)::
 
     {"command": ..., "when": ..., "machine": {...}, "quick": bool,
      "baseline": {"relay": {"<hops>": {"<size>": {"zero_loss_pps", "trials"}}},
-                  "pingpong": {"p50_us", "p90_us", "p99_us"}},
+                  "pingpong": {"p50_us", "p90_us", "p99_us", "paced_p50_us", "paced_interval"}},
      "services": {"ratio", "new_ns_low", ...},
      "fabrics": [{"kind", "paths": {"<path>": {"title", "hops", "tcp_bps",
                   "udp": {"<size>": {"zero_loss_pps", "cpu_us_per_packet", "trials"}},
-                  "latency": {"light"|"heavy": {"p50", "p90", "p99"}}, "ping_ms"}},
+                  "latency": {"light"|"heavy": {"p50", "p90", "p99"}},
+                  "ping_ms": {"p50", "p90", "p99", "min", "replies", "bare_paced_p50_us"}}},
                   "goals": [{"name", "figure", "target", "met"}]}]}
 
 The plot has one row per fabric: offered against delivered packets/s of every
@@ -81,7 +82,7 @@ def latency_table(doc: dict[str, Any], fabric: dict[str, Any]) -> Table:
     for p in fabric["paths"].values():
         ping = p.get("ping_ms")
         p50 = ping["p50"] * 1000 if ping else None
-        paced = bare.get("paced_p50_us")
+        paced = (ping or {}).get("bare_paced_p50_us") or bare.get("paced_p50_us")
         ratio = f"{p50 / paced:.2f}" if p50 and paced else "-"
         t.add_row(
             p["title"],

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emunet.control import bench_baseline
 from emunet.control.bench_plan import (
     PING_INTERVAL,
     SIZES,
@@ -74,11 +75,12 @@ class Settings:
     trial_seconds: float
     trials: int  # per UDP size and path
     latency_seconds: float
-    pings: int
+    pings: int  # per block
+    ping_blocks: int  # of pings through the path, each followed by as many bare ones
 
 
-QUICK = Settings(True, 1.0, 0.4, 4, 0.8, 20)
-FULL = Settings(False, 5.0, 1.0, 6, 2.0, 100)
+QUICK = Settings(True, 1.0, 0.4, 4, 0.8, 30, 1)
+FULL = Settings(False, 5.0, 1.0, 6, 2.0, 100, 3)
 
 
 def _manifest() -> str:
@@ -322,19 +324,32 @@ class FabricBench:
                 "heavy": await self.latency(client, dst, echo, (iperf, best * HEAVY_LOAD)),
             }
         if path.ping:
-            self.step(f"{path.key}: ping")
-            code, out = await client.run(
-                ["ping", "-c", str(s.pings), "-i", str(PING_INTERVAL), "-W", "1", dst], timeout=60
-            )
-            rtts = parse_ping(out)
-            result["ping_ms"] = {
-                "p50": percentile(rtts, 50),
-                "p90": percentile(rtts, 90),
-                "p99": percentile(rtts, 99),
-                "min": min(rtts, default=0.0),
-                "replies": len(rtts),
-            }
+            result["ping_ms"] = await self.ping(client, path, dst)
         return result
+
+    async def ping(self, client: Exec, path: BenchPath, dst: str) -> dict[str, Any]:
+        """``ping -i PING_INTERVAL`` through the path, in blocks each followed by as
+        many exchanges of the bare ping-pong at the same pace: the machine's state
+        drifts (an idle VM's wake-ups vary twofold from minute to minute), and the
+        ratio compares the two under the same conditions."""
+        s = self.settings
+        argv = ["ping", "-c", str(s.pings), "-i", str(PING_INTERVAL), "-W", "1", dst]
+        rtts: list[float] = []
+        bare: list[float] = []
+        for block in range(s.ping_blocks):
+            self.step(f"{path.key}: ping, block {block + 1} of {s.ping_blocks}")
+            _code, out = await client.run(argv, timeout=60)
+            rtts += parse_ping(out)
+            paced = await bench_baseline.ping_pong(s.pings * PING_INTERVAL, interval=PING_INTERVAL)
+            bare += paced["rtts_us"]
+        return {
+            "p50": percentile(rtts, 50),
+            "p90": percentile(rtts, 90),
+            "p99": percentile(rtts, 99),
+            "min": min(rtts, default=0.0),
+            "replies": len(rtts),
+            "bare_paced_p50_us": percentile(bare, 50),
+        }
 
     async def udp_trial(self, client: Exec, dst: str, port: int, size: int, rate: float) -> Trial:
         s = self.settings

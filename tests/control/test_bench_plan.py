@@ -146,6 +146,14 @@ def test_goals_met_and_not_met() -> None:
     assert "0.20x bare" in missed[1].figure
 
 
+def test_the_ping_goal_takes_the_bare_ping_pong_measured_beside_the_ping() -> None:
+    doc = fabric(450e6, 30_000, 50_000, 0.3, 100)  # 3x the ping-pong at the run's start
+    assert goals(doc)[2].met is False
+    doc["paths"]["cross-node"]["ping_ms"]["bare_paced_p50_us"] = 200.0  # type: ignore[index]
+    beside = goals(doc)[2]
+    assert beside.met is True and "1.50x bare" in beside.figure
+
+
 def test_goals_not_measured() -> None:
     assert all(g.met is None for g in goals({"paths": {}}))
 

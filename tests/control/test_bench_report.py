@@ -39,6 +39,7 @@ def document() -> dict[str, Any]:
         }
         if p.ping:
             paths[p.key]["ping_ms"] = {"p50": 0.25, "p90": 0.3, "p99": 0.5}
+    paths["internet"]["ping_ms"]["bare_paced_p50_us"] = 125.0  # measured beside its ping
     doc: dict[str, Any] = {
         "command": "emunet bench",
         "when": "2026-12-01T00:00:00+00:00",
@@ -71,6 +72,7 @@ def test_tables_show_figures_ratios_and_goals() -> None:
     assert "node1:30 node2:25" in text  # idle nodes left out
     assert "bare relay chain, 2 hop(s)" in text
     assert "250.0" in text and "2.50" in text  # ping p50 µs, x bare ping-pong
+    assert "2.00" in text  # the internet path's, against the ping-pong beside its ping
     assert "cross-node TCP goodput" in text and "NOT MET" in text
     assert "(1.10x)" in text
 
