@@ -77,13 +77,13 @@ def latency_table(doc: dict[str, Any], fabric: dict[str, Any]) -> Table:
     t.add_column("light load", justify="right")
     t.add_column("heavy load", justify="right")
     t.add_column("ping p50 µs", justify="right")
-    t.add_column("x bare at ping's pace", justify="right")
+    t.add_column("x bare at ping's pace (of its µs)", justify="right")
     bare = doc.get("baseline", {}).get("pingpong", {})
     for p in fabric["paths"].values():
         ping = p.get("ping_ms")
         p50 = ping["p50"] * 1000 if ping else None
         paced = (ping or {}).get("bare_paced_p50_us") or bare.get("paced_p50_us")
-        ratio = f"{p50 / paced:.2f}" if p50 and paced else "-"
+        ratio = f"{p50 / paced:.2f} (of {paced:.0f})" if p50 and paced else "-"
         t.add_row(
             p["title"],
             _lat(p["latency"].get("light")),

@@ -71,8 +71,8 @@ def test_tables_show_figures_ratios_and_goals() -> None:
     assert "20.0 (0.50)" in text  # kpps, ratio to the 1-hop chain
     assert "node1:30 node2:25" in text  # idle nodes left out
     assert "bare relay chain, 2 hop(s)" in text
-    assert "250.0" in text and "2.50" in text  # ping p50 µs, x bare ping-pong
-    assert "2.00" in text  # the internet path's, against the ping-pong beside its ping
+    assert "250.0" in text and "2.50 (of 100)" in text  # ping p50 µs, x bare ping-pong
+    assert "2.00 (of 125)" in text  # the internet path's, against the ping-pong beside its ping
     assert "cross-node TCP goodput" in text and "NOT MET" in text
     assert "(1.10x)" in text
 
