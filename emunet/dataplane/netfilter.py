@@ -274,8 +274,8 @@ class Netfilter:
         while :attr:`rules_version` does."""
         proto = pkt[9]
         ihl = (pkt[0] & 0x0F) << 2
-        if len(pkt) < ihl + (20 if proto == 6 else 8) or pkt[6] & 0x3F or pkt[7]:
-            return None
+        if ihl < 20 or len(pkt) < ihl + (20 if proto == 6 else 8) or pkt[6] & 0x3F or pkt[7]:
+            return None  # a malformed header or a fragment: the full hooks judge it
         src, dst = _II.unpack_from(pkt, 12)
         if proto == 1:
             if pkt[ihl] != 8 and pkt[ihl] != 0:  # an echo request or reply

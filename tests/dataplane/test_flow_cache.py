@@ -410,3 +410,30 @@ def test_a_bridged_stream_without_replies_meets_a_new_rule_at_its_next_packet() 
     errors = [(e.errno_name, e.icmp_type, e.icmp_code, e.dst) for e in out.errors]
     assert errors == [("ECONNREFUSED", 3, 3, b.ip)]  # KUBE-SERVICES' icmp-port-unreachable
     assert node.netfilter.last_reject == (3, 3)
+
+
+def test_a_malformed_header_is_not_bridged_as_an_established_ping() -> None:
+    """br_netfilter asks ``fast_forward`` per bridged packet. A header length below 20
+    bytes is malformed however its bytes read: the root namespace drops it, as the
+    full hooks do, though read with that length its bytes name an established ping
+    (ID 0x08.. reads as an echo request, TTL 64 and protocol 1 as the identifier)."""
+    fab = Fabric(nodes=1, seed=9)
+    a = fab.add_pod("node1", "a")
+    b = fab.add_pod("node1", "b")
+    ping = a.netns.ping_socket(0x4001)
+    for seq in (1, 2):
+        ping.send(b.ip, seq, fab.now, b"p" * 56)
+        fab.run(0.01)
+    assert [r.seq for r in ping.replies] == [1, 2]
+    node = fab.nodes["node1"]
+    assert node.netfilter is not None
+    (entry,) = node.netfilter.conntrack
+    expires = entry.expires
+    fab.run(1.0)
+    header = bytearray(bytes.fromhex("4100005408000000400100000000000000000000"))
+    header[12:20] = a.ip.packed + b.ip.packed
+    echo = bytes.fromhex("0800000040010003") + b"p" * 56
+    a.netns.l2_xmit(a.eth0, b.mac + a.mac + b"\x08\x00" + bytes(header) + echo, fab.now)
+    fab.run(0.01)
+    assert node.root.drops == {"malformed": 1} and not b.netns.drops
+    assert entry.expires == expires  # not refreshed: the packet never reached conntrack
