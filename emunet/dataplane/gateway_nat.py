@@ -33,6 +33,7 @@ from emunet.dataplane.conntrack import (
     Status,
     Tuple,
 )
+from emunet.dataplane.nat import ICMP_ERRORS, ICMP_QUERIES, ICMP_REPLIES
 from emunet.dataplane.netfilter import Verdict
 from emunet.dataplane.trace import Drop, Tracer
 
@@ -42,9 +43,6 @@ ACCEPT, NF_DROP = Verdict.ACCEPT, Verdict.DROP
 _U16: Final = struct.Struct("!H")
 _II: Final = struct.Struct("!II")
 _HH: Final = struct.Struct("!HH")
-_ICMP_ERRORS: Final = frozenset({3, 4, 5, 11, 12})
-_ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})
-_ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
 _SRC_NAT, _DST_NAT, _SEEN_REPLY = int(Status.SRC_NAT), int(Status.DST_NAT), int(Status.SEEN_REPLY)
 
 
@@ -142,7 +140,7 @@ class GatewayNAT:
             return sport, dport, pkt[ihl + 13] if proto == 6 else 0
         if proto == 1 and end >= ihl + 8:
             typ = pkt[ihl]
-            if typ in _ICMP_QUERIES or typ in _ICMP_REPLIES:
+            if typ in ICMP_QUERIES or typ in ICMP_REPLIES:
                 ident = _U16.unpack_from(pkt, ihl + 4)[0]
                 return ident, ident, 0
         return None
@@ -155,7 +153,7 @@ class GatewayNAT:
         ihl = (pkt[0] & 0x0F) << 2
         end = _U16.unpack_from(pkt, 2)[0]
         proto = pkt[9]
-        if proto == 1 and end >= ihl + 8 and pkt[ihl] in _ICMP_ERRORS:
+        if proto == 1 and end >= ihl + 8 and pkt[ihl] in ICMP_ERRORS:
             self._related(pkt, ihl, end, iface, now)
             return ACCEPT
         key = self._key(pkt, ihl, end)
@@ -174,7 +172,7 @@ class GatewayNAT:
                 nat.manip(pkt, 0, end, False, other[1], other[3])
                 self._hop(now, iface, "un-SNAT" if d else "DNAT", t, other)
             return ACCEPT
-        if proto == 1 and pkt[ihl] not in _ICMP_QUERIES:
+        if proto == 1 and pkt[ihl] not in ICMP_QUERIES:
             return ACCEPT
         e2 = table.allocate(t, now)
         if e2 is None:

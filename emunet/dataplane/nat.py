@@ -110,8 +110,9 @@ def fix_icmp_checksum(pkt: bytearray, icmp_off: int, end: int) -> None:
 
 _II: Final = struct.Struct("!II")
 _HH: Final = struct.Struct("!HH")
-_ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})
-_ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
+ICMP_ERRORS: Final = frozenset({3, 4, 5, 11, 12})  # quote the packet that caused them
+ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})  # may open a connection
+ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
 SRC_NAT, DST_NAT = 1 << 4, 1 << 5  # conntrack's IPS_SRC_NAT, IPS_DST_NAT status bits
 
 
@@ -132,7 +133,7 @@ def quoted_tuple(pkt: bytes | bytearray, ihl: int, end: int) -> tuple[int, tuple
             return None
         isport, idport = _HH.unpack_from(pkt, l4)
     elif iproto == PROTO_ICMP:
-        if end < l4 + 8 or (pkt[l4] not in _ICMP_QUERIES and pkt[l4] not in _ICMP_REPLIES):
+        if end < l4 + 8 or (pkt[l4] not in ICMP_QUERIES and pkt[l4] not in ICMP_REPLIES):
             return None
         isport = idport = _U16.unpack_from(pkt, l4 + 4)[0]
     else:  # another protocol: conntrack tracks it by addresses alone

@@ -94,6 +94,7 @@ from emunet.dataplane.conntrack import (
     Timeouts,
     Tuple,
 )
+from emunet.dataplane.nat import ICMP_ERRORS, ICMP_QUERIES, ICMP_REPLIES
 from emunet.dataplane.services import (
     RECENT_LIST_TOT,
     Balancer,
@@ -112,9 +113,6 @@ _II: Final = struct.Struct("!II")
 _HH: Final = struct.Struct("!HH")
 
 _SEEN_REPLY, _SRC_NAT, _DST_NAT = int(Status.SEEN_REPLY), int(Status.SRC_NAT), int(Status.DST_NAT)
-_ICMP_ERRORS: Final = frozenset({3, 4, 5, 11, 12})
-_ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})  # may open a connection
-_ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
 _MULTICAST: Final = (0xE0000000, 0xF0000000)  # 224.0.0.0/4
 
 
@@ -363,10 +361,7 @@ class Netfilter:
         ct = self._ct
         if ct is not None and not ct.live:
             self.conntrack.discard(ct)  # the previous packet never left
-        self._skb = pkt
-        self._ct = None
-        self._inner = -1
-        self._state = CtState.INVALID
+        self._skb, self._ct, self._inner, self._state = pkt, None, -1, CtState.INVALID
         n = len(pkt)
         if n < 20:
             return self._drop(pkt, Drop.MALFORMED, iface, now)
@@ -388,9 +383,9 @@ class Netfilter:
             if end < ihl + 8:
                 return self._drop(pkt, Drop.MALFORMED, iface, now)
             typ = pkt[ihl]
-            if typ in _ICMP_ERRORS:
+            if typ in ICMP_ERRORS:
                 return self._enter_related(pkt, ihl, end, iface, now)
-            if typ in _ICMP_QUERIES or typ in _ICMP_REPLIES:
+            if typ in ICMP_QUERIES or typ in ICMP_REPLIES:
                 sport = dport = _U16.unpack_from(pkt, ihl + 4)[0]
             else:
                 return Verdict.ACCEPT  # untracked ICMP (redirect, ...): INVALID
@@ -419,7 +414,7 @@ class Netfilter:
                 why = f"{self._tuple_str(t)} in {TcpState(e.state).name}"
                 self.tracer.hop(now, self.node, "root", iface, "conntrack invalid", why)
             return Verdict.ACCEPT
-        if proto == 1 and typ not in _ICMP_QUERIES:
+        if proto == 1 and typ not in ICMP_QUERIES:
             return Verdict.ACCEPT  # unsolicited ICMP reply: INVALID
         e2 = table.allocate(t, now)
         if e2 is None:
@@ -473,10 +468,7 @@ class Netfilter:
 
     def _relookup(self, pkt: bytearray, now: float) -> CtState:
         """A hook called with a packet we did not see enter: find its entry."""
-        self._skb = pkt
-        self._ct = None
-        self._inner = -1
-        self._state = CtState.INVALID
+        self._skb, self._ct, self._inner, self._state = pkt, None, -1, CtState.INVALID
         if len(pkt) < 20:
             return self._state
         ihl = (pkt[0] & 0x0F) << 2
