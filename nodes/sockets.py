@@ -474,7 +474,7 @@ class StreamServer:
         self._closed = True
         self.listener.on_event = None
         self.listener.close(self.rt.now())
-        self.ns.unbind_port(6, (self.listener.local_ip, self.listener.local_port))
+        self.ns.sockets.unbind_port(6, (self.listener.local_ip, self.listener.local_port))
         self.rt.poke()
         if not self._done.done():
             self._done.set_result(None)

@@ -61,6 +61,9 @@ class Bridge:
         self.ports: list[Interface] = []
         self.fdb: dict[bytes, FdbEntry] = {}
         self.ageing_time = ageing_time
+        # at most the oldest entry's time (None: read them again): entries are only
+        # ever refreshed, learned now or forgotten, so it holds until the next ageing
+        self._oldest: float | None = None
         self._trace = trace
         self._tracer = stack.node.tracer
         device.start_xmit = self.xmit
@@ -114,6 +117,8 @@ class Bridge:
             entry = self.fdb.get(src)
             if entry is None:
                 self.fdb[src] = FdbEntry(port, now)
+                if self._oldest is not None and now < self._oldest:
+                    self._oldest = now
                 if self._tracer.enabled:
                     self._trace(now, "fdb learn", f"{MAC(src)} on {port.name}", self.name)
             else:
@@ -170,12 +175,17 @@ class Bridge:
         old = [m for m, e in self.fdb.items() if now - e.updated >= self.ageing_time]
         for m in old:
             self.forget(m)
+        self._oldest = None
         return len(old)
 
     def next_expiry(self) -> float | None:
+        """When the oldest entry ages out: sometimes early (it was refreshed or
+        forgotten since), never late; O(entries) once per ageing."""
         if not self.fdb:
             return None
-        return min(e.updated for e in self.fdb.values()) + self.ageing_time
+        if self._oldest is None:
+            self._oldest = min(e.updated for e in self.fdb.values())
+        return self._oldest + self.ageing_time
 
     def show(self, now: float) -> list[tuple[MAC, str, float, bool]]:
         """``(mac, port, age seconds, is_local)`` rows, like ``brctl showmacs``."""

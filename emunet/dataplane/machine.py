@@ -42,6 +42,12 @@ class Machine:
         self.push: Callable[[Step], None] = self.queue.append
         self._running = False
         self._ident = rng.randrange(0x10000)
+        # namespaces whose deadline may have moved earlier since the machine read
+        # them (a packet in or out, an app's TCP call, a timer run): a set in order
+        self.timer_marks: dict[Any, None] = {}
+
+    def mark_timers(self, ns: Any) -> None:
+        self.timer_marks[ns] = None
 
     def enqueue(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` after what is already queued (at the next :meth:`process`)."""

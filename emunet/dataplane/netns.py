@@ -248,6 +248,7 @@ class Namespace:
     def ip_rcv(self, iface: Interface, pkt: bytearray, now: float) -> None:
         """``ip_rcv``: header checks, the flow table or reassembly and PREROUTING,
         then the routing decision."""
+        self.node.mark_timers(self)
         n = len(pkt)
         if n < 20:
             self.drop(now, iface, Drop.MALFORMED, f"ipv4: {n} bytes")
@@ -576,6 +577,7 @@ class Namespace:
         when ``owner`` is a socket; otherwise they are dropped with a reason.
         ``packed``: ``src`` and ``dst`` as bytes, where the caller keeps them (UDP).
         """
+        self.node.mark_timers(self)
         spk, dpk = packed or ((src.packed if src is not None else b""), dst.packed)
         nf = self.netfilter
         if dpk in self.local or dpk[0] == 127:  # 127.0.0.0/8, dst.is_loopback
@@ -642,9 +644,6 @@ class Namespace:
     def tcp_connect(self, dst: IPv4Address | str, dport: int, now: float) -> TCPConnection:
         return self.sockets.tcp_connect(dst, dport, now)
 
-    def unbind_port(self, proto: int, local: tuple[IPv4Address, int]) -> None:
-        self.sockets.unbind_port(proto, local)
-
     def close_all(self) -> None:
         """The namespace goes away (pod deleted): every socket is closed, TCP reset.
 
@@ -666,6 +665,7 @@ class Namespace:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        self.node.mark_timers(self)
         for due in self.neigh.expire(now):
             n = due.neighbour
             if due.queued is None:

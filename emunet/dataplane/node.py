@@ -26,6 +26,7 @@ dropped with reason ``internal error``, so one bad packet never stops a node.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,11 @@ class Node(Machine):
         root.add_address(self.flannel0, IPv4Interface(f"{self.subnet.network_address}/32"))
         root.add_route(self.network, self.flannel0)
         self.pods: dict[str, Pod] = {}
+        # pods' deadlines, read again only for the namespaces marked since (timer_marks),
+        # and a heap of them (an item whose deadline has moved since is skipped)
+        self._pod_timers: dict[Namespace, float] = {}
+        self._timer_heap: list[tuple[float, int, Namespace]] = []
+        self._timer_pushes = 0
         self._ip_owner: dict[IPv4Address, str] = {}
         # netfilter in the root namespace: conntrack, kube-proxy's rules, flannel's ip-masq
         self.service_cidr = IPv4Network(service_cidr)
@@ -328,6 +334,7 @@ class Node(Machine):
         self.root.remove_interface(pod.veth)
         self._ip_owner.pop(pod.ip, None)
         pod.eth0.up = False
+        self._pod_timers.pop(pod.netns, None)
         pod.netns.close_all()
 
     def _allocate_ip(self) -> IPv4Address:
@@ -349,11 +356,37 @@ class Node(Machine):
 
     # ---------------------------------------------------------------- timers
 
+    def _pod_deadline(self) -> float | None:
+        """The pods' earliest deadline, the marked namespaces' read again: O(pods
+        touched since the last read, log pods with a timer), not O(pods) per flush."""
+        timers, heap, pods = self._pod_timers, self._timer_heap, self.pods
+        for ns in self.timer_marks:
+            pod = pods.get(ns.name)
+            if pod is None or pod.netns is not ns:
+                continue  # the root namespace (always read) or a deleted pod's
+            t = ns.get_timer()
+            if t is None:
+                timers.pop(ns, None)
+            elif timers.get(ns) != t:
+                timers[ns] = t
+                self._timer_pushes += 1
+                heapq.heappush(heap, (t, self._timer_pushes, ns))
+        self.timer_marks.clear()
+        if len(heap) > 2 * len(timers) + 64:  # mostly moved deadlines: build it again
+            heap[:] = [(t, i, ns) for i, (ns, t) in enumerate(timers.items())]
+            heapq.heapify(heap)
+            self._timer_pushes = len(heap)
+        while heap and timers.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
     def get_timer(self) -> float | None:
-        times = [t for t in (ns.get_timer() for ns in self.namespaces()) if t is not None]
-        expiry = self.bridge.next_expiry()
-        if expiry is not None:
-            times.append(expiry)
+        """The earliest deadline of the node: sometimes early (a cancelled timer),
+        never late."""
+        times: list[float] = []
+        for t in (self._pod_deadline(), self.root.get_timer(), self.bridge.next_expiry()):
+            if t is not None:
+                times.append(t)
         if self.netfilter is not None:
             t = self.netfilter.get_timer()
             if t is not None:
@@ -363,7 +396,9 @@ class Node(Machine):
     def handle_timer(self, now: float) -> None:
 
         def run() -> None:
-            for ns in self.namespaces():
+            self.root.handle_timer(now)
+            self._pod_deadline()
+            for ns in [ns for ns, t in self._pod_timers.items() if t <= now]:
                 ns.handle_timer(now)
             self.bridge.age(now)
             if self.netfilter is not None:

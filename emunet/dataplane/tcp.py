@@ -14,7 +14,9 @@ every output is pulled by the caller.
   wraps each in IPv4 from ``local_ip`` to ``remote_ip``. After *any* call the
   caller drains the segments and re-reads ``get_timer()``. ``on_output`` is
   called when an application call (``connect``/``send``/``recv``/``close``/
-  ``abort``) queued segments, so whoever owns the connection table can flush.
+  ``abort``) may have queued segments or moved a timer (a send into a closed
+  window arms the persist timer and sends nothing), so whoever owns the
+  connection table can flush and re-read the timer.
 * Application: ``send(data, now) -> int`` (accepted bytes; fewer than offered
   when the send buffer is full, which is the flow-control back-pressure),
   ``recv(max_bytes) -> bytes``, ``at_eof``, ``close(now)`` (FIN after queued
@@ -585,7 +587,7 @@ class TCPConnection:
                 self.on_event()
 
     def _app_done(self) -> None:
-        if self._out and self.on_output is not None:
+        if self.on_output is not None:
             self.on_output()
 
     def _set_state(self, state: TCPState) -> None:

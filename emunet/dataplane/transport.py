@@ -37,14 +37,16 @@ EPHEMERAL_HIGH: Final = 60999
 
 
 class Ids(Protocol):
-    """The machine's sources of port numbers and initial sequence numbers, and
-    its work queue."""
+    """The machine's sources of port numbers and initial sequence numbers, its
+    work queue, and its marks of the namespaces whose timers may have moved."""
 
     def random_port(self, low: int, high: int) -> int: ...
 
     def tcp_iss(self) -> int: ...
 
     def enqueue(self, fn: Callable[..., None], *args: Any) -> None: ...
+
+    def mark_timers(self, ns: Any) -> None: ...
 
 
 class IPLayer(Protocol):
@@ -282,6 +284,7 @@ class Transport:
 
     def tcp_flush(self, conn: TCPConnection, now: float) -> None:
         """Send what a TCP connection has queued; forget it once it is closed."""
+        self.ids.mark_timers(self.ip)  # every TCP input, app call and timer ends here
         for seg in conn.segments_to_send():
             self.ip.ip_send_local(6, conn.local_ip, conn.remote_ip, seg, now, df=True, owner=conn)
         if conn.state.name == "CLOSED":
@@ -292,7 +295,8 @@ class Transport:
                     self.unbind_port(6, (conn.local_ip, conn.local_port))
 
     def _flusher(self, conn: TCPConnection) -> Callable[[], None]:
-        """``on_output`` for a connection: an app call queued segments, send them now."""
+        """``on_output`` for a connection: an app call queued segments or moved a
+        timer: send them now, and the timer is read again."""
 
         def flush() -> None:
             self.tcp_flush(conn, conn.now)

@@ -17,3 +17,14 @@ def test_bench_dataplane_runs() -> None:
         f"{p}-{s}" for p in ("minimal", "egress", "ingress", "ingress+socket") for s in (64, 1400)
     }
     assert all(v > 0 for v in results.values())
+
+
+def test_bench_timers_runs() -> None:
+    path = Path(__file__).parents[2] / "benchmarks" / "bench_timers.py"
+    spec = importlib.util.spec_from_file_location("bench_timers", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results = mod.run(n=20)  # it asserts the node's deadline is the full read's
+    assert set(results) == set(mod.PODS)
+    assert all(read > 0 and full > 0 for read, full in results.values())

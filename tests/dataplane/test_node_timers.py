@@ -1,0 +1,140 @@
+"""A node's timer: read again only for the namespaces touched, never late.
+
+The runtime asks ``Node.get_timer()`` after every flush. It reads again the
+deadlines of the pods marked since (a packet in or out, an app's TCP call, a
+timer run) and keeps the others' (unchanged, or later: then the timer fires
+early and finds nothing due). These tests hold it to the deadline every
+namespace computes itself, after each step of work that sets each kind of
+timer, including the ones an app call sets without sending anything.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from pytest import approx
+
+from emunet.dataplane.fabric import Fabric
+from emunet.dataplane.node import Node
+from emunet.packets import ipv4
+
+
+def earliest(node: Node) -> float | None:
+    """What the node's timer must not be later than: each namespace's own deadline,
+    the oldest FDB entry's ageing."""
+    times = [ns.get_timer() for ns in node.namespaces()]
+    fdb = node.bridge.fdb.values()
+    times.append(min(e.updated for e in fdb) + node.bridge.ageing_time if fdb else None)
+    if node.netfilter is not None:
+        times.append(node.netfilter.get_timer())
+    return min((t for t in times if t is not None), default=None)
+
+
+def assert_not_late(node: Node) -> None:
+    due = earliest(node)
+    t = node.get_timer()
+    if due is not None:
+        assert t is not None and t <= due, (t, due)
+
+
+def test_a_send_into_a_closed_window_arms_the_persist_timer_the_node_then_reads() -> None:
+    """The client fills the server's receive buffer exactly: the last ACK closes
+    the window with nothing left to send, so no timer runs. The app's next send
+    sends nothing and arms the persist timer; the node must see it at once."""
+    fab = Fabric(nodes=1, seed=5)
+    pods = [fab.add_pod("node1", f"p{i}") for i in range(6)]
+    node = fab.nodes["node1"]
+    client, server = pods[0], pods[1]
+    listener = server.netns.tcp_listen(80)
+    conn = client.netns.tcp_connect(server.ip, 80, fab.now)
+    assert_not_late(node)
+    fab.run(0.1)
+    srv = listener.accept()
+    assert srv is not None
+    sent = 0
+    while sent < srv.rcv_buf_size:
+        sent += conn.send(b"x" * min(65536, srv.rcv_buf_size - sent), fab.now)
+        assert_not_late(node)
+        fab.run(0.05)
+        assert_not_late(node)
+    fab.run(1.0)
+    assert conn.snd_wnd == 0 and conn.unsent_or_unacked == 0
+    assert conn.get_timer() is None
+    assert conn.send(b"y" * 1000, fab.now) == 1000
+    assert conn.get_timer() is not None  # the persist timer, and no segment
+    assert_not_late(node)
+    for _ in range(40):
+        fab.run(0.1)
+        assert_not_late(node)
+    assert conn.stats.zero_window_probes >= 1  # the timer fired on time: probes went out
+    srv.recv()  # the reader wakes: the window opens, the 1000 bytes follow
+    fab.run(1.0)
+    assert srv.recv() == b"y" * 1000
+
+
+def test_arp_retries_fragments_and_time_wait_are_never_late() -> None:
+    """Timers of every kind a pod keeps: an INCOMPLETE neighbour's retries (a ping
+    to an address nobody has), a lone fragment's reassembly deadline, a closed
+    connection's TIME-WAIT; untouched pods keep theirs meanwhile."""
+    fab = Fabric(nodes=2, seed=7)
+    pods = [fab.add_pod("node1", f"p{i}") for i in range(5)]
+    other = fab.add_pod("node2", "q")
+    node = fab.nodes["node1"]
+    nobody = IPv4Address(int(pods[0].ip) + 200)  # in the subnet, no pod
+    ping = pods[2].netns.ping_socket(7)
+    ping.send(nobody, 1, fab.now, b"p" * 8)
+    assert_not_late(node)
+    assert pods[2].netns.get_timer() is not None  # the neighbour waits for a reply
+    # a first fragment alone (MF set) arrives on pod 3's eth0: kept for reassembly
+    first = ipv4.build(
+        ipv4.IPv4Header(other.ip, pods[3].ip, 17, identification=7, mf=True), b"f" * 32
+    )
+    frame = pods[3].mac + pods[4].mac + b"\x08\x00" + first
+    pods[3].eth0.receive(pods[3].eth0, frame, fab.now)
+    fab.run(0.01)
+    assert pods[3].netns.defrag.next_expiry() is not None
+    assert_not_late(node)
+    # a short connection across nodes, closed: the active closer waits in TIME-WAIT
+    listener = other.netns.tcp_listen(8080)
+    conn = pods[1].netns.tcp_connect(other.ip, 8080, fab.now)
+    fab.run(0.1)
+    srv = listener.accept()
+    assert srv is not None
+    conn.close(fab.now)
+    assert_not_late(node)
+    fab.run(0.1)
+    srv.close(fab.now)
+    for _ in range(30):
+        fab.run(0.2)
+        assert_not_late(node)
+    assert conn.state.name == "TIME_WAIT"
+    assert pods[2].netns.drops.get("neigh-failed", 0) + len(ping.errors) >= 1
+    fab.run(120.0)  # every deadline passes: nothing is left waiting
+    assert node.get_timer() == earliest(node)
+    assert conn.state.name == "CLOSED" and not pods[3].netns.defrag.next_expiry()
+
+
+def test_the_bridge_ages_its_oldest_entry_on_time() -> None:
+    """The FDB's next ageing is read once per ageing, not per flush: refreshed
+    entries make it early (it then finds nothing old enough), never late, and a
+    new ageing time counts at once."""
+    fab = Fabric(nodes=1, seed=3)
+    a, b = fab.add_pod("node1", "a"), fab.add_pod("node1", "b")
+    node = fab.nodes["node1"]
+    bridge = node.bridge
+    fab.run(100.0)
+    ping = a.netns.ping_socket(9)
+    ping.send(b.ip, 1, fab.now, b"p")
+    fab.run(1.0)
+    assert [r.seq for r in ping.replies] == [1]
+    # a's and b's entries were learned at 0 and refreshed at 100: early, never late
+    assert bridge.next_expiry() == approx(300.0, abs=1e-3)
+    assert_not_late(node)
+    bridge.ageing_time = 150.0
+    assert bridge.next_expiry() == approx(150.0, abs=1e-3)
+    fab.run(60.0)  # at 150 nothing is old enough; the bound is read again
+    assert len(bridge.fdb) == 2 and bridge.next_expiry() == approx(250.0, abs=1e-3)
+    assert_not_late(node)
+    fab.run(100.0)
+    assert not bridge.fdb and bridge.next_expiry() is None  # aged out at 250
+    assert_not_late(node)
