@@ -6,8 +6,8 @@ the pods marked since the last read (a packet in or out, an app's TCP call, a
 timer run) and the FDB's ageing once per ageing; an untouched pod's deadline
 is kept. Measured here: one pod's ping (a packet in and out of two pods) then
 the read, at 3, 30 and 110 pods per node (kubelet's default ``--max-pods``),
-every pod with a TCP connection in TIME-WAIT (a deadline each) and a
-neighbour entry.
+every pod with a TCP connection to a pod of another node in TIME-WAIT (a
+deadline each), so the root namespace has a neighbour entry for every pod.
 
 Baseline, measured in the same run on the same nodes: reading every namespace
 and the whole FDB, as ``get_timer`` did before (O(pods) per flush). Aim: the
@@ -43,12 +43,12 @@ def full_read(node: Node) -> float | None:
 def build(pods: int) -> tuple[Fabric, Node, Callable[[], None]]:
     """A node with ``pods`` pods, each with a connection in TIME-WAIT; returns a
     step that makes one pod ping another and the node run its queue."""
-    fab = Fabric(nodes=1, seed=1)
+    fab = Fabric(nodes=2, seed=1)
     made = [fab.add_pod("node1", f"p{i}") for i in range(pods)]
     node = fab.nodes["node1"]
-    server = made[0]
+    server = fab.add_pod("node2", "server")
     listener = server.netns.tcp_listen(80)
-    for pod in made[1:]:  # each client closes first: TIME-WAIT, 60 s
+    for pod in made:  # each client closes first: TIME-WAIT, 60 s
         conn = pod.netns.tcp_connect(server.ip, 80, fab.now)
         fab.run(0.05)
         accepted = listener.accept()
@@ -57,6 +57,7 @@ def build(pods: int) -> tuple[Fabric, Node, Callable[[], None]]:
         fab.run(0.05)
         accepted.close(fab.now)
         fab.run(0.05)
+    assert len(node.root.neighbours) >= pods  # the root resolved every pod
     a, b = made[1], made[2]
     ping = a.netns.ping_socket(1)
     seq = 0

@@ -154,7 +154,7 @@ class Bridge:
     ) -> None:
         """The forwarding decision for a unicast frame: FDB hit, or flood."""
         entry = self.fdb.get(dst)
-        if entry is not None and now - entry.updated < self.ageing_time:
+        if entry is not None and now < entry.updated + self.ageing_time:
             if entry.port is port:
                 return  # destination is on the ingress segment: filtered
             if self._tracer.enabled:
@@ -172,7 +172,9 @@ class Bridge:
 
     def age(self, now: float) -> int:
         """Remove entries idle for longer than the ageing time; returns how many."""
-        old = [m for m, e in self.fdb.items() if now - e.updated >= self.ageing_time]
+        # compared as next_expiry's deadline is made: at that time the entry is old
+        ageing = self.ageing_time
+        old = [m for m, e in self.fdb.items() if now >= e.updated + ageing]
         for m in old:
             self.forget(m)
         self._oldest = None

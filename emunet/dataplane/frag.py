@@ -128,7 +128,7 @@ class Defrag:
         while queues:
             key = next(iter(queues))
             r = queues[key]
-            if now - r.started < FRAG_TIMEOUT:
+            if now < r.started + FRAG_TIMEOUT:  # the deadline next_expiry gives, exactly
                 break
             del queues[key]
             self.bytes -= r.size

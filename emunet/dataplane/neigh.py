@@ -93,6 +93,9 @@ class NeighTable:
 
     def __init__(self) -> None:
         self.entries: dict[bytes, Neighbour] = {}
+        # the entries in a state with a timer (INCOMPLETE, DELAY, PROBE): a root
+        # namespace has an entry per pod it talks to, and few of them wait
+        self.timed: dict[bytes, Neighbour] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -107,6 +110,7 @@ class NeighTable:
         if state is Nud.STALE:
             n.state = Nud.DELAY
             n.probe_at = now + DELAY_FIRST_PROBE_TIME
+            self.timed[n.ip] = n
 
     def resolve(
         self, ip: bytes, dev: Interface, pkt: bytearray, now: float
@@ -122,7 +126,7 @@ class NeighTable:
         if n is None:
             if len(self.entries) >= NEIGH_GC_THRESH3 and not self._gc():
                 return Drop.NEIGH_TABLE_OVERFLOW
-            n = self.entries[ip] = Neighbour(ip, dev, now)
+            n = self.entries[ip] = self.timed[ip] = Neighbour(ip, dev, now)
         if len(n.queue) >= ARP_QUEUE_MAX:
             return Drop.ARP_QUEUE_FULL
         n.queue.append(pkt)
@@ -149,6 +153,7 @@ class NeighTable:
             n = self.entries[ip] = Neighbour(ip, dev, now)
         n.mac = mac
         n.state = Nud.REACHABLE
+        self.timed.pop(ip, None)
         n.updated = max(n.updated, now)  # steps of one queue run need not come in time order
         n.dev = dev
         return n
@@ -162,6 +167,7 @@ class NeighTable:
     def forget(self, ip: bytes) -> Neighbour:
         """Remove an entry; it ends FAILED, so whoever still holds it sees it is gone."""
         n = self.entries.pop(ip)
+        self.timed.pop(ip, None)
         n.state = Nud.FAILED
         return n
 
@@ -185,10 +191,10 @@ class NeighTable:
     # ---------------------------------------------------------------- timers
 
     def get_timer(self) -> float | None:
+        """The earliest request or failure due: O(entries waiting), not O(entries)."""
         times = [
             n.updated + ARP_RETRANS if n.state is Nud.INCOMPLETE else n.probe_at
-            for n in self.entries.values()
-            if n.state in (Nud.INCOMPLETE, Nud.DELAY, Nud.PROBE)
+            for n in self.timed.values()
         ]
         return min(times) if times else None
 

@@ -15,8 +15,11 @@ from ipaddress import IPv4Address
 from pytest import approx
 
 from emunet.dataplane.fabric import Fabric
+from emunet.dataplane.neigh import Nud
 from emunet.dataplane.node import Node
 from emunet.packets import ipv4
+
+WAITING = (Nud.INCOMPLETE, Nud.DELAY, Nud.PROBE)  # the states with a timer
 
 
 def earliest(node: Node) -> float | None:
@@ -31,6 +34,9 @@ def earliest(node: Node) -> float | None:
 
 
 def assert_not_late(node: Node) -> None:
+    for ns in node.namespaces():  # the neighbours a table reads for its timer
+        waiting = {ip for ip, n in ns.neighbours.items() if n.state in WAITING}
+        assert set(ns.neigh.timed) == waiting, ns.name
     due = earliest(node)
     t = node.get_timer()
     if due is not None:
@@ -111,6 +117,14 @@ def test_arp_retries_fragments_and_time_wait_are_never_late() -> None:
     assert pods[2].netns.drops.get("neigh-failed", 0) + len(ping.errors) >= 1
     fab.run(120.0)  # every deadline passes: nothing is left waiting
     assert node.get_timer() == earliest(node)
+    # a stale entry used again waits for its probe (DELAY, then PROBE)
+    ping2 = pods[1].netns.ping_socket(8)
+    ping2.send(other.ip, 1, fab.now, b"p")
+    assert_not_late(node)
+    for _ in range(20):
+        fab.run(0.5)
+        assert_not_late(node)
+    assert [r.seq for r in ping2.replies] == [1]
     assert conn.state.name == "CLOSED" and not pods[3].netns.defrag.next_expiry()
 
 
@@ -138,3 +152,46 @@ def test_the_bridge_ages_its_oldest_entry_on_time() -> None:
     fab.run(100.0)
     assert not bridge.fdb and bridge.next_expiry() is None  # aged out at 250
     assert_not_late(node)
+
+
+def test_at_its_deadline_an_expiry_happens_whatever_the_rounding() -> None:
+    """The deadline a timer gives and the check that expires compare the same sum.
+    35.4205 - 5.4205 is 29.999999999999996 in floats, and 568.7285 - 268.7285 is
+    below 300: checked as a difference, a fragment queue started at 5.4205 and an
+    FDB entry refreshed at 268.7285 would not be due at their deadlines, and a
+    fake clock would fire the same timer for ever."""
+    fab = Fabric(nodes=1, seed=5)
+    a, b = fab.add_pod("node1", "a"), fab.add_pod("node1", "b")
+    fab.run(5.4205 - fab.now)
+    first = ipv4.build(ipv4.IPv4Header(a.ip, b.ip, 17, identification=9, mf=True), b"f" * 32)
+    b.eth0.receive(b.eth0, b.mac + a.mac + b"\x08\x00" + first, fab.now)
+    fab.run(0.0)
+    assert b.netns.defrag.next_expiry() == 5.4205 + 30.0
+    assert fab.run(40.0, max_events=1000) < 1000
+    assert not b.netns.defrag.queues
+    bridge = fab.nodes["node1"].bridge
+    fab.run(268.7285 - fab.now)
+    ping = a.netns.ping_socket(3)
+    ping.send(b.ip, 1, fab.now, b"p")
+    fab.run(0.0)  # both entries refreshed within the microseconds of the hops
+    assert len(bridge.fdb) == 2
+    assert fab.run(400.0, max_events=1000) < 1000
+    assert not bridge.fdb
+
+
+def test_a_connection_closed_without_a_segment_leaves_the_table_and_its_port() -> None:
+    """``on_output`` follows every app call that may move a timer, so a close or an
+    abort that sends nothing (a connection still in SYN-SENT: its SYN unanswered,
+    here waiting for ARP) reaches the table too: the CLOSED connection is forgotten
+    and its ephemeral port is free, as the kernel frees a socket at close."""
+    fab = Fabric(nodes=1, seed=11)
+    a = fab.add_pod("node1", "a")
+    nobody = IPv4Address(int(a.ip) + 100)
+    for how in ("close", "abort"):
+        conn = a.netns.tcp_connect(nobody, 80, fab.now)
+        fab.run(0.01)
+        assert conn.state.name == "SYN_SENT" and len(a.netns.tcp_conns) == 1
+        getattr(conn, how)(fab.now)
+        assert conn.state.name == "CLOSED"
+        assert a.netns.tcp_conns == {}, how
+        a.netns.tcp_listen(conn.local_port).close(fab.now)  # the port is free again
