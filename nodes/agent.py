@@ -365,14 +365,27 @@ class Agent(Service):
         for pod in self.pods.values():
             if pod.name == host and pod.pod_ip is not None:
                 return pod.pod_ip
-        if self.registry is not None:
-            try:
-                n = await asyncio.wait_for(self.registry.get_node(host), 2.0)
-            except (EmunetError, TimeoutError):
-                n = None
-            if n is not None:
-                return n.internal_ip
+        if self.registry is not None:  # a miss: read etcd, the watch may not have caught up
+            return await self._resolve_from_etcd(host, svc, ns)
         return None
+
+    async def _resolve_from_etcd(self, host: str, name: str, ns: str) -> IPv4Address | None:
+        """A Service, a pod or a node the caches do not hold yet (one just created
+        elsewhere), read from etcd; each read bounded."""
+        assert self.registry is not None
+        reg = self.registry
+        try:
+            if _safe(name, ns):
+                s = await asyncio.wait_for(reg.get_service(ns, name), 2.0)
+                if s is not None and s.cluster_ip is not None:
+                    return s.cluster_ip
+                p = await asyncio.wait_for(reg.get_pod(ns, name), 2.0)
+                if p is not None and p.pod_ip is not None:
+                    return p.pod_ip
+            n = await asyncio.wait_for(reg.get_node(host), 2.0)
+        except (EmunetError, TimeoutError):
+            return None
+        return n.internal_ip if n is not None else None
 
     # ---------------------------------------------------------------- kubelet
 

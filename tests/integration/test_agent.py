@@ -630,3 +630,29 @@ async def test_etcd_frozen_or_killed_the_data_plane_goes_on(cluster: Cluster, ho
     late = await cluster.running("late", timeout=30)
     code, out = await cluster.exec(0, "client", "curl", "-s", "-m", "5", f"http://{late.pod_ip}/")
     assert code == 0 and f"IP: {late.pod_ip}" in out, out
+
+
+async def test_a_name_resolves_before_the_watch_brings_it(etcd: EtcdServer, tmp_path: Path) -> None:
+    """Cluster DNS on a node whose caches do not hold a Service or a pod just made
+    elsewhere (its watch lags the write: a test once pinged a pod by name the moment
+    etcd said Running and got "Name or service not known"): read from etcd."""
+    from emunet.nodes.agent import Agent, AgentConfig
+
+    async with Registry(etcd.endpoint) as reg:
+        spec = model.Service(
+            name="web", selector={"app": "web"}, ports=(model.ServicePortSpec(80),)
+        )
+        svc = await reg.create_service(spec)
+        pod = await reg.create_pod(
+            model.Pod(name="db", node_name="node2", containers=(model.Container("main", "http"),))
+        )
+        await reg.put_pod(pod.with_status(model.PodPhase.RUNNING, IPv4Address("10.244.2.9")))
+        config = AgentConfig("node1", IPv4Address("172.18.0.11"), etcd.endpoint, tmp_path)
+        agent = Agent(config)
+        agent.registry = reg  # never started: no watch has filled its caches
+        assert not agent.pods and not agent.services
+        assert await agent.resolve("web") == svc.cluster_ip
+        assert await agent.resolve("web.default.svc.cluster.local") == svc.cluster_ip
+        assert await agent.resolve("db") == IPv4Address("10.244.2.9")
+        assert await agent.resolve("db.other") is None  # another namespace's, none
+        assert await agent.resolve("nosuch") is None
