@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 
-def test_bench_dataplane_runs() -> None:
-    path = Path(__file__).parents[2] / "benchmarks" / "bench_dataplane.py"
-    spec = importlib.util.spec_from_file_location("bench_dataplane", path)
+def load(name: str) -> Any:
+    """benchmarks/NAME.py as a module."""
+    path = Path(__file__).parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_dataplane_runs() -> None:
+    mod = load("bench_dataplane")
     results = mod.run(n=50, profile=False)
     assert set(results) == {
         f"{p}-{s}" for p in ("minimal", "egress", "ingress", "ingress+socket") for s in (64, 1400)
@@ -20,11 +27,7 @@ def test_bench_dataplane_runs() -> None:
 
 
 def test_bench_timers_runs() -> None:
-    path = Path(__file__).parents[2] / "benchmarks" / "bench_timers.py"
-    spec = importlib.util.spec_from_file_location("bench_timers", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load("bench_timers")
     results = mod.run(n=20)  # it asserts the node's deadline is the full read's
     assert set(results) == set(mod.PODS)
     assert all(read > 0 and full > 0 for read, full in results.values())
