@@ -55,7 +55,9 @@ class BrNetfilter:
         if total < n:
             del pkt[total:]
         if not self._tracer.enabled and nf.fast_forward(pkt, now) is not None:
-            return frame  # established, un-NATed: the hooks would change nothing
+            # established, un-NATed: the hooks change nothing but the padding, trimmed
+            # to the IP length as br_validate_ipv4 trims it (the full path, below)
+            return frame if total == n else frame[: 14 + total]
         fragmented = bool(pkt[6] & 0x3F or pkt[7])
         if fragmented:
             # nf_defrag: the hooks see whole packets; refragmented after POSTROUTING

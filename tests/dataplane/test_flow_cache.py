@@ -11,6 +11,7 @@ from emunet.cluster.kubeproxy import Endpoint, Service, ServicePort
 from emunet.dataplane.conntrack import Status
 from emunet.dataplane.fabric import Fabric
 from emunet.dataplane.tcp import TCPConnection
+from emunet.packets.checksum import internet_checksum
 
 
 def workload(flow_cache: bool) -> dict[str, Any]:
@@ -437,3 +438,35 @@ def test_a_malformed_header_is_not_bridged_as_an_established_ping() -> None:
     fab.run(0.01)
     assert node.root.drops == {"malformed": 1} and not b.netns.drops
     assert entry.expires == expires  # not refreshed: the packet never reached conntrack
+
+
+def test_a_bridged_established_packet_loses_its_ethernet_padding_as_on_the_full_path() -> None:
+    """br_netfilter trims a frame to its IP total length before the hooks (Linux's
+    br_validate_ipv4), so a short packet padded to Ethernet's 60 bytes reaches the
+    other pod as 14 + its IP length, on the established fast path as on the first."""
+    fab = Fabric(nodes=1, seed=9)
+    a = fab.add_pod("node1", "a")
+    b = fab.add_pod("node1", "b")
+    ping = a.netns.ping_socket(0x4002)
+    sizes: list[int] = []
+
+    def tap(now: float, frame: bytes | bytearray) -> None:
+        if frame[:6] == b.mac and frame[12:14] == b"\x08\x00":  # IPv4 into b
+            sizes.append(len(frame))
+
+    b.eth0.taps.append(tap)
+    for seq in (1, 2, 3):
+        header = bytearray(bytes.fromhex("4500001c000100004001") + bytes(10))
+        header[12:20] = a.ip.packed + b.ip.packed
+        header[10:12] = internet_checksum(header).to_bytes(2, "big")
+        echo = bytearray(bytes.fromhex("08000000400200") + bytes([seq]))
+        echo[2:4] = internet_checksum(echo).to_bytes(2, "big")
+        frame = b.mac + a.mac + b"\x08\x00" + bytes(header) + bytes(echo) + bytes(18)
+        a.netns.l2_xmit(a.eth0, frame, fab.now)
+        fab.run(0.01)
+    assert len(ping.replies) == 3  # the replies: the connection is established
+    assert sizes == [42, 42, 42]  # 14 + 28: padding to 60 trimmed every time
+    node = fab.nodes["node1"]
+    assert node.netfilter is not None
+    (entry,) = node.netfilter.conntrack
+    assert entry.status & Status.SEEN_REPLY
