@@ -366,26 +366,8 @@ class Agent(Service):
             if pod.name == host and pod.pod_ip is not None:
                 return pod.pod_ip
         if self.registry is not None:  # a miss: read etcd, the watch may not have caught up
-            return await self._resolve_from_etcd(host, svc, ns)
+            return await _resolve_from_etcd(self.registry, host, svc, ns)
         return None
-
-    async def _resolve_from_etcd(self, host: str, name: str, ns: str) -> IPv4Address | None:
-        """A Service, a pod or a node the caches do not hold yet (one just created
-        elsewhere), read from etcd; each read bounded."""
-        assert self.registry is not None
-        reg = self.registry
-        try:
-            if _safe(name, ns):
-                s = await asyncio.wait_for(reg.get_service(ns, name), 2.0)
-                if s is not None and s.cluster_ip is not None:
-                    return s.cluster_ip
-                p = await asyncio.wait_for(reg.get_pod(ns, name), 2.0)
-                if p is not None and p.pod_ip is not None:
-                    return p.pod_ip
-            n = await asyncio.wait_for(reg.get_node(host), 2.0)
-        except (EmunetError, TimeoutError):
-            return None
-        return n.internal_ip if n is not None else None
 
     # ---------------------------------------------------------------- kubelet
 
@@ -636,6 +618,23 @@ class Agent(Service):
 
 def _status_of(pod: model.Pod) -> tuple[object, ...]:
     return (pod.phase, pod.pod_ip, pod.host_ip, pod.ready, pod.reason)
+
+
+async def _resolve_from_etcd(reg: Registry, host: str, name: str, ns: str) -> IPv4Address | None:
+    """A Service, a pod or a node a node's caches do not hold yet (one just created
+    elsewhere), read from etcd; each read bounded."""
+    try:
+        if _safe(name, ns):
+            s = await asyncio.wait_for(reg.get_service(ns, name), 2.0)
+            if s is not None and s.cluster_ip is not None:
+                return s.cluster_ip
+            p = await asyncio.wait_for(reg.get_pod(ns, name), 2.0)
+            if p is not None and p.pod_ip is not None:
+                return p.pod_ip
+        n = await asyncio.wait_for(reg.get_node(host), 2.0)
+    except (EmunetError, TimeoutError):
+        return None
+    return n.internal_ip if n is not None else None
 
 
 def _safe(name: str, namespace: str) -> bool:
