@@ -8,7 +8,9 @@ as the first packet was seen, and ``tuples[REPLY]``, what a reply looks like
 once NAT has been applied (DNAT changes the reply's source, SNAT its
 destination). Both tuples index the same entry in one dict, so any packet finds
 its connection and its direction with one hash lookup. For ICMP queries the
-echo identifier stands for both ports; the entry remembers the type and code.
+identifier stands for both ports, the query's type and code keyed above it on
+the responder's side (:func:`~emunet.dataplane.nat.icmp_ports`, as Linux keys
+them); the entry remembers the type and code.
 
 Life cycle, as in Linux: the first packet of a connection allocates an
 *unconfirmed* entry (the table-size check happens here); the NAT hooks bind
@@ -42,6 +44,8 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from ipaddress import IPv4Address
 from typing import Final
+
+from emunet.dataplane.nat import ICMP_QUERY_OF, PORT_MASK
 
 ORIGINAL: Final = 0
 REPLY: Final = 1
@@ -191,7 +195,7 @@ class TcpVerdict(IntEnum):
     REOPEN = 2  # SYN on a TIME_WAIT/CLOSE connection: kill it, treat as new
 
 
-_ICMP_REPLY_TYPE: Final = {8: 0, 13: 14, 15: 16, 17: 18}
+_ICMP_REPLY_TYPE: Final = {q: r for r, q in ICMP_QUERY_OF.items()}
 _PROTO_NAMES: Final = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
@@ -242,7 +246,7 @@ class ConntrackEntry:
 def _tuple_str(t: Tuple, proto: int, icmp: tuple[int, int] | None) -> str:
     s = f"src={IPv4Address(t[1])} dst={IPv4Address(t[2])}"
     if icmp is not None:
-        return s + f" type={icmp[0]} code={icmp[1]} id={t[3]}"
+        return s + f" type={icmp[0]} code={icmp[1]} id={t[3] & PORT_MASK}"
     if proto in (6, 17):
         return s + f" sport={t[3]} dport={t[4]}"
     return s

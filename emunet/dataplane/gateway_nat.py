@@ -141,8 +141,8 @@ class GatewayNAT:
         if proto == 1 and end >= ihl + 8:
             typ = pkt[ihl]
             if typ in ICMP_QUERIES or typ in ICMP_REPLIES:
-                ident = _U16.unpack_from(pkt, ihl + 4)[0]
-                return ident, ident, 0
+                sport, dport = nat.icmp_ports(typ, pkt[ihl + 1], _U16.unpack_from(pkt, ihl + 4)[0])
+                return sport, dport, 0
         return None
 
     def _enter(self, pkt: bytearray, iface: str, now: float) -> int:
@@ -221,7 +221,7 @@ class GatewayNAT:
         other = e.tuples[1 - d]
         ihl = (pkt[0] & 0x0F) << 2
         sport = _U16.unpack_from(pkt, ihl + 4 if pkt[9] == 1 else ihl)[0]
-        if other[2] != _II.unpack_from(pkt, 12)[0] or other[4] != sport:
+        if other[2] != _II.unpack_from(pkt, 12)[0] or other[4] & nat.PORT_MASK != sport:
             nat.manip(pkt, 0, end, True, other[2], other[4])
             self._hop(now, out_iface or "", "SNAT" if d == ORIGINAL else "un-DNAT",
                       e.tuples[d], other)  # fmt: skip
@@ -233,14 +233,13 @@ class GatewayNAT:
         addr = int(self.public_ip)
         taken = self.conntrack.is_taken
         port = rdp
-        if taken((p, rs, addr, rsp if p != 1 else port, port)):
+        if taken((p, rs, addr, *nat.nat_ports(p, rsp, port))):
             lo, size = nat.port_range(p, rdp)
             for cand in range(lo, lo + size):
-                if not taken((p, rs, addr, rsp if p != 1 else cand, cand)):
+                if not taken((p, rs, addr, *nat.nat_ports(p, rsp, cand))):
                     port = cand
                     break
-        if p == 1:
-            rsp = port
+        rsp, port = nat.nat_ports(p, rsp, port)
         self.conntrack.set_reply(e, (p, rs, addr, rsp, port))
         e.status |= _SRC_NAT
         if self.tracer.enabled:
@@ -270,9 +269,10 @@ class GatewayNAT:
         self, now: float, iface: str, what: str, t: tuple[int, ...], o: tuple[int, ...]
     ) -> None:
         if self.tracer.enabled:
+            m = nat.PORT_MASK  # an ICMP tuple's query key is not the identifier's
             detail = (
-                f"{IPv4Address(t[1])}:{t[3]} -> {IPv4Address(t[2])}:{t[4]} => "
-                f"src {IPv4Address(o[2])}:{o[4]} dst {IPv4Address(o[1])}:{o[3]}"
+                f"{IPv4Address(t[1])}:{t[3] & m} -> {IPv4Address(t[2])}:{t[4] & m} => "
+                f"src {IPv4Address(o[2])}:{o[4] & m} dst {IPv4Address(o[1])}:{o[3] & m}"
             )
             self.tracer.hop(now, self.name, "root", iface, what, detail)
 

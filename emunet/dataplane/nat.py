@@ -3,7 +3,7 @@
 ``manip(pkt, off, end, is_src, addr, port)`` rewrites one side of the IPv4
 packet whose header starts at ``off`` (``end`` is where the IP datagram's bytes
 stop in ``pkt``): the address, and the L4 "port" of that side (TCP/UDP port,
-or the ICMP echo identifier, which stands for both ports). The IP header
+or the ICMP query identifier: see :func:`icmp_ports`). The IP header
 checksum, the TCP/UDP checksum (the pseudo-header holds the addresses) and the
 ICMP checksum (the identifier) are patched, not recomputed.
 
@@ -15,6 +15,18 @@ also what Linux does (``nf_nat_icmp_reply_translation``).
 
 A UDP checksum of 0 means "none" (RFC 768) and stays 0; a patched checksum
 that comes out 0 is sent as 0xFFFF.
+
+ICMP queries in a conntrack tuple (:func:`icmp_ports`): Linux keys an ICMP
+query's tuple by its identifier (``src.u.icmp.id``) *and* its type and code
+(``dst.u.icmp.type/code``), the reply tuple holding the reply's type (8 -> 0).
+Our tuples are ``(proto, src, dst, sport, dport)`` with the reply made by
+swapping sides, so the identifier is in both "ports" and the query's type and
+code ride above its low 16 bits on the responder's side: a request
+``(id, id | key)``, its reply ``(id | key, id)``. A request from the other end
+with the same identifier is then its own connection, as in Linux, not the
+reply of the first (and a ping to a node's address is not taken for the reply
+of a masqueraded ping that was given the same identifier). The packet's
+identifier is a port's low 16 bits (:data:`PORT_MASK`).
 """
 
 from __future__ import annotations
@@ -30,8 +42,11 @@ _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
 
 
-# ICMP query types whose identifier is tracked like a port (RFC 792).
-ICMP_QUERY_TYPES: Final = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
+ICMP_ERRORS: Final = frozenset({3, 4, 5, 11, 12})  # quote the packet that caused them
+ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})  # may open a connection
+ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
+# ICMP query and reply types, whose identifier is tracked like a port (RFC 792)
+ICMP_QUERY_TYPES: Final = ICMP_QUERIES | ICMP_REPLIES
 
 
 def _csum_add32(csum: int, old: int, new: int) -> int:
@@ -81,6 +96,7 @@ def manip(pkt: bytearray, off: int, end: int, is_src: bool, addr: int, port: int
             c = 0xFFFF
         _U16.pack_into(pkt, coff, c)
     elif proto == PROTO_ICMP and pkt[l4] in ICMP_QUERY_TYPES:
+        port &= PORT_MASK  # the identifier, without the tuple's query key
         (old_id,) = _U16.unpack_from(pkt, l4 + 4)
         if old_id != port:
             _U16.pack_into(pkt, l4 + 4, port)
@@ -110,10 +126,27 @@ def fix_icmp_checksum(pkt: bytearray, icmp_off: int, end: int) -> None:
 
 _II: Final = struct.Struct("!II")
 _HH: Final = struct.Struct("!HH")
-ICMP_ERRORS: Final = frozenset({3, 4, 5, 11, 12})  # quote the packet that caused them
-ICMP_QUERIES: Final = frozenset({8, 13, 15, 17})  # may open a connection
-ICMP_REPLIES: Final = frozenset({0, 14, 16, 18})
 SRC_NAT, DST_NAT = 1 << 4, 1 << 5  # conntrack's IPS_SRC_NAT, IPS_DST_NAT status bits
+PORT_MASK: Final = 0xFFFF  # a tuple port's packet field (an ICMP key rides above it)
+ICMP_QUERY_OF: Final = {0: 8, 14: 13, 16: 15, 18: 17}  # a reply type -> its query's
+
+
+def icmp_ports(typ: int, code: int, ident: int) -> tuple[int, int]:
+    """The tuple's (sport, dport) of an ICMP query (``typ`` in :data:`ICMP_QUERIES`)
+    or reply (in :data:`ICMP_REPLIES`) with identifier ``ident``: the identifier
+    both sides, the query's type and code above it on the responder's side."""
+    query = ICMP_QUERY_OF.get(typ)
+    if query is None:  # a query: the responder is the destination
+        return ident, ident | (typ << 8 | code) << 16
+    return ident | (query << 8 | code) << 16, ident
+
+
+def nat_ports(proto: int, sport: int, port: int) -> tuple[int, int]:
+    """The (sport, dport) of a reply tuple whose destination port a source NAT set
+    to ``port``: an ICMP identifier is both ports, the query's key kept."""
+    if proto == PROTO_ICMP:
+        return (sport & ~PORT_MASK) | port, port
+    return sport, port
 
 
 def quoted_tuple(pkt: bytes | bytearray, ihl: int, end: int) -> tuple[int, tuple[int, ...]] | None:
@@ -135,7 +168,7 @@ def quoted_tuple(pkt: bytes | bytearray, ihl: int, end: int) -> tuple[int, tuple
     elif iproto == PROTO_ICMP:
         if end < l4 + 8 or (pkt[l4] not in ICMP_QUERIES and pkt[l4] not in ICMP_REPLIES):
             return None
-        isport = idport = _U16.unpack_from(pkt, l4 + 4)[0]
+        isport, idport = icmp_ports(pkt[l4], pkt[l4 + 1], _U16.unpack_from(pkt, l4 + 4)[0])
     else:  # another protocol: conntrack tracks it by addresses alone
         isport = idport = 0
     return ioff, (iproto, idst, isrc, idport, isport)

@@ -276,9 +276,10 @@ class Netfilter:
             return None  # a malformed header or a fragment: the full hooks judge it
         src, dst = _II.unpack_from(pkt, 12)
         if proto == 1:
-            if pkt[ihl] != 8 and pkt[ihl] != 0:  # an echo request or reply
+            typ = pkt[ihl]
+            if typ != 8 and typ != 0:  # an echo request or reply
                 return None
-            sport = dport = _U16.unpack_from(pkt, ihl + 4)[0]  # the identifier
+            sport, dport = nat.icmp_ports(typ, pkt[ihl + 1], _U16.unpack_from(pkt, ihl + 4)[0])
         elif proto == 6 or proto == 17:
             sport, dport = _HH.unpack_from(pkt, ihl)
         else:
@@ -386,7 +387,7 @@ class Netfilter:
             if typ in ICMP_ERRORS:
                 return self._enter_related(pkt, ihl, end, iface, now)
             if typ in ICMP_QUERIES or typ in ICMP_REPLIES:
-                sport = dport = _U16.unpack_from(pkt, ihl + 4)[0]
+                sport, dport = nat.icmp_ports(typ, pkt[ihl + 1], _U16.unpack_from(pkt, ihl + 4)[0])
             else:
                 return Verdict.ACCEPT  # untracked ICMP (redirect, ...): INVALID
         self._src = src
@@ -477,8 +478,8 @@ class Netfilter:
         sport = dport = 0
         if (proto == 6 or proto == 17) and len(pkt) >= ihl + 4:
             sport, dport = _HH.unpack_from(pkt, ihl)
-        elif proto == 1 and len(pkt) >= ihl + 8:
-            sport = dport = _U16.unpack_from(pkt, ihl + 4)[0]
+        elif proto == 1 and len(pkt) >= ihl + 8 and pkt[ihl] in nat.ICMP_QUERY_TYPES:
+            sport, dport = nat.icmp_ports(pkt[ihl], pkt[ihl + 1], _U16.unpack_from(pkt, ihl + 4)[0])
         self._src, self._sport = src, sport
         hit = self.conntrack.lookup((proto, src, dst, sport, dport), now)
         if hit is not None:
@@ -671,13 +672,12 @@ class Netfilter:
             rnd = self.rng.randrange
             for _ in range(128):
                 cand = lo + rnd(size)
-                if not taken((p, rs, addr, rsp, cand)):
+                if not taken((p, rs, addr, *nat.nat_ports(p, rsp, cand))):
                     port = cand
                     break
             else:
                 port = rdp  # Linux gives up and keeps the clash (the packet may be dropped)
-            if p == 1:
-                rsp = port  # ICMP: the identifier is both "ports"
+            rsp, port = nat.nat_ports(p, rsp, port)  # ICMP: the identifier is both "ports"
         self.conntrack.set_reply(e, (p, rs, addr, rsp, port))
         e.status |= _SRC_NAT
         if self.tracer.enabled and not implicit:
@@ -689,9 +689,11 @@ class Netfilter:
     @staticmethod
     def _tuple_str(t: Tuple) -> str:
         name = {6: "tcp", 17: "udp", 1: "icmp"}.get(t[0], str(t[0]))
-        return f"{name} {IPv4Address(t[1])}:{t[3]} -> {IPv4Address(t[2])}:{t[4]}"
+        m = nat.PORT_MASK
+        return f"{name} {IPv4Address(t[1])}:{t[3] & m} -> {IPv4Address(t[2])}:{t[4] & m}"
 
     def _trace_manip(self, now: float, iface: str, what: str, t: Tuple, other: Tuple) -> None:
         self.tracer.hop(now, self.node, "root", iface, what,
-                        f"{self._tuple_str(t)} => src {IPv4Address(other[2])}:{other[4]} "
-                        f"dst {IPv4Address(other[1])}:{other[3]}")  # fmt: skip
+                        f"{self._tuple_str(t)} => src {IPv4Address(other[2])}:"
+                        f"{other[4] & nat.PORT_MASK} "
+                        f"dst {IPv4Address(other[1])}:{other[3] & nat.PORT_MASK}")  # fmt: skip
