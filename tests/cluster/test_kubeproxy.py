@@ -240,6 +240,15 @@ def test_address_keys_tell_ports_apart(a: tuple[int, int, int], b: tuple[int, in
     assert (kp.address_key(*a) == kp.address_key(*b)) == (a == b)
 
 
+def test_services_of_one_port_start_in_different_dict_slots() -> None:
+    """A dict's first probe is the key's low bits (an int hashes to itself):
+    10,000 port-80 Services at consecutive addresses must not share them, or each
+    new connection walks a chain of probes (a cold cache line each)."""
+    base = int(A("10.96.0.16"))
+    keys = [kp.address_key(6, base + i, 80) for i in range(10_000)]
+    assert len({hash(k) & (2**14 - 1) for k in keys}) == 10_000  # a 16,384-slot table
+
+
 @given(st.tuples(_PROTO, _PORT), st.tuples(_PROTO, _PORT))
 def test_node_port_keys_tell_ports_apart(a: tuple[int, int], b: tuple[int, int]) -> None:
     assert (kp.node_port_key(*a) == kp.node_port_key(*b)) == (a == b)
