@@ -50,7 +50,7 @@ class Flow:
         self.route = route
         self.version = version
         self.rules = rules
-        self.next_hop = route.via.packed if route is not None and route.via is not None else dst
+        self.next_hop = (route.via_packed if route is not None else b"") or dst
 
 
 class FlowTable:

@@ -78,8 +78,8 @@ class Namespace:
         self.tcp_conns = self.sockets.tcp_conns  # ``ss -t``: connections and listeners
         self.tcp_listeners = self.sockets.tcp_listeners
         self._addr_cache: dict[bytes, IPv4Address] = {}
-        # ip_send_local's source decisions: packed dst -> (route version, src)
-        self._src_cache: dict[bytes, tuple[int, IPv4Address]] = {}
+        # ip_send_local's source decisions: packed dst -> (route version, src, packed src)
+        self._src_cache: dict[bytes, tuple[int, IPv4Address, bytes]] = {}
         self._broadcasts: set[bytes] = set()  # directed broadcasts of our subnets
         self._next_ifindex = 1
         self._push = node.push
@@ -361,7 +361,7 @@ class Namespace:
             src = route.src or (dev.addresses[0].ip if dev.addresses else IPv4Address(0))
             if self.nf_refused(dev, pkt, nf.postrouting(pkt, dev.name, src, now), now):
                 return
-        next_hop = route.via.packed if route.via is not None else bytes(pkt[16:20])
+        next_hop = route.via_packed or bytes(pkt[16:20])
         if len(pkt) > dev.mtu:
             for frag in fragment(pkt, dev.mtu):
                 self.dev_xmit(dev, next_hop, frag, now)
@@ -575,7 +575,8 @@ class Namespace:
 
         Errors a real ``sendto`` would return raise :class:`SocketError`
         when ``owner`` is a socket; otherwise they are dropped with a reason.
-        ``packed``: ``src`` and ``dst`` as bytes, where the caller keeps them (UDP).
+        ``packed``: ``src`` and ``dst`` as bytes, where the caller has them (``b""``
+        for a ``src`` of None): an address packed per packet is a Python-level call.
         """
         self.node.mark_timers(self)
         spk, dpk = packed or ((src.packed if src is not None else b""), dst.packed)
@@ -602,13 +603,13 @@ class Namespace:
             version = self.routes.prefixes.version  # bumped by route and address changes
             hit = self._src_cache.get(dpk)
             if hit is not None and hit[0] == version:
-                src = hit[1]
+                src, spk = hit[1], hit[2]
             else:
-                src = route.src or self.source_for(route.dev, (route.via or dst).packed)
+                src = route.src or self.source_for(route.dev, route.via_packed or dpk)
+                spk = src.packed
                 if len(self._src_cache) >= 4096:
                     self._src_cache.clear()
-                self._src_cache[dpk] = (version, src)
-            spk = src.packed
+                self._src_cache[dpk] = (version, src, spk)
         pkt = ipv4.build_fast(
             spk, dpk, proto, payload, ttl=ttl, ident=self.node.next_ident(), df=df
         )

@@ -4,7 +4,7 @@ longest-prefix match (:class:`~emunet.dataplane.lpm.PrefixMap`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Final
 
@@ -28,6 +28,12 @@ class Route:
     proto: str = "static"
     scope: str = SCOPE_GLOBAL
     metric: int = 0
+    # the gateway as bytes, the next hop ip_output hands the device (a packet's
+    # own destination when b""): packed once, not per packet
+    via_packed: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "via_packed", self.via.packed if self.via is not None else b"")
 
     def __str__(self) -> str:
         dst = "default" if self.dst.prefixlen == 0 else str(self.dst)

@@ -167,6 +167,7 @@ class PingSocket(_Socket):
         self.replies: deque[EchoReply] = deque()
         self.sent: dict[int, float] = {}
         self.ttl = 64
+        self.last_dst: tuple[IPv4Address, bytes] | None = None  # and its packed bytes
 
     def send(
         self,

@@ -192,7 +192,8 @@ class Transport:
             ip.drop(now, iface, Drop.MALFORMED, "icmp: bad checksum")
             return
         typ = mv[0]
-        src = ip.address(bytes(pkt[12:16]))
+        spk = bytes(pkt[12:16])
+        src = ip.address(spk)
         if typ == icmp.ECHO_REQUEST:
             dst = bytes(pkt[16:20])
             if dst == BROADCAST_IP:
@@ -204,7 +205,9 @@ class Transport:
             if self._tracer.enabled:
                 ip.trace(now, "", "deliver", "icmp echo request: replying")
             # the kernel's ICMP socket sends with IP_PMTUDISC_DONT: big replies fragment
-            ip.ip_send_local(1, ip.address(dst), src, bytes(reply), now, df=False)
+            ip.ip_send_local(
+                1, ip.address(dst), src, bytes(reply), now, df=False, packed=(dst, spk)
+            )
         elif typ == icmp.ECHO_REPLY:
             ident, seq = _PORTS.unpack_from(mv, 4)
             sock = self.ping_sockets.get(ident)
@@ -390,7 +393,13 @@ class Transport:
     def ping_send(
         self, sock: PingSocket, dst: IPv4Address, msg: bytes, now: float, ttl: int, df: bool
     ) -> None:
-        self.ip.ip_send_local(1, None, dst, msg, now, ttl=ttl, df=df, owner=sock)
+        last = sock.last_dst
+        if last is not None and last[0] is dst:
+            dpk = last[1]  # ping sends to one address, packed once
+        else:
+            dpk = dst.packed
+            sock.last_dst = (dst, dpk)
+        self.ip.ip_send_local(1, None, dst, msg, now, ttl=ttl, df=df, owner=sock, packed=(b"", dpk))
 
     def ping_closed(self, sock: PingSocket) -> None:
         self.ping_sockets.pop(sock.ident, None)

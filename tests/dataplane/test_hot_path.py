@@ -1,0 +1,37 @@
+"""The per-packet path packs no address: ``IPv4Address.packed`` is a Python-level
+call (interpreted code, cold on every packet of a paced ping), so a route keeps
+its gateway packed, a ping socket its destination, and an echo reply takes the
+request's address bytes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from emunet.dataplane.fabric import Fabric
+
+
+def test_a_ping_round_through_two_nodes_packs_no_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fab = Fabric(nodes=2, seed=7)
+    a = fab.add_pod("node1", "a")
+    b = fab.add_pod("node2", "b")
+    sock = a.netns.ping_socket(4242)
+    for seq in range(3):  # ARP, routes, flows and caches settle
+        sock.send(b.ip, seq, fab.now, b"\x00" * 56)
+        fab.run(0.5)
+    calls: list[int] = []
+    packed = ipaddress.IPv4Address.packed
+
+    def counted(self: ipaddress.IPv4Address) -> bytes:
+        calls.append(1)
+        return packed.__get__(self)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(ipaddress.IPv4Address, "packed", property(counted))
+    for seq in range(3, 13):
+        sock.send(b.ip, seq, fab.now, b"\x00" * 56)
+        fab.run(0.5)
+    assert [r.seq for r in sock.replies] == list(range(13))
+    assert len(calls) == 0
