@@ -575,8 +575,7 @@ class Namespace:
 
         Errors a real ``sendto`` would return raise :class:`SocketError`
         when ``owner`` is a socket; otherwise they are dropped with a reason.
-        ``packed``: ``src`` and ``dst`` as bytes, where the caller has them (``b""``
-        for a ``src`` of None): an address packed per packet is a Python-level call.
+        ``packed``: ``src`` (``b""`` for None) and ``dst`` as bytes: packing is a Python call.
         """
         self.node.mark_timers(self)
         spk, dpk = packed or ((src.packed if src is not None else b""), dst.packed)
