@@ -6,10 +6,11 @@ rewritten (``Netfilter.fast_forward`` says when that holds). So do, beyond
 nf_flowtable, a stream of un-NATed UDP that has not seen its reply and that no
 filter rule judges (only its first packet traverses nat, FORWARD accepts every
 packet and conntrack refreshes the entry's timer), and the echo requests and
-replies of an un-NATed ping that has seen its reply (conntrack keys them by the
-identifier and only refreshes the entry; the flow's key leaves out the checksum
-that follows the type). Linux offloads TCP and UDP only; here a flow changes
-nothing a packet would see, only how fast the hooks' outcome is known.
+replies of an un-NATed ping that has seen its reply (conntrack keys them by
+identifier, type and code and only refreshes the entry; the flow's key is the
+same, without the checksum that follows the code). Linux offloads TCP and UDP
+only; here a flow changes nothing a packet would see, only how fast the hooks'
+outcome is known.
 The first such packet of a connection seen here gets a flow: its conntrack
 entry, the route it was forwarded by and the versions of the route table and
 the ruleset it was decided with. Later packets of the connection find the flow
@@ -33,7 +34,8 @@ from emunet.dataplane.routing import Route, RouteTable
 
 FLOW_TABLE_MAX: Final = 65536
 _FLOW_KEY: Final = struct.Struct("!9xB2x12s")  # (protocol, addresses and ports) of a 20-byte header
-_ECHO_KEY: Final = struct.Struct("!12x9s3x2s")  # (addresses and type, identifier) of an ICMP echo
+# (addresses, type and code, identifier) of an ICMP echo: conntrack's key (nat.icmp_ports)
+_ECHO_KEY: Final = struct.Struct("!12x10s2x2s")
 _DST: Final = struct.Struct("!16x4s")
 
 

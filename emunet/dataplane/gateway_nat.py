@@ -168,7 +168,9 @@ class GatewayNAT:
             e, d, _ = tracked
             self._ct, self._dir = e, d
             other = e.tuples[1 - d]
-            if other[1] != dst or other[3] != dport:
+            if e.status & (_DST_NAT if d == ORIGINAL else _SRC_NAT) and (
+                other[1] != dst or other[3] != dport
+            ):  # nf_nat_packet: only the entry's own NAT (an ICMP id is both ports)
                 nat.manip(pkt, 0, end, False, other[1], other[3])
                 self._hop(now, iface, "un-SNAT" if d else "DNAT", t, other)
             return ACCEPT
@@ -182,7 +184,7 @@ class GatewayNAT:
             table.discard(e2)
             return ACCEPT
         if proto == 1:
-            e2.icmp_type = pkt[ihl]
+            e2.icmp_type, e2.icmp_code = pkt[ihl], pkt[ihl + 1]
         self._ct, self._dir = e2, ORIGINAL
         vip = self.vips.get((proto, dst, dport)) if self.vips else None
         if vip is not None:
@@ -221,7 +223,9 @@ class GatewayNAT:
         other = e.tuples[1 - d]
         ihl = (pkt[0] & 0x0F) << 2
         sport = _U16.unpack_from(pkt, ihl + 4 if pkt[9] == 1 else ihl)[0]
-        if other[2] != _II.unpack_from(pkt, 12)[0] or other[4] & nat.PORT_MASK != sport:
+        if e.status & (_SRC_NAT if d == ORIGINAL else _DST_NAT) and (
+            other[2] != _II.unpack_from(pkt, 12)[0] or other[4] & nat.PORT_MASK != sport
+        ):
             nat.manip(pkt, 0, end, True, other[2], other[4])
             self._hop(now, out_iface or "", "SNAT" if d == ORIGINAL else "un-DNAT",
                       e.tuples[d], other)  # fmt: skip

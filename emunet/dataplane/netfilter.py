@@ -406,7 +406,8 @@ class Netfilter:
                     else CtState.ESTABLISHED
                 )
                 other = e.tuples[1 - d]
-                if other[1] != dst or other[3] != dport:
+                bit = _SRC_NAT if d else _DST_NAT  # nf_nat_packet: the entry's own NAT only
+                if e.status & bit and (other[1] != dst or other[3] != dport):
                     nat.manip(pkt, 0, end, False, other[1], other[3])
                     if self.tracer.enabled:
                         self._trace_manip(now, iface, "un-SNAT" if d else "DNAT", t, other)
@@ -424,7 +425,7 @@ class Netfilter:
             table.discard(e2)
             return Verdict.ACCEPT  # INVALID (e.g. a stray RST)
         if proto == 1:
-            e2.icmp_type = typ
+            e2.icmp_type, e2.icmp_code = typ, pkt[ihl + 1]
         self._ct = e2
         self._dir = ORIGINAL
         self._state = CtState.NEW
@@ -626,7 +627,8 @@ class Netfilter:
                 self._snat(e, r[2], iface, now, implicit=True)
             self.conntrack.confirm(e)
         other = e.tuples[1 - d]
-        if other[2] != self._src or other[4] != self._sport:
+        bit = _DST_NAT if d else _SRC_NAT  # nf_nat_packet (an ICMP id is both ports)
+        if e.status & bit and (other[2] != self._src or other[4] != self._sport):
             nat.manip(pkt, 0, end, True, other[2], other[4])
             if self.tracer.enabled:
                 what = "SNAT" if d == ORIGINAL else "un-DNAT"
@@ -693,7 +695,6 @@ class Netfilter:
         return f"{name} {IPv4Address(t[1])}:{t[3] & m} -> {IPv4Address(t[2])}:{t[4] & m}"
 
     def _trace_manip(self, now: float, iface: str, what: str, t: Tuple, other: Tuple) -> None:
-        self.tracer.hop(now, self.node, "root", iface, what,
-                        f"{self._tuple_str(t)} => src {IPv4Address(other[2])}:"
-                        f"{other[4] & nat.PORT_MASK} "
-                        f"dst {IPv4Address(other[1])}:{other[3] & nat.PORT_MASK}")  # fmt: skip
+        o, m = other, nat.PORT_MASK
+        to = f"src {IPv4Address(o[2])}:{o[4] & m} dst {IPv4Address(o[1])}:{o[3] & m}"
+        self.tracer.hop(now, self.node, "root", iface, what, f"{self._tuple_str(t)} => {to}")

@@ -8,6 +8,7 @@ from emunet.dataplane import nat
 from emunet.dataplane.conntrack import REPLY
 from emunet.dataplane.fabric import Fabric
 from emunet.packets import icmp, ipv4
+from emunet.packets.checksum import internet_checksum
 
 
 def icmp_lines(listing: str) -> list[str]:
@@ -87,3 +88,57 @@ def test_the_gateway_keys_pings_by_type_too() -> None:
     fab.run(0.5)
     assert [(str(r.src), r.ttl) for r in probe.replies] == [("198.51.100.1", 64)]
     assert [len(sock.replies) for sock in socks] == [1, 1]
+
+
+def test_time_exceeded_reaches_a_masqueraded_ping_after_its_first_reply() -> None:
+    """mtr -I: once a masqueraded ping is answered, a TTL-limited probe of it dies on
+    the way and its error finds the socket. The request is only SNAT'd (the
+    identifier changes on the way out, not on the way in): had prerouting given
+    it the SNAT'd identifier, the error quoted a packet of no connection."""
+    fab = Fabric(nodes=2, seed=7)
+    host = fab.add_host("h", "203.0.113.10")
+    pod = fab.add_pod("node1", "a")
+    sock = pod.netns.ping_socket(4242)
+    sock.send(host.ip, 1, fab.now, b"\x00" * 8)
+    fab.run(0.5)
+    for seq, ttl in ((2, 1), (3, 2)):  # dies at node1, then at the gateway
+        sock.send(host.ip, seq, fab.now, b"\x00" * 8, ttl=ttl)
+        fab.run(0.5)
+    assert [r.seq for r in sock.replies] == [1]
+    assert [(e.icmp_type, e.seq) for e in sock.errors] == [(11, 2), (11, 3)]
+
+
+def test_the_gateway_sends_time_exceeded_to_a_remapped_ping() -> None:
+    fab = Fabric(nodes=2, seed=2)
+    host = fab.add_host("h", "203.0.113.10")
+    socks = [fab.node(name).root.ping_socket(4242) for name in ("node1", "node2")]
+    for sock in socks:  # the second one's identifier is remapped (a clash)
+        sock.send(host.ip, 1, fab.now, b"\x00" * 8)
+    fab.run(0.5)
+    for sock in socks:
+        sock.send(host.ip, 2, fab.now, b"\x00" * 8, ttl=1)  # dies at the gateway
+    fab.run(0.5)
+    assert [[(e.icmp_type, e.seq) for e in sock.errors] for sock in socks] == [[(11, 2)]] * 2
+
+
+def test_an_echo_of_another_code_is_another_connection_on_the_flow_path_too() -> None:
+    """The flow table keys an echo as conntrack does (type and code): a request
+    with code 3 and a flowing ping's identifier opens its own entry, listed with
+    its code, whether the hooks or the flow see it."""
+    for trace in (False, True):  # a tracer sends every packet through the hooks
+        fab = Fabric(nodes=2, seed=7, trace=trace)
+        a = fab.add_pod("node1", "a")
+        c = fab.add_pod("node2", "c")
+        sock = a.netns.ping_socket(900)
+        for seq in range(3):
+            sock.send(c.ip, seq, fab.now, b"z" * 8)
+            fab.run(0.5)
+        msg = bytearray(icmp.echo(icmp.ECHO_REQUEST, 900, 50, b"z" * 8))
+        msg[1] = 3
+        msg[2:4] = b"\x00\x00"
+        msg[2:4] = internet_checksum(msg).to_bytes(2, "big")
+        a.netns.ip_send_local(1, a.ip, c.ip, bytes(msg), fab.now, df=False)
+        fab.run(0.5)
+        lines = icmp_lines(fab.node("node1").conntrack_listing(fab.now))
+        assert len(lines) == 2, (trace, lines)
+        assert sorted(line.split(" code=")[1][0] for line in lines) == ["0", "3"]
