@@ -168,9 +168,7 @@ class GatewayNAT:
             e, d, _ = tracked
             self._ct, self._dir = e, d
             other = e.tuples[1 - d]
-            if e.status & (_DST_NAT if d == ORIGINAL else _SRC_NAT) and (
-                other[1] != dst or other[3] != dport
-            ):  # nf_nat_packet: only the entry's own NAT (an ICMP id is both ports)
+            if nat.manips(e.status, d, False) and (other[1] != dst or other[3] != dport):
                 nat.manip(pkt, 0, end, False, other[1], other[3])
                 self._hop(now, iface, "un-SNAT" if d else "DNAT", t, other)
             return ACCEPT
@@ -223,7 +221,7 @@ class GatewayNAT:
         other = e.tuples[1 - d]
         ihl = (pkt[0] & 0x0F) << 2
         sport = _U16.unpack_from(pkt, ihl + 4 if pkt[9] == 1 else ihl)[0]
-        if e.status & (_SRC_NAT if d == ORIGINAL else _DST_NAT) and (
+        if nat.manips(e.status, d, True) and (
             other[2] != _II.unpack_from(pkt, 12)[0] or other[4] & nat.PORT_MASK != sport
         ):
             nat.manip(pkt, 0, end, True, other[2], other[4])

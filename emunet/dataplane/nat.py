@@ -131,6 +131,14 @@ PORT_MASK: Final = 0xFFFF  # a tuple port's packet field (an ICMP key rides abov
 ICMP_QUERY_OF: Final = {0: 8, 14: 13, 16: 15, 18: 17}  # a reply type -> its query's
 
 
+def manips(status: int, direction: int, is_src: bool) -> bool:
+    """Linux ``nf_nat_packet``'s test: a packet travelling in ``direction`` of a
+    connection with NAT ``status`` gets the source (``is_src``, POSTROUTING/INPUT)
+    or destination (PREROUTING/OUTPUT) manip: SNAT's bit in the original
+    direction, DNAT's in the reply, and the other way round for destinations."""
+    return bool(status & (SRC_NAT if is_src != bool(direction) else DST_NAT))
+
+
 def icmp_ports(typ: int, code: int, ident: int) -> tuple[int, int]:
     """The tuple's (sport, dport) of an ICMP query (``typ`` in :data:`ICMP_QUERIES`)
     or reply (in :data:`ICMP_REPLIES`) with identifier ``ident``: the identifier
@@ -187,10 +195,7 @@ def icmp_reply_translation(
     travelling in ``direction`` of a connection (its ``tuples`` and NAT ``status``)
     is rewritten as the packet it quotes was: the quoted packet with the inverse
     manip, the error's own addresses, then the error's checksum. True if rewritten."""
-    bit = SRC_NAT if is_src else DST_NAT
-    if direction:  # REPLY
-        bit = DST_NAT if is_src else SRC_NAT
-    if not status & bit:
+    if not manips(status, direction, is_src):
         return False
     other = tuples[1 - direction]
     if is_src:

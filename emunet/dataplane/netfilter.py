@@ -406,8 +406,7 @@ class Netfilter:
                     else CtState.ESTABLISHED
                 )
                 other = e.tuples[1 - d]
-                bit = _SRC_NAT if d else _DST_NAT  # nf_nat_packet: the entry's own NAT only
-                if e.status & bit and (other[1] != dst or other[3] != dport):
+                if nat.manips(e.status, d, False) and (other[1] != dst or other[3] != dport):
                     nat.manip(pkt, 0, end, False, other[1], other[3])
                     if self.tracer.enabled:
                         self._trace_manip(now, iface, "un-SNAT" if d else "DNAT", t, other)
@@ -627,8 +626,7 @@ class Netfilter:
                 self._snat(e, r[2], iface, now, implicit=True)
             self.conntrack.confirm(e)
         other = e.tuples[1 - d]
-        bit = _DST_NAT if d else _SRC_NAT  # nf_nat_packet (an ICMP id is both ports)
-        if e.status & bit and (other[2] != self._src or other[4] != self._sport):
+        if nat.manips(e.status, d, True) and (other[2] != self._src or other[4] != self._sport):
             nat.manip(pkt, 0, end, True, other[2], other[4])
             if self.tracer.enabled:
                 what = "SNAT" if d == ORIGINAL else "un-DNAT"
