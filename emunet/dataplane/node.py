@@ -335,6 +335,10 @@ class Node(Machine):
         self._ip_owner.pop(pod.ip, None)
         pod.eth0.up = False
         self._pod_timers.pop(pod.netns, None)
+        # its heap items go too, or the deleted namespace stays until its deadline
+        heap = self._timer_heap
+        heap[:] = [item for item in heap if item[2] is not pod.netns]
+        heapq.heapify(heap)
         pod.netns.close_all()
 
     def _allocate_ip(self) -> IPv4Address:

@@ -202,3 +202,25 @@ def test_a_connection_closed_without_a_segment_leaves_the_table_and_its_port() -
         assert conn.state.name == "CLOSED"
         assert a.netns.tcp_conns == {}, how
         a.netns.tcp_listen(conn.local_port).close(fab.now)  # the port is free again
+
+
+def test_a_deleted_pods_namespace_leaves_the_timer_heap_at_once() -> None:
+    """A pod deleted with a far deadline (a lone fragment's 30 s reassembly) while
+    another pod's nearer ones (ARP retries) stay on top of the heap: its heap item
+    goes with it, not when its deadline comes, so the namespace (sockets, buffers)
+    is not kept alive by the node's timers."""
+    fab = Fabric(nodes=1, seed=9)
+    a, b = fab.add_pod("node1", "a"), fab.add_pod("node1", "b")
+    node = fab.nodes["node1"]
+    first = ipv4.build(ipv4.IPv4Header(b.ip, a.ip, 17, identification=3, mf=True), b"f" * 32)
+    a.eth0.receive(a.eth0, a.mac + b.mac + b"\x08\x00" + first, fab.now)
+    fab.run(0.01)
+    b.netns.ping_socket(4).send(IPv4Address(int(b.ip) + 100), 1, fab.now, b"p")
+    fab.run(0.01)
+    ns = a.netns
+    assert ns.defrag.next_expiry() is not None and b.netns.get_timer() is not None
+    assert any(item[2] is ns for item in node._timer_heap)
+    node.remove_pod("a")
+    fab.run(0.5)  # b's retry deadline is on top; a's 30 s one would wait below it
+    assert not any(item[2] is ns for item in node._timer_heap)
+    assert_not_late(node)
