@@ -69,7 +69,11 @@ class Fabric:
         self.node_network = IPv4Network(node_network)
         self.nodes: dict[str, Node] = {}
         self.by_ip: dict[IPv4Address, Node] = {}
-        self.links: dict[tuple[IPv4Address, IPv4Address], Link] = {}
+        # a datagram names its peer as the socket would, "ip"; no address is parsed,
+        # formatted or hashed (IPv4Address's hash formats a string) per packet
+        self._peers: dict[str, Node] = {}  # "ip" -> node
+        self._addr: dict[str, str] = {}  # node name -> "ip"
+        self.links: dict[tuple[str, str], Link] = {}  # by node names
         self.default_link = Link(delay=delay, loss=loss)
         self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
@@ -114,6 +118,8 @@ class Fabric:
             node.set_lease(other.subnet, other.node_ip)
         self.nodes[name] = node
         self.by_ip[node.node_ip] = node
+        self._addr[name] = str(node.node_ip)
+        self._peers[self._addr[name]] = node
         return node
 
     def remove_lease(self, name: str) -> None:
@@ -186,7 +192,7 @@ class Fabric:
 
     def link(self, src: str, dst: str) -> Link:
         """The link from node ``src`` to node ``dst`` (created on first use)."""
-        key = (self.node(src).node_ip, self.node(dst).node_ip)
+        key = (self.node(src).name, self.node(dst).name)
         if key not in self.links:
             d = self.default_link
             self.links[key] = Link(d.delay, d.loss)
@@ -211,9 +217,9 @@ class Fabric:
         """Collect a node's actions and (re)arm its timer."""
         for action in node.take_actions():
             if isinstance(action, UnderlayPacket):
-                self._carry(node, action.next_hop, action, overlay=False)
+                self._carry(node, self.by_ip.get(action.next_hop), action.next_hop, action)
             else:
-                self._carry(node, IPv4Address(action[0][0]), action, overlay=True)
+                self._carry(node, self._peers.get(action[0][0]), None, action)
         self._arm(node)
 
     def _touch_host(self, host: Host) -> None:
@@ -252,18 +258,18 @@ class Fabric:
     def _carry(
         self,
         src: Node,
-        dst_ip: IPv4Address,
+        dst: Node | None,
+        hop: IPv4Address | None,
         action: OverlayDatagram | UnderlayPacket,
-        *,
-        overlay: bool,
     ) -> None:
+        """A node's packet to node ``dst``; else, on the node network (``hop``, an
+        :class:`UnderlayPacket`'s next hop), to the internet host that has it."""
         sent = action.time if isinstance(action, UnderlayPacket) else action[2]
         sent = max(self.now, sent)
-        dst = self.by_ip.get(dst_ip)
         if dst is None:
             owner = (
-                self.internet.resolve(NODES, dst_ip)
-                if self.internet is not None and not overlay
+                self.internet.resolve(NODES, hop)
+                if self.internet is not None and hop is not None
                 else None
             )
             if owner is None:
@@ -274,7 +280,7 @@ class Fabric:
                 sent + self.default_link.delay, owner[0].receive, owner[1], bytes(action.packet)
             )
             return
-        link = self.links.get((src.node_ip, dst_ip)) or self.default_link
+        link = self.links.get((src.name, dst.name)) or self.default_link
         link.sent += 1
         if not link.up or (link.loss and self.rng.random() < link.loss):
             link.lost += 1
@@ -286,7 +292,7 @@ class Fabric:
             self.schedule(
                 sent + link.delay,
                 dst.overlay_received,
-                (str(src.node_ip), port),
+                (self._addr[src.name], port),
                 bytes(payload),
             )
 
