@@ -162,7 +162,7 @@ async def _bench(s: Settings, progress: Progress, task: Any) -> dict[str, Any]:
     }
     doc["baseline"] = await _baseline(s, step)
     step("Services: 10 vs 10,000 (in process)")
-    doc["services"] = bench_services.ratio(rounds=1 if s.quick else 5)
+    doc["services"] = bench_services.ratio(rounds=3 if s.quick else 5)  # one round: 0.8-2.3x
     doc["fabrics"] = []
     for kind, target, opts in fabrics:
         fabric = await _one_fabric(kind, target, opts, s, step)
