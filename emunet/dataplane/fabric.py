@@ -69,8 +69,9 @@ class Fabric:
         self.node_network = IPv4Network(node_network)
         self.nodes: dict[str, Node] = {}
         self.by_ip: dict[IPv4Address, Node] = {}
-        # a datagram names its peer as the socket would, "ip"; no address is parsed,
-        # formatted or hashed (IPv4Address's hash formats a string) per packet
+        # an overlay datagram names its peer as the socket would, "ip": its peer and
+        # link are found without parsing, formatting or hashing an IPv4Address (whose
+        # hash formats a string); an underlay packet's next hop is hashed (by_ip)
         self._peers: dict[str, Node] = {}  # "ip" -> node
         self._addr: dict[str, str] = {}  # node name -> "ip"
         self.links: dict[tuple[str, str], Link] = {}  # by node names
