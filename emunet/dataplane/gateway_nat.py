@@ -167,9 +167,8 @@ class GatewayNAT:
         if tracked is not None:  # established or not, the connection's NAT applies
             e, d, _ = tracked
             self._ct, self._dir = e, d
-            other = e.tuples[1 - d]
-            if nat.manips(e.status, d, False) and (other[1] != dst or other[3] != dport):
-                nat.manip(pkt, 0, end, False, other[1], other[3])
+            other = nat.nat_packet(pkt, end, e.tuples, e.status, d, False, dst, dport)
+            if other is not None:
                 self._hop(now, iface, "un-SNAT" if d else "DNAT", t, other)
             return ACCEPT
         if proto == 1 and pkt[ihl] not in ICMP_QUERIES:
@@ -218,13 +217,11 @@ class GatewayNAT:
             if out_iface == self.wan and (src & self._imask) == self._inet:
                 self._masquerade(e, now, out_iface)
             self.conntrack.confirm(e)
-        other = e.tuples[1 - d]
         ihl = (pkt[0] & 0x0F) << 2
         sport = _U16.unpack_from(pkt, ihl + 4 if pkt[9] == 1 else ihl)[0]
-        if nat.manips(e.status, d, True) and (
-            other[2] != _II.unpack_from(pkt, 12)[0] or other[4] & nat.PORT_MASK != sport
-        ):
-            nat.manip(pkt, 0, end, True, other[2], other[4])
+        src = _II.unpack_from(pkt, 12)[0]
+        other = nat.nat_packet(pkt, end, e.tuples, e.status, d, True, src, sport)
+        if other is not None:
             self._hop(now, out_iface or "", "SNAT" if d == ORIGINAL else "un-DNAT",
                       e.tuples[d], other)  # fmt: skip
         return ACCEPT

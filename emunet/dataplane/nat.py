@@ -139,6 +139,31 @@ def manips(status: int, direction: int, is_src: bool) -> bool:
     return bool(status & (SRC_NAT if is_src != bool(direction) else DST_NAT))
 
 
+def nat_packet(
+    pkt: bytearray,
+    end: int,
+    tuples: Sequence[tuple[int, ...]],
+    status: int,
+    direction: int,
+    is_src: bool,
+    addr: int,
+    port: int,
+) -> tuple[int, ...] | None:
+    """Linux ``nf_nat_packet`` for a tracked packet travelling in ``direction``: when
+    the connection's NAT applies (:func:`manips`), its source (``is_src``) or
+    destination becomes the other direction's tuple's, unless it already is
+    (``addr``, ``port``: the packet's now). The tuple it was set from, for a trace;
+    None if the packet is unchanged."""
+    if not manips(status, direction, is_src):
+        return None
+    other = tuples[1 - direction]
+    to_addr, to_port = (other[2], other[4]) if is_src else (other[1], other[3])
+    if to_addr == addr and not (to_port ^ port) & PORT_MASK:
+        return None
+    manip(pkt, 0, end, is_src, to_addr, to_port)
+    return other
+
+
 def icmp_ports(typ: int, code: int, ident: int) -> tuple[int, int]:
     """The tuple's (sport, dport) of an ICMP query (``typ`` in :data:`ICMP_QUERIES`)
     or reply (in :data:`ICMP_REPLIES`) with identifier ``ident``: the identifier

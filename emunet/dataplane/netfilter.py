@@ -405,11 +405,9 @@ class Netfilter:
                     if d == ORIGINAL and not e.status & _SEEN_REPLY
                     else CtState.ESTABLISHED
                 )
-                other = e.tuples[1 - d]
-                if nat.manips(e.status, d, False) and (other[1] != dst or other[3] != dport):
-                    nat.manip(pkt, 0, end, False, other[1], other[3])
-                    if self.tracer.enabled:
-                        self._trace_manip(now, iface, "un-SNAT" if d else "DNAT", t, other)
+                other = nat.nat_packet(pkt, end, e.tuples, e.status, d, False, dst, dport)
+                if other is not None and self.tracer.enabled:
+                    self._trace_manip(now, iface, "un-SNAT" if d else "DNAT", t, other)
                 return Verdict.ACCEPT
             if self.tracer.enabled:  # INVALID
                 why = f"{self._tuple_str(t)} in {TcpState(e.state).name}"
@@ -625,12 +623,10 @@ class Netfilter:
                 # reply tuple clash: Linux's implicit source port remap
                 self._snat(e, r[2], iface, now, implicit=True)
             self.conntrack.confirm(e)
-        other = e.tuples[1 - d]
-        if nat.manips(e.status, d, True) and (other[2] != self._src or other[4] != self._sport):
-            nat.manip(pkt, 0, end, True, other[2], other[4])
-            if self.tracer.enabled:
-                what = "SNAT" if d == ORIGINAL else "un-DNAT"
-                self._trace_manip(now, iface, what, e.tuples[d], other)
+        other = nat.nat_packet(pkt, end, e.tuples, e.status, d, True, self._src, self._sport)
+        if other is not None and self.tracer.enabled:
+            what = "SNAT" if d == ORIGINAL else "un-DNAT"
+            self._trace_manip(now, iface, what, e.tuples[d], other)
         self._skb = None
         if out is not None:
             self.left, self._left_ct = pkt, e
