@@ -27,7 +27,8 @@ packet's time: the two transmit functions (:meth:`Namespace.l2_xmit`,
 modelled delay (:data:`~emunet.dataplane.interfaces.HOP_DELAY`), so the steps
 of one queue run need not see ``now`` in order. Packets inside
 the namespace are ``bytearray`` IPv4 packets (header at offset 0), rewritten in
-place (TTL, NAT). Malformed input is counted and dropped with a reason.
+place (TTL, NAT). Malformed input is counted and dropped with a reason. ICMP
+errors pass Linux's rate limits (:mod:`~emunet.dataplane.icmp_limit`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, Final
 
 from emunet.dataplane.flowtable import FlowTable
 from emunet.dataplane.frag import Defrag, fragment
+from emunet.dataplane.icmp_limit import IcmpRateLimit
 from emunet.dataplane.interfaces import LOOPBACK, VETH, Interface
 from emunet.dataplane.machine import Machine
 from emunet.dataplane.neigh import Neighbour, NeighTable, Pending
@@ -84,6 +86,7 @@ class Namespace:
         self._next_ifindex = 1
         self._push = node.push
         self.drops: dict[str, int] = {}
+        self.icmp_limit = IcmpRateLimit(self.drops)
         lo = self.add_interface("lo", LOOPBACK, mtu=65536)
         self.add_address(lo, IPv4Interface("127.0.0.1/8"))
 
@@ -531,12 +534,9 @@ class Namespace:
         self, offending: bytearray, typ: int, code: int, now: float, *, mtu: int = 0
     ) -> None:
         """Send an ICMP error about ``offending`` back to its source (RFC 1812 4.3.2.7)."""
-        if len(offending) < 20:
-            return
-        if offending[6] & 0x1F or offending[7]:
+        if len(offending) < 20 or offending[6] & 0x1F or offending[7]:
             return  # never for a non-first fragment
-        src = bytes(offending[12:16])
-        odst = bytes(offending[16:20])
+        src, odst = bytes(offending[12:16]), bytes(offending[16:20])
         if src == b"\x00\x00\x00\x00" or src[0] >= 224 or src in self._broadcasts:
             return
         if odst[0] >= 224 or odst == BROADCAST_IP or odst in self._broadcasts:
@@ -545,15 +545,13 @@ class Namespace:
             hlen = (offending[0] & 0x0F) << 2
             if len(offending) > hlen and offending[hlen] in icmp.ERROR_TYPES:
                 return  # never about an ICMP error
+        if not self.icmp_limit.allow(typ, code, src, src in self.local or src[0] == 127, now):
+            return  # held back (counted in drops)
         msg = icmp.error(typ, code, offending, mtu)
         from_addr = IPv4Address(odst) if odst in self.local else None
         if self._tracer.enabled:
-            self.trace(
-                now,
-                "",
-                "icmp error",
-                f"type {typ} code {code} to {IPv4Address(src)}" + (f" mtu {mtu}" if mtu else ""),
-            )
+            what = f"type {typ} code {code} to {IPv4Address(src)}" + (f" mtu {mtu}" if mtu else "")
+            self.trace(now, "", "icmp error", what)
         self.ip_send_local(1, from_addr, IPv4Address(src), msg, now, ttl=64, df=False)
 
     # -------------------------------------------------------- local output

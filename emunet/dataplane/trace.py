@@ -43,6 +43,8 @@ class Drop(StrEnum):
     NO_PING_SOCKET = "no ping socket"
     ICMP_TYPE_UNHANDLED = "icmp type not handled"
     ICMP_ERROR_NO_SOCKET = "icmp error for no socket"
+    ICMP_RATELIMIT_HOST = "ICMP error not sent: per-destination rate limit (icmp_ratelimit)"
+    ICMP_RATELIMIT_GLOBAL = "ICMP error not sent: global rate limit (icmp_msgs_per_sec)"
     INTERNAL_ERROR = "internal error"
     LB_NO_HEALTHY_TARGET = "load balancer: no healthy target"
 
