@@ -546,7 +546,9 @@ class Namespace:
             if len(offending) > hlen and offending[hlen] in icmp.ERROR_TYPES:
                 return  # never about an ICMP error
         if not self.icmp_limit.allow(typ, code, src, src in self.local or src[0] == 127, now):
-            return  # held back (counted in drops)
+            if self._tracer.enabled:  # held back, and counted in drops
+                self.trace(now, "", "icmp error held back", f"type {typ} code {code}: rate limit")
+            return
         msg = icmp.error(typ, code, offending, mtu)
         from_addr = IPv4Address(odst) if odst in self.local else None
         if self._tracer.enabled:

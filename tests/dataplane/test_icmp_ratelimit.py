@@ -76,10 +76,16 @@ def test_a_udp_blast_at_a_closed_port_gets_six_errors_then_one_a_second() -> Non
     assert [e.errno_name for e in cl.errors] == ["ECONNREFUSED"] * 6
     assert c.netns.drops[str(Drop.PORT_UNREACHABLE)] == 100
     assert c.netns.drops[HOST] == 94
+    fab.tracer.enabled = True  # a trace says why no error came back
+    cl.sendto(b"x", (c.ip, 4444), fab.now)
+    fab.run(0.01)
+    (held,) = [h for h in fab.tracer.hops if h.event == "icmp error held back"]
+    assert (held.netns, held.detail) == ("c", "type 3 code 3: rate limit")
+    fab.tracer.enabled = False
     fab.run(1.0)  # more than a second after the burst, less than two: one token
     cl.errors.clear()
     cl.sendto(b"x", (c.ip, 4444), fab.now)
     cl.sendto(b"x", (c.ip, 4444), fab.now)
     fab.run(0.5)
     assert len(cl.errors) == 1
-    assert c.netns.drops[HOST] == 95
+    assert c.netns.drops[HOST] == 96
