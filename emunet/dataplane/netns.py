@@ -25,10 +25,10 @@ to completion and turns what leaves the machine into actions. ``now`` is the
 packet's time: the two transmit functions (:meth:`Namespace.l2_xmit`,
 :meth:`Namespace.dev_xmit`) hand a packet on with ``now`` plus the device's
 modelled delay (:data:`~emunet.dataplane.interfaces.HOP_DELAY`), so the steps
-of one queue run need not see ``now`` in order. Packets inside
-the namespace are ``bytearray`` IPv4 packets (header at offset 0), rewritten in
-place (TTL, NAT). Malformed input is counted and dropped with a reason. ICMP
-errors pass Linux's rate limits (:mod:`~emunet.dataplane.icmp_limit`).
+of one queue run need not see ``now`` in order. Packets inside the namespace are
+``bytearray`` IPv4 packets (header at offset 0), rewritten in place (TTL, NAT). Malformed
+input is counted and dropped with a reason. ICMP errors pass Linux's rate limits
+(:mod:`~emunet.dataplane.icmp_limit`).
 """
 
 from __future__ import annotations
@@ -325,7 +325,8 @@ class Namespace:
         if route is None:
             route = self.routes.lookup(bytes(pkt[16:20]))
             if route is None:
-                self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.NET_UNREACH, now)
+                if self.icmp_limit.route_error(pkt, now):  # ip_error pays first
+                    self.icmp_send(pkt, icmp.DEST_UNREACH, icmp.NET_UNREACH, now)
                 self.drop(now, in_iface, Drop.NO_ROUTE, f"to {IPv4Address(bytes(pkt[16:20]))}")
                 return
         if pkt[8] <= 1:
@@ -627,8 +628,7 @@ class Namespace:
             self.trace(now, route.dev.name, "route", f"{describe(pkt)} via route {route}")
         self.ip_output(route, pkt, now)
 
-    # --------------------------------------------------------------- sockets
-    # the socket calls of apps in this namespace (socket(2), bind, connect...)
+    # ------------------- sockets: the socket calls of apps (socket(2), bind, connect...)
 
     def udp_socket(self) -> UDPSocket:
         return self.sockets.udp_socket()
