@@ -13,8 +13,7 @@ the global credit is per network namespace; checked on this machine's 6.18):
 2. **per destination** (``inet_peer_xrlim_allow``): a token bucket per address
    the errors go to: one error per ``icmp_ratelimit`` (1 s), up to
    ``XRLIM_BURST_FACTOR`` (6) in a burst; a destination not seen before
-   starts with a full bucket. Errors to a local address (the route's device
-   is ``lo``) skip it.
+   starts with a full bucket.
 
 Only the types of ``icmp_ratemask`` (0x1818: destination unreachable, source
 quench, time exceeded, parameter problem) are limited, and never
@@ -25,9 +24,9 @@ before reaching ``lo``, would spend global credit in Linux; not here).
 A forwarded packet without a route (``ip_error``) first pays one second of the
 same destination bucket, capped at 5 (``ip_rt_error_cost`` and
 ``ip_rt_error_burst``): such errors come 2 at once, then one after each 2 s
-without that source's packets (a steady stream's seconds all go to ip_error). An error
-held back is counted in the namespace's drops (Linux's ``OutRateLimitGlobal``
-/ ``OutRateLimitHost`` in ``/proc/net/snmp``).
+without that source's packets (a steady stream's seconds all go to ip_error).
+An error held back is counted in the namespace's drops (Linux's
+``OutRateLimitGlobal`` / ``OutRateLimitHost`` in ``/proc/net/snmp``).
 
 So a UDP blast at a closed port gets 6 "port unreachable" back, then one a
 second, and traceroute's last hop can show ``*`` when its probes come faster.
@@ -49,7 +48,7 @@ from emunet.dataplane.trace import Drop
 
 RATEMASK: Final = 0x1818  # net.ipv4.icmp_ratemask: types 3, 4, 11, 12
 HZ: Final = 1000  # ticks (jiffies) per second
-RATELIMIT: Final = 1000  # ticks: net.ipv4.icmp_ratelimit, one error per destination
+RATELIMIT: Final = HZ  # net.ipv4.icmp_ratelimit (1000 ms): one error per destination
 BURST_FACTOR: Final = 6  # XRLIM_BURST_FACTOR: a destination's burst
 ERROR_COST: Final = HZ  # ip_rt_error_cost: what ip_error takes of the same bucket
 ERROR_BURST: Final = 5 * HZ  # ip_rt_error_burst: the bucket's cap for ip_error

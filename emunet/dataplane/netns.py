@@ -536,7 +536,7 @@ class Namespace:
     ) -> None:
         """Send an ICMP error about ``offending`` back to its source (RFC 1812 4.3.2.7)."""
         if len(offending) < 20 or offending[6] & 0x1F or offending[7]:
-            return  # never for a non-first fragment
+            return  # too short, or a non-first fragment: never
         src, odst = bytes(offending[12:16]), bytes(offending[16:20])
         if src == b"\x00\x00\x00\x00" or src[0] >= 224 or src in self._broadcasts:
             return
