@@ -4,8 +4,9 @@ For N Services of 3 endpoints: the cost of the first packet of a new
 connection (conntrack allocation, KUBE-SERVICES lookup, endpoint choice,
 DNAT, confirm) and of a packet of an established connection (conntrack lookup,
 state update, DNAT re-applied), each through prerouting -> forward ->
-postrouting; and the time of one kube-proxy sync (``set_services``). The
-measurement is :mod:`emunet.control.bench_services`' (``emunet bench`` uses it).
+postrouting, the tables measured in turns, block by block; and the time of
+one kube-proxy sync (``set_services``). The measurement is
+:mod:`emunet.control.bench_services`' (``emunet bench`` uses it).
 
     python benchmarks/bench_services.py [--sizes 10,1000,10000] [--packets N] [--sync N]
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from emunet.control.bench_services import measure, sync_time
+from emunet.control.bench_services import measure, measure_all, sync_time
 
 
 def main() -> None:
@@ -27,8 +28,8 @@ def main() -> None:
     results = {}
     print(f"{'services':>9} {'new conn ns/packet':>20} {'established ns/packet':>22}")
     measure(sizes[0], min(args.packets, 2000))  # warm-up
-    for n in sizes:
-        new_ns, est_ns = measure(n, args.packets)
+    # the tables take turns block by block: a slow spell of the machine meets all
+    for n, (new_ns, est_ns) in zip(sizes, measure_all(sizes, args.packets), strict=True):
         results[n] = (new_ns, est_ns)
         print(f"{n:>9} {new_ns:>20.0f} {est_ns:>22.0f}")
     lo, hi = results[sizes[0]], results[sizes[-1]]

@@ -61,19 +61,24 @@ def path(nf: Netfilter, pkt: bytearray) -> None:
 BLOCK = 500
 
 
-def timed(nf: Netfilter, pkts: list[bytearray]) -> float:
-    """ns/packet: the fastest block of BLOCK packets (timeit's rule: the minimum
-    is the least disturbed by the other processes of a shared machine)."""
-    best = float("inf")
+def timed(sides: list[tuple[Netfilter, list[bytearray]]]) -> list[float]:
+    """ns/packet of each side: the fastest block of BLOCK packets (timeit's rule:
+    the minimum is the least disturbed by the other processes of a shared
+    machine). The sides take turns block by block, so a slow spell of the
+    machine (seconds long on a shared VM) meets them alike."""
+    best = [float("inf")] * len(sides)
     gc.collect()
     gc.disable()
     try:
-        for start in range(0, len(pkts), BLOCK):
-            block = pkts[start : start + BLOCK]
-            t0 = time.perf_counter_ns()
-            for p in block:
-                path(nf, p)
-            best = min(best, (time.perf_counter_ns() - t0) / len(block))
+        for start in range(0, max(len(pkts) for _, pkts in sides), BLOCK):
+            for k, (nf, pkts) in enumerate(sides):
+                block = pkts[start : start + BLOCK]
+                if not block:
+                    continue
+                t0 = time.perf_counter_ns()
+                for p in block:
+                    path(nf, p)
+                best[k] = min(best[k], (time.perf_counter_ns() - t0) / len(block))
     finally:
         gc.enable()
     return best
@@ -91,22 +96,40 @@ def _netfilter(conntrack_max: int = 262144) -> Netfilter:
     )
 
 
+class _Table:
+    """A netfilter with ``n`` Services, and the SYNs of ``packets`` new connections,
+    each to a Service drawn at random."""
+
+    def __init__(self, n: int, packets: int) -> None:
+        svcs, eps = services(n)
+        self.nf = _netfilter(conntrack_max=4 * packets + 16)
+        self.nf.set_services(svcs, eps)
+        rnd = random.Random(2)
+        self.targets = [svcs[rnd.randrange(n)].cluster_ip for _ in range(packets)]
+        # new connections: fresh source ports (packets built beforehand)
+        self.syns = [packet(dst, 1024 + i % 60000, SYN) for i, dst in enumerate(self.targets)]
+
+    def acks(self) -> list[bytearray]:
+        """Complete the handshakes (SYN-ACK from the chosen endpoint); the ACKs of
+        the established connections."""
+        for i, p in enumerate(self.syns):
+            ep = IPv4Address(bytes(p[16:20]))
+            path(self.nf, packet(POD, 8080, SYN | ACK, src=ep, dport=1024 + i % 60000))
+        return [packet(dst, 1024 + i % 60000, ACK) for i, dst in enumerate(self.targets)]
+
+
+def measure_all(sizes: list[int], packets: int) -> list[tuple[float, float]]:
+    """(new, established) ns/packet with each number of Services, the tables
+    measured in turns (:func:`timed`)."""
+    tables = [_Table(n, packets) for n in sizes]
+    new = timed([(t.nf, t.syns) for t in tables])
+    est = timed([(t.nf, t.acks()) for t in tables])
+    return list(zip(new, est, strict=True))
+
+
 def measure(n: int, packets: int) -> tuple[float, float]:
-    svcs, eps = services(n)
-    nf = _netfilter(conntrack_max=4 * packets + 16)
-    nf.set_services(svcs, eps)
-    rnd = random.Random(2)
-    targets = [svcs[rnd.randrange(n)].cluster_ip for _ in range(packets)]
-    # new connections: fresh source ports (packets built beforehand, copied in the loop)
-    syns = [packet(dst, 1024 + i % 60000, SYN) for i, dst in enumerate(targets)]
-    new_ns = timed(nf, syns)
-    # complete the handshakes (SYN-ACK from the chosen endpoint), then time ACKs
-    for i, p in enumerate(syns):
-        ep = IPv4Address(bytes(p[16:20]))
-        path(nf, packet(POD, 8080, SYN | ACK, src=ep, dport=1024 + i % 60000))
-    acks = [packet(dst, 1024 + i % 60000, ACK) for i, dst in enumerate(targets)]
-    est_ns = timed(nf, acks)
-    return new_ns, est_ns
+    """(new, established) ns/packet with ``n`` Services."""
+    return measure_all([n], packets)[0]
 
 
 def sync_time(n: int) -> float:
@@ -122,15 +145,15 @@ def ratio(
     low: int = 10, high: int = 10_000, packets: int = 20_000, rounds: int = 3
 ) -> dict[str, float]:
     """ns/packet of new and established connections with ``low`` and ``high``
-    Services, and their ratios: the best of ``rounds`` interleaved measurements of
-    each (a shared machine only ever makes a measurement slower)."""
+    Services, and their ratios: the best of ``rounds`` measurements of each, the two
+    tables taking turns block by block (a shared machine only ever makes a
+    measurement slower, and a slow spell then slows both)."""
     measure(low, min(packets, 2000))  # warm-up
     lo_new = lo_est = hi_new = hi_est = float("inf")
     for _ in range(rounds):
-        new_ns, est_ns = measure(low, packets)
-        lo_new, lo_est = min(lo_new, new_ns), min(lo_est, est_ns)
-        new_ns, est_ns = measure(high, packets)
-        hi_new, hi_est = min(hi_new, new_ns), min(hi_est, est_ns)
+        (ln, le), (hn, he) = measure_all([low, high], packets)
+        lo_new, lo_est = min(lo_new, ln), min(lo_est, le)
+        hi_new, hi_est = min(hi_new, hn), min(hi_est, he)
     return {
         "services_low": low,
         "services_high": high,
