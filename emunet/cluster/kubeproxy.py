@@ -4,10 +4,9 @@ Pure data. Two outputs are built from the same Services and Endpoints:
 
 * :func:`compile_services` gives the hash tables the data plane evaluates per
   packet (:class:`ServiceTable`): ``(proto, ip, port) -> ServicePortInfo`` for
-  ClusterIPs and LoadBalancer IPs (:class:`AddressTable`), ``(proto, node_port)``
-  for NodePorts. One lookup replaces the walk down KUBE-SERVICES, so a new
-  connection costs O(1) in the number of Services (real iptables mode walks
-  the chain: O(n)).
+  ClusterIPs and LoadBalancer IPs, ``(proto, node_port)`` for NodePorts. One
+  lookup replaces the walk down KUBE-SERVICES, so a new connection costs O(1) in
+  the number of Services (real iptables mode walks the chain: O(n)).
 * :func:`emunet.cluster.iptables.build_ruleset` gives the rules kube-proxy
   writes, in its own words and in ``iptables-save``'s.
 
@@ -202,11 +201,8 @@ class ServicePortInfo:
     """Everything the data plane needs about one service port (one KUBE-SVC chain).
 
     What a new connection reads comes first: one cache line of a compiled object
-    (with 10,000 Services each connection meets a different, cold one), the
-    :class:`AddressTable` key it is found by at its head."""
+    (with 10,000 Services each connection meets a different, cold one)."""
 
-    cluster_key: int  # address_key of (proto, ClusterIP, port)
-    lb_key: int  # of (proto, LoadBalancer IP, port); 0 without one
     endpoints: tuple[EndpointInfo, ...]  # ready endpoints, cluster policy
     thresholds: tuple[int, ...]  # statistic_threshold per rule
     affinity_timeout: int  # 0: no ClientIP affinity
@@ -239,14 +235,16 @@ class ServicePortInfo:
 
 
 def address_key(proto: int, ip: int, port: int) -> int:
-    """The key of a Service port in an :class:`AddressTable`: ``(proto, ip, port)``
-    as one int, which a compiled port holds unboxed.
+    """The key of a Service port in an address table: ``(proto, ip, port)`` as one int.
 
-    The address is in the low bits, where the table's slot comes from (Services
-    differ by address, not port: were the port there, every port-80 Service
-    would start in one slot and a lookup walk a chain of probes, a cold line
-    each). ``port`` is a packet's field (an ICMP tuple's query key above it is
-    dropped)."""
+    With 10,000 Services each new connection meets a cold entry; a tuple key
+    costs a cold tuple and a cold address int to compare, one int key only itself.
+    The address is in the low bits: a dict's first probe is the hash's low bits
+    (an int's hash is itself), and Services differ by address, not port. With
+    the port there, every port-80 Service started in one slot and a lookup
+    walked a chain of probes, a cold line each (3.4 cache misses per new
+    connection in 10,000 Services, cachegrind). ``port`` is a packet's field
+    (an ICMP tuple's query key above it is dropped)."""
     return (proto << 48) | ((port & 0xFFFF) << 32) | ip
 
 
@@ -255,75 +253,13 @@ def node_port_key(proto: int, port: int) -> int:
     return (proto << 16) | port
 
 
-class AddressTable:
-    """Service ports by :func:`address_key`: the ClusterIP table (``lb=False``) or
-    the LoadBalancer IP one, each port found by its own ``cluster_key``/``lb_key``.
-
-    Open addressing over a list of the ports themselves (linear probing, at most
-    half full). A dict with 10,000 Services cost a new connection three cold
-    lines before the port: its index slot, its entry and the key object it
-    compares; here one slot, and the key compared is the port's own field, on
-    the line the connection reads next."""
-
-    def __init__(self, ports: Iterable[ServicePortInfo] = (), *, lb: bool = False) -> None:
-        self.lb = lb
-        chosen = [sp for sp in ports if self._key(sp)]
-        size = 8
-        while size < 2 * len(chosen):
-            size *= 2
-        self._mask = size - 1
-        self._slots: list[ServicePortInfo | None] = [None] * size
-        self._len = 0
-        for sp in chosen:
-            self._put(sp)
-
-    def _key(self, sp: ServicePortInfo) -> int:
-        return sp.lb_key if self.lb else sp.cluster_key
-
-    def _slot(self, key: int) -> int:
-        # the address is in the low bits; the proto and port are mixed in
-        return (key ^ ((key >> 32) * 40503)) & self._mask
-
-    def _put(self, sp: ServicePortInfo) -> None:
-        key, slots, mask = self._key(sp), self._slots, self._mask
-        i = self._slot(key)
-        while True:
-            there = slots[i]
-            if there is None:
-                slots[i] = sp
-                self._len += 1
-                return
-            if self._key(there) == key:
-                slots[i] = sp  # a later port of the same key replaces it, as a dict's
-                return
-            i = (i + 1) & mask
-
-    def get(self, key: int) -> ServicePortInfo | None:
-        slots, mask = self._slots, self._mask
-        i = self._slot(key)
-        while True:
-            sp = slots[i]
-            if sp is None or self._key(sp) == key:
-                return sp
-            i = (i + 1) & mask
-
-    def items(self) -> list[tuple[int, ServicePortInfo]]:
-        return [(self._key(sp), sp) for sp in self._slots if sp is not None]
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __bool__(self) -> bool:
-        return self._len > 0
-
-
 @dataclass(slots=True)
 class ServiceTable:
     """The hash tables that stand in for KUBE-SERVICES / KUBE-NODEPORTS, keyed by
     :func:`address_key` and :func:`node_port_key`."""
 
-    by_cluster_ip: AddressTable
-    by_lb_ip: AddressTable
+    by_cluster_ip: dict[int, ServicePortInfo]
+    by_lb_ip: dict[int, ServicePortInfo]
     by_node_port: dict[int, ServicePortInfo]
     ports: list[ServicePortInfo]
 
@@ -345,6 +281,8 @@ def compile_services(
 ) -> ServiceTable:
     """Build the per-packet lookup tables (kube-proxy's sync, minus iptables)."""
     validate(services)
+    by_cluster: dict[int, ServicePortInfo] = {}
+    by_lb: dict[int, ServicePortInfo] = {}
     by_np: dict[int, ServicePortInfo] = {}
     ports: list[ServicePortInfo] = []
     for svc in services:
@@ -370,10 +308,7 @@ def compile_services(
                 for addr, ip, port, local in infos
             )
             hashed = _hash16(spn + protocol)
-            lb_ip = lb if svc.type == ServiceType.LOAD_BALANCER else 0
             info = ServicePortInfo(
-                cluster_key=address_key(proto, cip, p.port),
-                lb_key=address_key(proto, lb_ip, p.port) if lb_ip else 0,
                 name=spn,
                 service=svc.key,
                 port_name=p.name,
@@ -382,7 +317,7 @@ def compile_services(
                 cluster_ip=cip,
                 port=p.port,
                 node_port=p.node_port if svc.type != ServiceType.CLUSTER_IP else 0,
-                lb_ip=lb_ip,
+                lb_ip=lb if svc.type == ServiceType.LOAD_BALANCER else 0,
                 endpoints=eps,
                 local_endpoints=tuple(e for e in eps if e.local),
                 affinity_timeout=affinity,
@@ -393,6 +328,9 @@ def compile_services(
                 thresholds=thresholds(len(eps)),
             )
             ports.append(info)
+            by_cluster[address_key(proto, cip, p.port)] = info
+            if info.lb_ip:
+                by_lb[address_key(proto, info.lb_ip, p.port)] = info
             if info.node_port:
                 by_np[node_port_key(proto, info.node_port)] = info
-    return ServiceTable(AddressTable(ports), AddressTable(ports, lb=True), by_np, ports)
+    return ServiceTable(by_cluster, by_lb, by_np, ports)

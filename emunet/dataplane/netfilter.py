@@ -73,7 +73,6 @@ from typing import Final, Protocol
 
 from emunet.cluster import iptables, kubeproxy
 from emunet.cluster.kubeproxy import (
-    AddressTable,
     EndpointsMap,
     Service,
     ServicePortInfo,
@@ -190,7 +189,7 @@ class Netfilter:
         self.last_drop: Drop | None = None
         self.services: list[Service] = []
         self.endpoints: EndpointsMap = {}
-        self._table = ServiceTable(AddressTable(), AddressTable(lb=True), {}, [])
+        self._table = ServiceTable({}, {}, {}, [])
         self._filters = ServiceFilters(self._table)
         self.balancer = Balancer(self.mode, self.scheduler, rng)
         # the packet in flight ("skb"): its conntrack entry and what we know of it
