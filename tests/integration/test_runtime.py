@@ -642,6 +642,18 @@ async def test_absurd_arguments_are_one_line_like_the_tools(
     assert "invalid literal" not in err and "[E" not in err and "('" not in err, err
 
 
+@pytest.mark.parametrize("length", ["0", "5", "65508", "1048576", "2000000"])
+async def test_iperf_udp_length_out_of_range_names_the_datagram_range(
+    pair: Pair, length: str
+) -> None:
+    """With -u, -l is a datagram's length: a bad one is answered with the UDP range
+    (its header's 12 bytes to 65,507), not the TCP write's 1 to 1,048,576, which
+    would send a user from one refusal to another."""
+    code, _out, err = await sh(pair.r1, "a", "iperf", "-c", "10.244.2.2", "-u", "-l", length)
+    assert code == 1
+    assert err.strip() == f"iperf: invalid argument: '{length}': out of range: 12 <= value <= 65507"
+
+
 def test_kernel_receive_buffer_drops_are_read_per_socket() -> None:
     """Issue 11: datagrams the kernel drops in a full socket buffer were invisible."""
     from emunet.nodes.runtime import read_udp_drops
