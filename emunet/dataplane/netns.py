@@ -5,7 +5,7 @@ Theory of operation
 Frames enter through :meth:`Namespace.rx_frame` (L2 interfaces; a bridge
 port's frames go to its bridge first, see :mod:`~emunet.dataplane.bridge`) or
 :meth:`Namespace.rx_packet` (L3 ones: ``lo``, ``flannel0``, the node's
-``eth0``). ARP is answered and learned in :meth:`_arp_rcv` with the
+``eth0``). ARP is answered and learned by :mod:`~emunet.dataplane.arp` with the
 neighbour table (:mod:`~emunet.dataplane.neigh`). An IPv4 packet is checked
 (:meth:`ip_rcv`, like Linux's ``ip_rcv``); in a forwarding namespace with
 netfilter, a packet of an established connection may find its flow
@@ -37,6 +37,7 @@ import struct
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Final
 
+from emunet.dataplane.arp import Arp
 from emunet.dataplane.flowtable import FlowTable
 from emunet.dataplane.frag import Defrag, fragment
 from emunet.dataplane.icmp_limit import IcmpRateLimit
@@ -49,8 +50,8 @@ from emunet.dataplane.sockets import ANY, PingSocket, UDPSocket
 from emunet.dataplane.tcp import TCPConnection, TCPListener
 from emunet.dataplane.trace import Drop, describe
 from emunet.dataplane.transport import BROADCAST_IP, Transport
-from emunet.errors import ConfigError, MalformedFrame, SocketError
-from emunet.packets import arp, icmp, ipv4
+from emunet.errors import ConfigError, SocketError
+from emunet.packets import icmp, ipv4
 from emunet.packets.checksum import header_ok, header_words
 from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
 from emunet.packets.mac import MAC
@@ -77,6 +78,7 @@ class Namespace:
         self.defrag = Defrag()
         self._tracer = node.tracer
         self.sockets = Transport(self, node, self._tracer)
+        self.arp = Arp(self, self._tracer)
         self.tcp_conns = self.sockets.tcp_conns  # ``ss -t``: connections and listeners
         self.tcp_listeners = self.sockets.tcp_listeners
         self._addr_cache: dict[bytes, IPv4Address] = {}
@@ -233,7 +235,7 @@ class Namespace:
             del pkt[:14]  # one copy: a bytearray drops its head in place
             self.ip_rcv(iface, pkt, now)
         elif etype == ETH_P_ARP:
-            self._arp_rcv(iface, frame, now)
+            self.arp.rcv(iface, frame, now)
         else:
             self.drop(now, iface, Drop.UNSUPPORTED_ETHERTYPE, f"{etype:#06x}")
 
@@ -437,56 +439,7 @@ class Namespace:
                 who = IPv4Address(next_hop)
                 self.trace(now, dev.name, "neigh queued", f"waiting for ARP of {who}")
             if mac is Pending.NEW:
-                self._arp_request(dev, next_hop, now)
-
-    def _arp_request(
-        self, dev: Interface, target: bytes, now: float, unicast: bytes | None = None
-    ) -> None:
-        self.neigh.requested(self.neighbours[target], now, unicast is not None)
-        src_ip = self.source_for(dev, target)
-        assert dev.mac is not None
-        req = arp.ARPPacket(
-            arp.REQUEST,
-            dev.mac,
-            src_ip,
-            MAC(unicast) if unicast else MAC.ZERO,
-            IPv4Address(target),
-        )
-        if self._tracer.enabled:
-            how = f" (unicast probe to {MAC(unicast)})" if unicast else ""
-            self.trace(
-                now, dev.name, "arp request", f"who-has {IPv4Address(target)} tell {src_ip}{how}"
-            )
-        dst = unicast or MAC.BROADCAST
-        self.l2_xmit(dev, _ETH.pack(dst, dev.mac, ETH_P_ARP) + arp.build(req), now)
-
-    def _arp_rcv(self, iface: Interface, frame: bytes | bytearray, now: float) -> None:
-        try:
-            p = arp.parse(frame, 14)
-        except MalformedFrame as exc:
-            self.drop(now, iface, Drop.MALFORMED, exc.reason)
-            return
-        sip = p.sender_ip.packed
-        for_us = self.local.get(p.target_ip.packed) is not None
-        # arp_accept=0: an unsolicited reply only refreshes an existing entry; a
-        # request for one of our addresses creates one for its sender
-        n = self.neigh.confirm(sip, bytes(p.sender_mac), iface, now, for_us and p.op == arp.REQUEST)
-        if isinstance(n, Drop):
-            self.drop(now, iface, n, str(p.sender_ip))
-            return
-        if n is not None:
-            if self._tracer.enabled and p.op == arp.REPLY:
-                self.trace(now, iface.name, "arp reply", f"{p.sender_ip} is-at {p.sender_mac}")
-            assert iface.mac is not None and n.mac is not None
-            while n.queue:
-                queued = n.queue.popleft()
-                self.l2_xmit(iface, _ETH.pack(n.mac, iface.mac, ETH_P_IP) + queued, now)
-        if p.op == arp.REQUEST and for_us:
-            assert iface.mac is not None
-            if self._tracer.enabled:
-                self.trace(now, iface.name, "arp reply", f"{p.target_ip} is-at {iface.mac}")
-            rep = arp.ARPPacket(arp.REPLY, iface.mac, p.target_ip, p.sender_mac, p.sender_ip)
-            self.l2_xmit(iface, _ETH.pack(p.sender_mac, iface.mac, ETH_P_ARP) + arp.build(rep), now)
+                self.arp.solicit(dev, next_hop, now)
 
     def _neigh_failed(self, n: Neighbour, queued: list[bytearray], detail: str, now: float) -> None:
         """An entry failed (no answer, or deleted): its waiting packets are
@@ -669,7 +622,7 @@ class Namespace:
         for due in self.neigh.expire(now):
             n = due.neighbour
             if due.queued is None:
-                self._arp_request(n.dev, n.ip, now, unicast=due.unicast)
+                self.arp.solicit(n.dev, n.ip, now, unicast=due.unicast)
             elif n.mac is None:  # INCOMPLETE: no answer to any request
                 self._neigh_failed(n, due.queued, str(IPv4Address(n.ip)), now)
             else:  # PROBE: FAILED, the next packet resolves anew
