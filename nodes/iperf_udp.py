@@ -18,7 +18,7 @@ import math
 import struct
 from ipaddress import IPv4Address
 
-from emunet.nodes.shell_env import Shell, UsageError, clip, human, int_opt, os_reason, rate
+from emunet.nodes.shell_env import Shell, UsageError, clip, human, os_reason, rate
 from emunet.nodes.sockets import UDPEndpoint
 
 __all__ = ["UdpStats", "iperf_udp_client", "iperf_udp_server", "parse_rate"]
@@ -26,6 +26,8 @@ __all__ = ["UdpStats", "iperf_udp_client", "iperf_udp_server", "parse_rate"]
 HEADER = struct.Struct("!iII")  # sequence number, send time (seconds, microseconds)
 REPORT = struct.Struct("!iQdddII")  # FIN echo, bytes, duration, jitter (s), rate, lost, total
 DEFAULT_LEN = 1470
+MIN_LEN = HEADER.size  # a datagram carries at least iperf's header
+MAX_LEN = 65507  # UDP's largest payload over IPv4
 DEFAULT_RATE = 1_000_000  # iperf 2: 1 Mbit/s unless -b says otherwise
 MAX_RATE = 10_000_000_000
 FIN_TRIES = 10
@@ -112,11 +114,18 @@ def _sent_at(data: bytes) -> tuple[int, float]:
 
 
 async def iperf_udp_client(
-    sh: Shell, host: str, ip: IPv4Address, port: int, seconds: float, opts: dict[str, str]
+    sh: Shell,
+    host: str,
+    ip: IPv4Address,
+    port: int,
+    seconds: float,
+    opts: dict[str, str],
+    size: int,
 ) -> int:
+    """``iperf -c HOST -u``: ``size``-byte datagrams (``-l``, checked by the caller
+    against :data:`MIN_LEN` and :data:`MAX_LEN`) at ``-b``'s rate."""
     try:
         bits = parse_rate(opts["-b"]) if "-b" in opts else DEFAULT_RATE
-        size = int_opt(opts, "-l", DEFAULT_LEN, HEADER.size, 65507)
     except UsageError as exc:
         sh.eprint(f"iperf: {exc}")
         return 1

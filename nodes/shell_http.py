@@ -8,7 +8,13 @@ import time
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
-from emunet.nodes.iperf_udp import DEFAULT_LEN, HEADER, iperf_udp_client, iperf_udp_server
+from emunet.nodes.iperf_udp import (
+    DEFAULT_LEN,
+    MAX_LEN,
+    MIN_LEN,
+    iperf_udp_client,
+    iperf_udp_server,
+)
 from emunet.nodes.shell_env import (
     Shell,
     UsageError,
@@ -283,10 +289,10 @@ async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
         opts, _rest = parse_opts(argv[1:], "c:st:p:l:ub:")
         seconds = num_opt(opts, "-t", 10.0 if "-c" in opts else 60.0, "time", 3600)
         port = int_opt(opts, "-p", 5001, 1, 65535)
-        chunk = (  # a write's length, or with -u a datagram's (its header to a UDP maximum)
+        chunk = (  # a write's length, or with -u a datagram's
             int_opt(opts, "-l", 128 * 1024, 1, 1 << 20)
             if "-u" not in opts
-            else int_opt(opts, "-l", DEFAULT_LEN, HEADER.size, 65507)
+            else int_opt(opts, "-l", DEFAULT_LEN, MIN_LEN, MAX_LEN)
         )
     except UsageError as exc:
         sh.eprint(f"iperf: {exc}")
@@ -305,7 +311,7 @@ async def cmd_iperf(sh: Shell, argv: list[str]) -> int:
         sh.eprint(f"iperf: failed to resolve host '{host}'")
         return 1
     if "-u" in opts:
-        return await iperf_udp_client(sh, host, ip, port, seconds, opts)
+        return await iperf_udp_client(sh, host, ip, port, seconds, opts, chunk)
     sh.print(bar)
     sh.print(f"Client connecting to {host}, TCP port {port}")
     sh.print("TCP window size:  256 KByte (default)")

@@ -12,9 +12,8 @@ came in on.
 
 from __future__ import annotations
 
-import struct
 from ipaddress import IPv4Address
-from typing import Final, Protocol
+from typing import Protocol
 
 from emunet.dataplane.interfaces import Interface
 from emunet.dataplane.neigh import NeighTable
@@ -22,9 +21,8 @@ from emunet.dataplane.trace import Drop, Tracer
 from emunet.errors import MalformedFrame
 from emunet.packets import arp
 from emunet.packets.ethernet import ETH_P_ARP, ETH_P_IP
+from emunet.packets.ethernet import HEADER as _ETH
 from emunet.packets.mac import MAC
-
-_ETH: Final = struct.Struct("!6s6sH")
 
 
 class LinkLayer(Protocol):
